@@ -1,0 +1,145 @@
+"""The command line: ``openai-mqtt-bridge run | check-config | simulate``.
+
+This is the only module that configures logging, reads the environment,
+installs signal handlers, calls ``asyncio.run`` and maps errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Final
+
+from bridge import __version__, logs, systemd
+from bridge.config import Settings, load_settings, redacted_dump
+from bridge.errors import BridgeError, BrokerError, ConfigError
+from bridge.service import Service
+from bridge.simulator import SimulatorOptions, serve
+
+logger = logging.getLogger("bridge")
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1  # a fatal runtime error: systemd may restart us
+EXIT_CONFIG: Final = 78  # os.EX_CONFIG: bad config or missing secret; do not restart
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "simulate":
+        return _simulate(args)
+    try:
+        settings = load_settings(args.config, os.environ)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(redacted_dump(settings), end="")
+        return EXIT_OK
+    return _run(settings)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openai-mqtt-bridge",
+        description="OpenAI Responses API (WebSocket mode) on an MQTT broker.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the bridge daemon")
+    run.add_argument("--config", type=Path, help="YAML config file (default: all defaults)")
+    check = commands.add_parser("check-config", help="validate and print the effective config")
+    check.add_argument("--config", type=Path, help="YAML config file")
+    simulate = commands.add_parser("simulate", help="run a local Responses WebSocket server")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8765)
+    simulate.add_argument("--api-key", help="require this bearer key (default: any)")
+    simulate.add_argument(
+        "--tokens-per-second",
+        type=float,
+        default=None,
+        help="pace of streamed deltas (default: as fast as possible)",
+    )
+    simulate.add_argument("--first-token-delay", type=float, default=0.0)
+    simulate.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=3600.0,
+        help="seconds before websocket_connection_limit_reached",
+    )
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def _run(settings: Settings) -> int:
+
+    logs.setup(settings.config.logging.level)
+    if settings.api_key is None:
+        logger.warning(
+            "no API key (OPENAI_API_KEY, openai.api_key_file or a systemd "
+            "credential): the upstream handshake carries no credentials"
+        )
+    logger.info(
+        "openai-mqtt-bridge %s: broker %s:%d, upstream %s",
+        __version__,
+        settings.config.mqtt.host,
+        settings.config.mqtt.port,
+        settings.endpoint.display_url,
+    )
+    try:
+        asyncio.run(_serve(Service(settings)))
+    except BrokerError as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILURE
+    except BridgeError:
+        logger.exception("fatal error")
+        return EXIT_FAILURE
+    logger.info("stopped")
+    return EXIT_OK
+
+
+async def _serve(service: object) -> None:
+
+    assert isinstance(service, Service)
+    stop = asyncio.Event()
+    main_task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            logger.warning("%s again: stopping without grace", sig.name)
+            if main_task is not None:
+                main_task.cancel()
+            return
+        logger.info("%s: stopping", sig.name)
+        systemd.notify("STOPPING=1")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await service.run(stop, on_ready=lambda: systemd.notify("READY=1"))
+    except asyncio.CancelledError:
+        logger.warning("stopped without grace")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+
+    logs.setup(args.log_level.upper())
+    options = SimulatorOptions(
+        api_key=args.api_key,
+        tokens_per_second=args.tokens_per_second,
+        first_token_delay=args.first_token_delay,
+        max_connection_age=args.max_connection_age,
+        seed=args.seed,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.host, args.port, options))
+    return EXIT_OK

@@ -1,0 +1,85 @@
+"""The bridge's exceptions: one root, a few meaningful kinds.
+
+::
+
+    BridgeError
+    ├── ConfigError        bad configuration or a missing secret: fatal at startup (exit 78)
+    ├── CommandError       a bad MQTT command: answered with an error event, never raised far
+    ├── UpstreamError      the Responses WebSocket could not be opened or failed
+    ├── BrokerError        the MQTT broker could not be reached or dropped us
+    └── InvalidState       the core was misused: a bug, never caught
+
+This module imports no library, so the pure core can use it.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base class of every error the bridge raises."""
+
+
+class ConfigError(BridgeError):
+    """The configuration is invalid, or a secret it names cannot be read.
+
+    ``path`` is the dotted config key (``mqtt.port``), empty when the error is
+    about the file as a whole.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(path, message)
+        self.path = path
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class CommandError(BridgeError):
+    """A command on ``P/<id>/cmd`` was rejected.
+
+    ``code`` is the stable, documented word published in ``error.code``;
+    ``action`` and ``request_id`` are the command's, when they could be read,
+    so that the error event can echo them.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        action: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+        self.action = action
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class UpstreamError(BridgeError):
+    """Opening or using the upstream Responses WebSocket failed.
+
+    ``status`` is the HTTP status of a refused handshake, when there was one.
+    The message never contains the API key or an unredacted URL.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message, status)
+        self.message = message
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BrokerError(BridgeError):
+    """The MQTT broker could not be reached, refused us, or dropped the link."""
+
+
+class InvalidState(BridgeError, AssertionError):
+    """The core was driven in a way its contract forbids: a bug in the caller."""

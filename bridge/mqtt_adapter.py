@@ -1,0 +1,306 @@
+"""The broker side: aiomqtt 2.x behind a small interface.
+
+:class:`MqttLink` keeps one link to the broker alive: it connects with the
+last will ``offline`` on ``P/bridge/state``, publishes ``online`` (retained),
+subscribes to ``P/+/cmd``, hands every inbound message to a callback, and
+publishes what the :class:`~bridge.outbox.Outbox` holds with many messages in
+flight. When the link drops it reconnects with backoff, resubscribes, and
+publishes again whatever the broker had not acknowledged, in order.
+
+Nothing above this module sees an aiomqtt or paho object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.config import MqttConfig
+from bridge.contract import Topics, UserProperties
+from bridge.core import Publish, ReplyTo
+from bridge.errors import BrokerError
+from bridge.outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+# Publishes handed to paho at once. paho keeps its own in-flight window
+# (mqtt.max_inflight) and queues the rest, so this only needs to exceed it.
+PUBLISH_WORKERS: Final = 128
+ONLINE: Final = b"online"
+OFFLINE: Final = b"offline"
+# CONNACK reason codes that a retry will not fix (3.1.1 and v5 numbering).
+_REFUSALS: Final = {
+    4: "bad user name or password",
+    5: "not authorized",
+    134: "bad user name or password",
+    135: "not authorized",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message that arrived on ``P/<id>/cmd``."""
+
+    connection_id: str
+    payload: bytes
+    retained: bool
+    reply_to: ReplyTo | None
+
+
+def classify(exc: Exception, *, ever_connected: bool) -> BrokerError | None:
+    """The retry policy: None if reconnecting may help, else the error to stop with.
+
+    A refused login at the very first connect is a configuration mistake and
+    stops the daemon; once we were connected, the broker may be restarting
+    with its auth plugin not ready yet, so we keep trying.
+    """
+    if isinstance(exc, aiomqtt.MqttCodeError) and not ever_connected:
+        rc = exc.rc
+        code = rc if isinstance(rc, int) else -1 if rc is None else int(rc.value)
+        reason = _REFUSALS.get(code)
+        if reason is not None:
+            return BrokerError(f"the broker refused the connection: {reason}")
+    if isinstance(exc, aiomqtt.MqttError | OSError | TimeoutError):
+        return None
+    return BrokerError(f"unexpected broker error: {exc!r}")
+
+
+def backoff_delays(initial: float, maximum: float) -> Callable[[], float]:
+    """Exponential backoff with jitter: ``initial`` doubling up to ``maximum``."""
+    attempt = 0
+
+    def next_delay() -> float:
+        nonlocal attempt
+        delay = min(maximum, initial * float(2**attempt))
+        attempt += 1
+        return delay * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not cryptography)
+
+    return next_delay
+
+
+@functools.lru_cache(maxsize=4096)
+def _properties(user: UserProperties, correlation: bytes | None) -> Properties | None:
+    """paho properties for a publish; cached because relayed events repeat them."""
+    if not user and correlation is None:
+        return None
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho is untyped here
+    if user:
+        properties.UserProperty = list(user)
+        properties.ContentType = "application/json"
+    if correlation is not None:
+        properties.CorrelationData = correlation
+    return properties
+
+
+class MqttLink:
+    """One resilient link to the broker: publish, subscribe, reconnect."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        topics: Topics,
+        on_message: Callable[[Inbound], None],
+        *,
+        password: str | None = None,
+    ) -> None:
+        self.config = config
+        self.topics = topics
+        self.on_message = on_message
+        self.password = password
+        self.outbox = Outbox(config.buffer_max_messages, config.buffer_max_bytes)
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self._v5 = config.protocol == "5"
+        self._stop = asyncio.Event()
+        self._stop_grace = 0.0
+
+    @property
+    def v5(self) -> bool:
+        return self._v5
+
+    def publish(self, publish: Publish) -> bool:
+        """Queue a publish without waiting; False if a relayed event finds the buffer full."""
+        return self.outbox.put(publish)
+
+    async def run(self) -> None:
+        """Hold the link until :meth:`stop`; raise BrokerError if retrying cannot help."""
+        next_delay = backoff_delays(
+            self.config.reconnect_initial_delay, self.config.reconnect_max_delay
+        )
+        if not self._v5:
+            await self._clean_session_once()
+        while not self._stop.is_set():
+            try:
+                async with self._client(clean=self.connects == 0) as client:
+                    await self._session(client)
+                    return
+            except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+                fatal = classify(exc, ever_connected=self.connects > 0)
+                if fatal is not None:
+                    raise fatal from exc
+                self._lost(exc)
+            delay = next_delay()
+            logger.warning(
+                "broker %s:%d unreachable; retrying in %.1fs",
+                self.config.host,
+                self.config.port,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+
+    def stop(self, grace: float) -> None:
+        """Ask :meth:`run` to flush the buffer (up to ``grace`` s), say offline, disconnect."""
+        self._stop_grace = grace
+        self._stop.set()
+
+    # Internals -------------------------------------------------------------------
+
+    def _client(self, *, clean: bool) -> aiomqtt.Client:
+        config = self.config
+        connect_properties = None
+        if self._v5:
+            connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho
+            connect_properties.SessionExpiryInterval = config.session_expiry
+        return aiomqtt.Client(
+            config.host,
+            config.port,
+            identifier=config.client_id,
+            username=config.username,
+            password=self.password,
+            protocol=aiomqtt.ProtocolVersion.V5 if self._v5 else aiomqtt.ProtocolVersion.V311,
+            will=aiomqtt.Will(self.topics.state, OFFLINE, qos=1, retain=True),
+            # A fresh process starts a fresh session (stale commands are
+            # dropped); a reconnect resumes it, so the broker keeps the
+            # commands published while we were away.
+            clean_session=None if self._v5 else False,
+            clean_start=clean if self._v5 else True,
+            properties=connect_properties,
+            keepalive=config.keepalive,
+            timeout=config.connect_timeout,
+            max_inflight_messages=config.max_inflight,
+            logger=logging.getLogger("bridge.paho"),
+        )
+
+    async def _clean_session_once(self) -> None:
+        """MQTT 3.1.1 has no clean-start-then-keep: wipe the old session with one clean visit."""
+        client = aiomqtt.Client(
+            self.config.host,
+            self.config.port,
+            identifier=self.config.client_id,
+            username=self.config.username,
+            password=self.password,
+            clean_session=True,
+            timeout=self.config.connect_timeout,
+            logger=logging.getLogger("bridge.paho"),
+        )
+        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+            async with client:
+                pass
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        timeout = self.config.connect_timeout
+        await client.publish(self.topics.state, ONLINE, qos=1, retain=True, timeout=timeout)
+        await client.subscribe(self.topics.command_filter, qos=1, timeout=timeout)
+        self.connects += 1
+        logger.info(
+            "connected to broker %s:%d, subscribed to %s",
+            self.config.host,
+            self.config.port,
+            self.topics.command_filter,
+        )
+        self.connected.set()
+        tasks = [
+            asyncio.create_task(self._publish_loop(client), name=f"bridge.mqtt_out.{n}")
+            for n in range(PUBLISH_WORKERS)
+        ]
+        tasks.append(asyncio.create_task(self._receive_loop(client), name="bridge.mqtt_in"))
+        stop = asyncio.create_task(self._stop.wait(), name="bridge.mqtt_stop")
+        try:
+            # The workers and the receiver only end by failing: the link broke.
+            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop:
+                    task.result()  # raises the link's error
+                    raise aiomqtt.MqttError("the receive loop ended")
+            await self._flush_and_say_offline(client)
+        finally:
+            for task in [*tasks, stop]:
+                task.cancel()
+            await asyncio.gather(*tasks, stop, return_exceptions=True)
+            self.connected.clear()
+
+    async def _flush_and_say_offline(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._stop_grace):
+                await self.outbox.wait_empty()
+        if len(self.outbox):
+            logger.warning(
+                "stopping with %d messages not delivered to the broker", len(self.outbox)
+            )
+        await client.publish(
+            self.topics.state, OFFLINE, qos=1, retain=True, timeout=self.config.connect_timeout
+        )
+        logger.info("said offline; disconnecting from the broker")
+
+    def _lost(self, exc: BaseException) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        requeued = self.outbox.requeue_unacknowledged()
+        if was_connected:
+            logger.warning(
+                "lost the broker (%s); %d messages wait for it (%d unacknowledged)",
+                exc,
+                len(self.outbox),
+                requeued,
+            )
+
+    async def _publish_loop(self, client: aiomqtt.Client) -> None:
+        outbox = self.outbox
+        while True:
+            entry = await outbox.take()
+            publish = entry.publish
+            await client.publish(
+                publish.topic,
+                publish.payload,
+                qos=publish.qos,
+                properties=_properties(publish.properties, publish.correlation_data),
+                timeout=math.inf,  # the link's keepalive detects a dead broker, not this call
+            )
+            outbox.done(entry)
+
+    async def _receive_loop(self, client: aiomqtt.Client) -> None:
+        prefix_topics = self.topics
+        async for message in client.messages:
+            connection_id = prefix_topics.connection_id_of(message.topic.value)
+            if connection_id is None:
+                continue
+            payload = message.payload
+            if isinstance(payload, str):
+                payload = payload.encode()
+            elif not isinstance(payload, bytes | bytearray):
+                payload = b"" if payload is None else str(payload).encode()
+            self.on_message(
+                Inbound(connection_id, bytes(payload), message.retain, _reply_to(message))
+            )
+
+
+def _reply_to(message: aiomqtt.Message) -> ReplyTo | None:
+    properties = message.properties
+    topic = getattr(properties, "ResponseTopic", None) if properties else None
+    if not topic:
+        return None
+    correlation = getattr(properties, "CorrelationData", None)
+    return ReplyTo(str(topic), bytes(correlation) if correlation is not None else None)

@@ -1,0 +1,185 @@
+"""The upstream side: Responses WebSockets through the `websockets` library.
+
+:class:`Upstream` opens connections to the configured endpoint (with its one
+retry policy, :func:`classify`); :class:`UpstreamConnection` is one open
+socket, with an ordered writer and a reader that hands each server event, as
+the raw bytes of its text frame, to a callback. Nothing above this module sees
+a websockets object, and no error leaving it contains a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from bridge.config import OpenAIConfig
+from bridge.endpoint import Endpoint, scrub
+from bridge.errors import UpstreamError
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS: Final = frozenset({500, 502, 503, 504})
+RETRY_DELAY: Final = 0.5  # doubled per attempt; short, a person is waiting for the ack
+ABNORMAL_CLOSURE: Final = 1006
+_BODY_EXCERPT: Final = 300
+
+
+def classify(exc: Exception, endpoint: Endpoint, secrets: tuple[str, ...]) -> UpstreamError:
+    """Turn a failed handshake into an UpstreamError with nothing secret in it."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        detail = _error_message(exc.response.body)
+        retry_after = exc.response.headers.get("Retry-After")
+        text = f"{endpoint.display_url} answered HTTP {status}"
+        if detail:
+            text += f": {detail}"
+        if retry_after:
+            text += f" (Retry-After: {retry_after})"
+        return UpstreamError(scrub(text, secrets), status=status)
+    if isinstance(exc, InvalidURI):
+        return UpstreamError(f"invalid upstream URL {endpoint.display_url}")
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(f"{endpoint.display_url}: the handshake timed out")
+    if isinstance(exc, OSError | InvalidHandshake):
+        return UpstreamError(scrub(f"{endpoint.display_url}: {exc}", secrets))
+    return UpstreamError(scrub(f"{endpoint.display_url}: {exc!r}", secrets))
+
+
+def retryable(error: UpstreamError) -> bool:
+    """Whether another attempt may succeed: network trouble and 5xx, not 4xx."""
+    return error.status is None or error.status in RETRYABLE_STATUS
+
+
+def _error_message(body: bytes | None) -> str:
+    """The ``error.message`` of an OpenAI-style JSON error body, or a short excerpt."""
+    if not body:
+        return ""
+    try:
+        document = json.loads(body)
+        message = document["error"]["message"]
+        if isinstance(message, str):
+            return message[:_BODY_EXCERPT]
+    except (ValueError, KeyError, TypeError):
+        pass
+    return body[:_BODY_EXCERPT].decode("utf-8", "replace")
+
+
+class Upstream:
+    """Opens Responses WebSockets to one endpoint."""
+
+    def __init__(self, endpoint: Endpoint, config: OpenAIConfig, secrets: tuple[str, ...]) -> None:
+        self.endpoint = endpoint
+        self.config = config
+        self.secrets = secrets
+
+    async def open(self) -> UpstreamConnection:
+        """Open one connection, retrying what may pass; raise UpstreamError otherwise."""
+        attempts = self.config.connect_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                websocket = await connect(
+                    self.endpoint.url,
+                    additional_headers=list(self.endpoint.headers),
+                    user_agent_header="openai-mqtt-bridge",
+                    open_timeout=self.config.open_timeout,
+                    ping_interval=self.config.ping_interval,
+                    ping_timeout=self.config.ping_timeout,
+                    close_timeout=self.config.close_timeout,
+                    max_size=self.config.max_message_bytes,
+                    # Server events are read as they come; more queued frames
+                    # only cost memory while the broker is slow.
+                    max_queue=64,
+                    logger=logging.getLogger("bridge.websockets"),
+                )
+            except Exception as exc:
+                error = classify(exc, self.endpoint, self.secrets)
+                if attempt == attempts or not retryable(error):
+                    raise error from None
+                logger.warning("upstream attempt %d/%d failed: %s", attempt, attempts, error)
+                await asyncio.sleep(RETRY_DELAY * 2 ** (attempt - 1))
+            else:
+                return UpstreamConnection(websocket)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+class UpstreamConnection:
+    """One open Responses WebSocket: ordered sends, and a reader of server events."""
+
+    def __init__(self, websocket: ClientConnection) -> None:
+        self._websocket = websocket
+        self._outgoing: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue()
+
+    def send(self, data: str) -> None:
+        """Queue a client event; sends leave in the order queued."""
+        self._outgoing.put_nowait(data)
+
+    def close(self, code: int, reason: str) -> None:
+        """Queue the close handshake, after every send queued before it."""
+        self._outgoing.put_nowait((code, reason))
+
+    async def run(
+        self,
+        on_event: Callable[[bytes], bool],
+        on_full: Callable[[bytes], Awaitable[None]],
+    ) -> tuple[int, str]:
+        """Relay server events until the connection ends; return its close code and reason.
+
+        ``on_event`` takes each event without waiting and returns False when
+        it cannot take more now; the reader then awaits ``on_full`` with that
+        event before reading on, which pushes back on the upstream.
+        """
+        writer = asyncio.create_task(self._write(), name="bridge.ws_out")
+        try:
+            await self._read(on_event, on_full)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        return self._outcome()
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a close handshake."""
+        transport = self._websocket.transport
+        if transport is not None:
+            transport.abort()
+
+    async def _read(
+        self,
+        on_event: Callable[[bytes], bool],
+        on_full: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        websocket = self._websocket
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                raw = await websocket.recv(decode=False)
+                if not isinstance(raw, bytes):  # decode=False gives bytes; keep mypy honest
+                    raw = raw.encode()
+                if not on_event(raw):
+                    await on_full(raw)
+
+    async def _write(self) -> None:
+        websocket = self._websocket
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                item = await self._outgoing.get()
+                if isinstance(item, str):
+                    await websocket.send(item)
+                else:
+                    code, reason = item
+                    await websocket.close(code, reason)
+                    return
+
+    def _outcome(self) -> tuple[int, str]:
+        websocket = self._websocket
+        code = websocket.close_code or ABNORMAL_CLOSURE
+        reason = websocket.close_reason or ""
+        if code == ABNORMAL_CLOSURE and not reason:
+            reason = "connection lost without a close frame"
+        return code, reason

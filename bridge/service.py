@@ -1,0 +1,231 @@
+"""The supervisor: wires the MQTT link and the upstream sockets to the core.
+
+It owns every task: the broker link, one opener per connection id being
+opened, one runner per open connection. It feeds the core each fact and
+performs the actions the core returns, in order. Shutdown follows a fixed
+order: stop taking commands, close every upstream with 1001 and publish a
+close acknowledgement for each, flush the buffer, say ``offline``,
+disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+from bridge.config import Settings
+from bridge.contract import Topics
+from bridge.core import (
+    AbortUpstream,
+    Action,
+    BridgeCore,
+    CloseUpstream,
+    Limits,
+    OpenUpstream,
+    Publish,
+    SendUpstream,
+)
+from bridge.errors import UpstreamError
+from bridge.mqtt_adapter import Inbound, MqttLink
+from bridge.openai_adapter import Upstream, UpstreamConnection
+
+logger = logging.getLogger(__name__)
+
+BUFFER_FULL_CODE: Final = 1013  # "try again later": the broker side cannot take events now
+BROKER_FLUSH_GRACE: Final = 5.0  # seconds to deliver what is buffered once upstreams are closed
+
+
+class Service:
+    """The running daemon: one broker link, many upstream connections, one core."""
+
+    def __init__(self, settings: Settings) -> None:
+        config = settings.config
+        self.settings = settings
+        self.topics = Topics(config.mqtt.topic_prefix)
+        self.core = BridgeCore(
+            self.topics,
+            url=settings.endpoint.display_url,
+            qos=config.mqtt.qos,
+            limits=Limits(
+                max_connections=config.limits.max_connections,
+                max_command_bytes=config.limits.max_command_bytes,
+                allowed_event_types=frozenset(config.limits.allowed_event_types),
+            ),
+            v5=config.mqtt.protocol == "5",
+        )
+        secrets = tuple(
+            secret.value for secret in (settings.api_key, settings.mqtt_password) if secret
+        )
+        self.upstream = Upstream(settings.endpoint, config.openai, secrets)
+        self.link = MqttLink(
+            config.mqtt,
+            self.topics,
+            self._on_inbound,
+            password=settings.mqtt_password.value if settings.mqtt_password else None,
+        )
+        self._openers: dict[str, asyncio.Task[None]] = {}
+        self._connections: dict[str, UpstreamConnection] = {}
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set while the broker link is up and commands are subscribed."""
+        return self.link.connected
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], object] | None = None) -> None:
+        """Run until ``stop`` is set, then shut down in order; raise if the link is fatal."""
+        link = asyncio.create_task(self.link.run(), name="bridge.mqtt_link")
+        ready = asyncio.create_task(self.link.connected.wait(), name="bridge.ready")
+        stopping = asyncio.create_task(stop.wait(), name="bridge.stop")
+        try:
+            done, _ = await asyncio.wait(
+                [link, ready, stopping], return_when=asyncio.FIRST_COMPLETED
+            )
+            if ready in done and on_ready is not None:
+                on_ready()
+            if not done & {link, stopping}:
+                done, _ = await asyncio.wait([link, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if link in done:
+                link.result()  # raises the fatal broker error that ended the link
+                return
+            await self._shutdown()
+            await link
+        finally:
+            for task in (link, ready, stopping):
+                task.cancel()
+            await self._cancel_all()
+
+    # Inbound facts ------------------------------------------------------------------
+
+    def _on_inbound(self, message: Inbound) -> None:
+        actions = self.core.receive_command(
+            message.connection_id,
+            message.payload,
+            retained=message.retained,
+            reply_to=message.reply_to,
+        )
+        self._perform(actions)
+
+    def _on_event(self, connection_id: str, raw: bytes) -> bool:
+        return self.link.publish(self.core.upstream_event(connection_id, raw))
+
+    async def _on_full(self, connection_id: str, raw: bytes) -> None:
+        """The buffer is full: wait for room, or end this connection with a notice."""
+        wait = self.settings.config.limits.event_buffer_wait
+        logger.warning(
+            "[%s] event buffer full (%d messages); waiting up to %.0fs",
+            connection_id,
+            len(self.link.outbox),
+            wait,
+        )
+        try:
+            async with asyncio.timeout(wait):
+                while not self._on_event(connection_id, raw):
+                    await self.link.outbox.wait_for_space()
+        except TimeoutError:
+            logger.warning(
+                "[%s] ending the connection: the broker has not taken events for %.0fs",
+                connection_id,
+                wait,
+            )
+            reason = "event buffer full: the broker or its subscribers are too slow"
+            self._perform(self.core.end_connection(connection_id, BUFFER_FULL_CODE, reason))
+
+    # Actions ---------------------------------------------------------------------------
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Publish():
+                    self.link.publish(action)
+                case OpenUpstream(connection_id):
+                    self._idle.clear()
+                    self._openers[connection_id] = asyncio.create_task(
+                        self._open(connection_id), name=f"bridge.open[{connection_id}]"
+                    )
+                case SendUpstream(connection_id, data):
+                    self._connections[connection_id].send(data)
+                case CloseUpstream(connection_id, code, reason):
+                    self._connections[connection_id].close(code, reason)
+                case AbortUpstream(connection_id):
+                    if connection_id in self._openers:
+                        self._openers[connection_id].cancel()
+                    else:
+                        self._connections[connection_id].abort()
+
+    async def _open(self, connection_id: str) -> None:
+        started = time.monotonic()
+        try:
+            connection = await self.upstream.open()
+        except asyncio.CancelledError:
+            self._openers.pop(connection_id, None)
+            self._perform(self.core.upstream_failed(connection_id, "the handshake was abandoned"))
+            self._note_idle()
+            return
+        except UpstreamError as exc:
+            self._openers.pop(connection_id, None)
+            logger.warning("[%s] upstream connect failed: %s", connection_id, exc)
+            self._perform(self.core.upstream_failed(connection_id, str(exc), exc.status))
+            self._note_idle()
+            return
+        self._openers.pop(connection_id, None)
+        logger.info(
+            "[%s] upstream open (%.0f ms)", connection_id, (time.monotonic() - started) * 1000
+        )
+        self._connections[connection_id] = connection
+        self._runners[connection_id] = asyncio.create_task(
+            self._relay(connection_id, connection), name=f"bridge.relay[{connection_id}]"
+        )
+        self._perform(self.core.upstream_opened(connection_id))
+
+    async def _relay(self, connection_id: str, connection: UpstreamConnection) -> None:
+        try:
+            code, reason = await connection.run(
+                lambda raw: self._on_event(connection_id, raw),
+                lambda raw: self._on_full(connection_id, raw),
+            )
+        except asyncio.CancelledError:
+            connection.abort()
+            code, reason = 1006, "the bridge stopped without a close handshake"
+        finally:
+            self._connections.pop(connection_id, None)
+            self._runners.pop(connection_id, None)
+        logger.info("[%s] upstream closed: %d %s", connection_id, code, reason)
+        self._perform(self.core.upstream_closed(connection_id, code, reason))
+        self._note_idle()
+
+    def _note_idle(self) -> None:
+        if self.core.idle:
+            self._idle.set()
+
+    # Shutdown --------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        grace = self.settings.config.shutdown.grace_seconds
+        logger.info("stopping: closing %d upstream connections", self.core.connection_count)
+        self._perform(self.core.begin_shutdown())
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        except TimeoutError:
+            logger.warning(
+                "%d upstream connections did not close within %.0fs; dropping them",
+                self.core.connection_count,
+                grace,
+            )
+            await self._cancel_all()
+        self.link.stop(BROKER_FLUSH_GRACE)
+
+    async def _cancel_all(self) -> None:
+        tasks = [*self._openers.values(), *self._runners.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
