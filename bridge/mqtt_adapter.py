@@ -174,7 +174,7 @@ class MqttLink:
         if self._v5:
             connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho
             connect_properties.SessionExpiryInterval = config.session_expiry
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             config.host,
             config.port,
             identifier=config.client_id,
@@ -193,6 +193,9 @@ class MqttLink:
             max_inflight_messages=config.max_inflight,
             logger=logging.getLogger("bridge.paho"),
         )
+        # Many publishes in flight is the design, not a leak: silence aiomqtt's warning.
+        client.pending_calls_threshold = PUBLISH_WORKERS + 1
+        return client
 
     async def _clean_session_once(self) -> None:
         """MQTT 3.1.1 has no clean-start-then-keep: wipe the old session with one clean visit."""
@@ -212,8 +215,9 @@ class MqttLink:
 
     async def _session(self, client: aiomqtt.Client) -> None:
         timeout = self.config.connect_timeout
-        await client.publish(self.topics.state, ONLINE, qos=1, retain=True, timeout=timeout)
+        # Subscribe first: a client that sees `online` may publish a command at once.
         await client.subscribe(self.topics.command_filter, qos=1, timeout=timeout)
+        await client.publish(self.topics.state, ONLINE, qos=1, retain=True, timeout=timeout)
         self.connects += 1
         logger.info(
             "connected to broker %s:%d, subscribed to %s",

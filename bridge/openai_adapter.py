@@ -115,6 +115,7 @@ class UpstreamConnection:
     def __init__(self, websocket: ClientConnection) -> None:
         self._websocket = websocket
         self._outgoing: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue()
+        self._closed: ConnectionClosed | None = None
 
     def send(self, data: str) -> None:
         """Queue a client event; sends leave in the order queued."""
@@ -156,13 +157,15 @@ class UpstreamConnection:
         on_full: Callable[[bytes], Awaitable[None]],
     ) -> None:
         websocket = self._websocket
-        with contextlib.suppress(ConnectionClosed):
+        try:
             while True:
                 raw = await websocket.recv(decode=False)
                 if not isinstance(raw, bytes):  # decode=False gives bytes; keep mypy honest
                     raw = raw.encode()
                 if not on_event(raw):
                     await on_full(raw)
+        except ConnectionClosed as exc:
+            self._closed = exc
 
     async def _write(self) -> None:
         websocket = self._websocket
@@ -177,9 +180,19 @@ class UpstreamConnection:
                     return
 
     def _outcome(self) -> tuple[int, str]:
-        websocket = self._websocket
-        code = websocket.close_code or ABNORMAL_CLOSURE
-        reason = websocket.close_reason or ""
+        """The close code and reason to report: the server's, else the one we failed with.
+
+        When the server sent no close frame but we failed the connection
+        ourselves (a ping timeout: 1011, an oversized event: 1009), our code
+        says more than a bare 1006.
+        """
+        closed = self._closed
+        if closed is not None and closed.rcvd is not None:
+            return closed.rcvd.code, closed.rcvd.reason
+        if closed is not None and closed.sent is not None and closed.sent.code != 1000:
+            return closed.sent.code, closed.sent.reason
+        code = self._websocket.close_code or ABNORMAL_CLOSURE
+        reason = self._websocket.close_reason or ""
         if code == ABNORMAL_CLOSURE and not reason:
             reason = "connection lost without a close frame"
         return code, reason

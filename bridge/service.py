@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from bridge import logs
 from bridge.config import Settings
 from bridge.contract import Topics
 from bridge.core import (
@@ -60,6 +61,8 @@ class Service:
         secrets = tuple(
             secret.value for secret in (settings.api_key, settings.mqtt_password) if secret
         )
+        # websockets logs handshake headers (Authorization) and the URL at DEBUG.
+        logs.redact(secrets, "bridge.websockets", "bridge.paho")
         self.upstream = Upstream(settings.endpoint, config.openai, secrets)
         self.link = MqttLink(
             config.mqtt,
@@ -104,6 +107,13 @@ class Service:
     # Inbound facts ------------------------------------------------------------------
 
     def _on_inbound(self, message: Inbound) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "[%s] < command %s%s",
+                message.connection_id,
+                message.payload[:75],
+                " (retained)" if message.retained else "",
+            )
         actions = self.core.receive_command(
             message.connection_id,
             message.payload,

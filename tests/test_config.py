@@ -22,8 +22,11 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults() -> None:
     """An empty file gives the documented defaults."""
     config = parse_config(None)
-    assert (config.mqtt.host, config.mqtt.port, config.mqtt.topic_prefix) == ("127.0.0.1", 1883,
-                                                                              "ai")
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.topic_prefix) == (
+        "127.0.0.1",
+        1883,
+        "ai",
+    )
     assert (config.mqtt.qos, config.mqtt.protocol) == (1, "5")
     assert config.openai.base_url == "https://api.openai.com/v1"
     assert config.limits.max_command_bytes == 1024 * 1024

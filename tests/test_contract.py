@@ -94,14 +94,20 @@ def test_close_defaults_and_request_id() -> None:
         ({"connection_id": "c1"}, contract.INVALID_COMMAND, None),
         ({"action": 3}, contract.INVALID_COMMAND, None),
         ({"action": "open"}, contract.UNKNOWN_ACTION, "open"),
-        ({"action": "connect", "connection_id": "other"}, contract.CONNECTION_ID_MISMATCH,
-         "connect"),
+        (
+            {"action": "connect", "connection_id": "other"},
+            contract.CONNECTION_ID_MISMATCH,
+            "connect",
+        ),
         ({"action": "connect", "connection_id": 5}, contract.INVALID_COMMAND, "connect"),
         ({"action": "send"}, contract.INVALID_COMMAND, "send"),
         ({"action": "send", "event": "response.create"}, contract.INVALID_COMMAND, "send"),
         ({"action": "send", "event": {"model": "x"}}, contract.INVALID_COMMAND, "send"),
-        ({"action": "send", "event": {"type": "response.steer"}},
-         contract.EVENT_TYPE_NOT_ALLOWED, "send"),
+        (
+            {"action": "send", "event": {"type": "response.steer"}},
+            contract.EVENT_TYPE_NOT_ALLOWED,
+            "send",
+        ),
         ({"action": "close", "code": 1006}, contract.INVALID_COMMAND, "close"),
         ({"action": "close", "code": True}, contract.INVALID_COMMAND, "close"),
         ({"action": "close", "code": "1000"}, contract.INVALID_COMMAND, "close"),
@@ -149,12 +155,17 @@ def test_long_unknown_action_is_elided() -> None:
 def test_acknowledgements_match_the_seed_node() -> None:
     """Acks carry the seed node's objects and fields; request_id only when given."""
     assert contract.connect_ack("c1", "wss://h/v1/responses", None) == {
-        "object": "response.websocket.connection", "action": "connect",
-        "connection_id": "c1", "url": "wss://h/v1/responses",
+        "object": "response.websocket.connection",
+        "action": "connect",
+        "connection_id": "c1",
+        "url": "wss://h/v1/responses",
     }
     assert contract.send_ack("c1", "response.create", "r1") == {
-        "object": "response.websocket.client_event", "action": "send",
-        "connection_id": "c1", "event_type": "response.create", "request_id": "r1",
+        "object": "response.websocket.client_event",
+        "action": "send",
+        "connection_id": "c1",
+        "event_type": "response.create",
+        "request_id": "r1",
     }
     assert contract.close_ack("c1", 1000, "OK", None)["code"] == 1000
     notice = contract.disconnected_notice("c1", 1006, "lost")
@@ -165,11 +176,14 @@ def test_error_event_shape() -> None:
     """Errors are response.websocket.error objects with error.code and error.message."""
     event = contract.error_event("c1", "not_open", "nope", action="send", status=None)
     assert event == {
-        "object": "response.websocket.error", "action": "send", "connection_id": "c1",
+        "object": "response.websocket.error",
+        "action": "send",
+        "connection_id": "c1",
         "error": {"code": "not_open", "message": "nope"},
     }
-    with_status = contract.error_event("c1", "upstream_connect_failed", "401", action="connect",
-                                       status=401)
+    with_status = contract.error_event(
+        "c1", "upstream_connect_failed", "401", action="connect", status=401
+    )
     assert with_status["error"]["status"] == 401
 
 

@@ -86,11 +86,16 @@ def test_server_events_are_relayed_unchanged() -> None:
     raw = b'{"type":"response.output_text.delta","sequence_number":4,"delta":"Hel"}'
     publish = core.upstream_event("c1", raw)
     assert (publish.topic, publish.payload, publish.qos, publish.relayed) == (
-        "ai/c1/events", raw, 1, True,
+        "ai/c1/events",
+        raw,
+        1,
+        True,
     )
     assert dict(publish.properties) == {
-        "transport": "responses.websocket", "direction": "server",
-        "connection_id": "c1", "event_type": "response.output_text.delta",
+        "transport": "responses.websocket",
+        "direction": "server",
+        "connection_id": "c1",
+        "event_type": "response.output_text.delta",
     }
 
 
@@ -150,8 +155,11 @@ def test_failed_connect_answers_the_queue() -> None:
     core.receive_command("c1", cmd("send", event=CREATE))
     actions = core.upstream_failed("c1", "HTTP 401", 401)
     first, second = messages(actions)
-    assert first["error"] == {"code": "upstream_connect_failed", "message": "HTTP 401",
-                              "status": 401}
+    assert first["error"] == {
+        "code": "upstream_connect_failed",
+        "message": "HTTP 401",
+        "status": 401,
+    }
     assert (first["action"], first["request_id"]) == ("connect", "r1")
     assert second["error"]["code"] == "not_open"
     assert core.idle
@@ -260,9 +268,7 @@ def test_shutdown_closes_everything() -> None:
     actions = core.begin_shutdown()
     assert CloseUpstream("open", 1001, "bridge shutting down") in actions
     assert AbortUpstream("opening") in actions
-    assert [m["error"]["code"] for m in messages(actions, "ai/opening/events")] == [
-        "shutting_down"
-    ]
+    assert [m["error"]["code"] for m in messages(actions, "ai/opening/events")] == ["shutting_down"]
     assert [
         m["error"]["code"]
         for m in messages(core.receive_command("c9", cmd("connect")), "ai/c9/events")
@@ -280,7 +286,9 @@ def test_end_connection_reports_a_notice() -> None:
     assert core.end_connection("c1", 1013, "buffer full") == [AbortUpstream("c1")]
     (notice,) = messages(core.upstream_closed("c1", 1006, "aborted"))
     assert (notice["action"], notice["code"], notice["reason"]) == (
-        "disconnected", 1013, "buffer full",
+        "disconnected",
+        1013,
+        "buffer full",
     )
 
 

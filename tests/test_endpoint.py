@@ -15,9 +15,14 @@ KEY = "sk-test-0123456789abcdef"
         ("https://api.openai.com/v1", "wss://api.openai.com/v1/responses"),
         ("https://api.openai.com/v1/", "wss://api.openai.com/v1/responses"),
         ("http://127.0.0.1:8765/v1", "ws://127.0.0.1:8765/v1/responses"),
-        ("https://res.openai.azure.com/openai/v1/", "wss://res.openai.azure.com/openai/v1/responses"),
-        ("https://gw.example/v1?api-version=preview",
-         "wss://gw.example/v1/responses?api-version=preview"),
+        (
+            "https://res.openai.azure.com/openai/v1/",
+            "wss://res.openai.azure.com/openai/v1/responses",
+        ),
+        (
+            "https://gw.example/v1?api-version=preview",
+            "wss://gw.example/v1/responses?api-version=preview",
+        ),
         ("wss://direct.example/v1", "wss://direct.example/v1/responses"),
     ],
 )
@@ -35,16 +40,18 @@ def test_extra_query_is_merged() -> None:
 @pytest.mark.parametrize("base", ["ftp://x/v1", "api.openai.com/v1", "https:///v1"])
 def test_bad_base_urls(base: str) -> None:
     """Unsupported schemes and host-less URLs are refused."""
-    with pytest.raises(ValueError, match="scheme|host"):
+    with pytest.raises(ValueError, match=r"scheme|host"):
         websocket_url(base)
 
 
 def test_default_headers_carry_bearer_key() -> None:
     """By default the key goes in Authorization: Bearer; org and project as headers."""
-    endpoint = build_endpoint("https://api.openai.com/v1", api_key=KEY,
-                              organization="org-1", project="proj-1")
+    endpoint = build_endpoint(
+        "https://api.openai.com/v1", api_key=KEY, organization="org-1", project="proj-1"
+    )
     assert dict(endpoint.headers) == {
-        "Authorization": f"Bearer {KEY}", "OpenAI-Organization": "org-1",
+        "Authorization": f"Bearer {KEY}",
+        "OpenAI-Organization": "org-1",
         "OpenAI-Project": "proj-1",
     }
     assert endpoint.display_url == "wss://api.openai.com/v1/responses"
@@ -53,22 +60,27 @@ def test_default_headers_carry_bearer_key() -> None:
 
 def test_custom_headers_replace_authorization() -> None:
     """A configured Authorization header (any case) replaces the default one."""
-    endpoint = build_endpoint("https://gw.example/v1", api_key=KEY,
-                              headers={"authorization": "Token abc", "OpenAI-Beta": "x=1"})
+    endpoint = build_endpoint(
+        "https://gw.example/v1",
+        api_key=KEY,
+        headers={"authorization": "Token abc", "OpenAI-Beta": "x=1"},
+    )
     assert dict(endpoint.headers) == {"authorization": "Token abc", "OpenAI-Beta": "x=1"}
 
 
 def test_azure_style_api_key_header() -> None:
     """auth_header api-key with no scheme sends the raw key."""
-    endpoint = build_endpoint("https://r.openai.azure.com/openai/v1", api_key=KEY,
-                              auth_header="api-key", auth_scheme="")
+    endpoint = build_endpoint(
+        "https://r.openai.azure.com/openai/v1", api_key=KEY, auth_header="api-key", auth_scheme=""
+    )
     assert dict(endpoint.headers) == {"api-key": KEY}
 
 
 def test_query_string_auth_is_redacted_for_display() -> None:
     """A key sent as a query parameter is in the URL but never in the display URL."""
-    endpoint = build_endpoint("https://gw.example/v1?api-version=2026-01", api_key=KEY,
-                              api_key_query_param="code")
+    endpoint = build_endpoint(
+        "https://gw.example/v1?api-version=2026-01", api_key=KEY, api_key_query_param="code"
+    )
     assert f"code={KEY}" in endpoint.url
     assert KEY not in endpoint.display_url
     assert "code=REDACTED" in endpoint.display_url

@@ -1,0 +1,163 @@
+"""The command line, including the daemon as a real process: signals, will, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.cli import EXIT_CONFIG, main
+from bridge.simulator import Simulator
+from tests.conftest import KEY, Broker, Client, body
+from tests.helpers import SECOND
+
+CREATE = {"type": "response.create", "model": "m", "input": "Tell me about tulips."}
+
+
+def test_check_config_prints_redacted_config(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check-config validates, prints the effective config, and never the key."""
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  port: 1884\n")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "port: 1884" in out
+    assert "websocket_url: wss://api.openai.com/v1/responses" in out
+    assert KEY not in out
+
+
+def test_check_config_error_is_one_line(tmp_path: Path, capsys: Any) -> None:
+    """A bad key exits 78 with one line naming the key."""
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  port: nope\n")
+    assert main(["check-config", "--config", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("config error: mqtt.port:")
+
+
+def write_config(tmp_path: Path, broker: Broker, simulator: Simulator) -> Path:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "mqtt": {
+                    "host": broker.host,
+                    "port": broker.port,
+                    "client_id": "cli-bridge",
+                    "keepalive": 5,
+                },
+                "openai": {"base_url": simulator.base_url, "close_timeout": 2},
+                "shutdown": {"grace_seconds": 5},
+                "logging": {"level": "DEBUG"},
+            }
+        )
+    )
+    return path
+
+
+def spawn(config: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OPENAI_API_KEY": KEY}
+    env.pop("NOTIFY_SOCKET", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def wait_state(watcher: Client, expected: bytes) -> None:
+    while (await watcher.next(15)).payload != expected:
+        pass
+
+
+@pytest.mark.integration
+async def test_sigterm_stops_cleanly(tmp_path: Path, broker: Broker, simulator: Simulator) -> None:
+    """SIGTERM mid-stream: close 1001 upstream, close ack, offline, exit 0 in bounded time."""
+    process = spawn(write_config(tmp_path, broker, simulator))
+    try:
+        async with Client(broker) as watcher:
+            await watcher.subscribe("ai/bridge/state", "ai/+/events")
+            await wait_state(watcher, b"online")
+            await watcher.command("c1", {"action": "connect"})
+            await watcher.command("c1", {"action": "send", "event": CREATE})
+            await watcher.until(lambda m: m.get("type") == "response.created")
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            rest = []
+            while True:
+                message = await watcher.next(15)
+                if message.topic.value == "ai/bridge/state":
+                    assert message.payload == b"offline"
+                    break
+                rest.append(body(message))
+            code = await asyncio.to_thread(process.wait, 15 * SECOND)
+            elapsed = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+        stdout, stderr = process.communicate()
+    assert code == 0, stderr.decode()
+    assert elapsed < 10 * SECOND
+    assert rest[-1] == {
+        "object": "response.websocket.connection",
+        "action": "close",
+        "connection_id": "c1",
+        "code": 1001,
+        "reason": "bridge shutting down",
+    }
+    assert [close.code for close in simulator.closes] == [1001]
+    assert KEY.encode() not in stdout + stderr
+    assert b"DEBUG" in stderr  # the log was as verbose as it gets, and still clean
+
+
+@pytest.mark.integration
+async def test_sigkill_leaves_offline_will_and_restart_is_clean(
+    tmp_path: Path, broker: Broker, simulator: Simulator
+) -> None:
+    """After SIGKILL the will says offline; a restart says online with no stale state."""
+    config = write_config(tmp_path, broker, simulator)
+    process = spawn(config)
+    try:
+        async with Client(broker) as watcher:
+            await watcher.subscribe("ai/bridge/state", "ai/+/events")
+            await wait_state(watcher, b"online")
+            await watcher.command("c1", {"action": "connect"})
+            assert (await watcher.next_json())["action"] == "connect"
+            process.kill()
+            await asyncio.to_thread(process.communicate, None, 10 * SECOND)
+            await wait_state(watcher, b"offline")  # the broker sends the will after keepalive
+            process = spawn(config)
+            await wait_state(watcher, b"online")
+            await watcher.command("c1", {"action": "send", "event": CREATE})
+            assert (await watcher.next_json())["error"]["code"] == "not_open"
+            await watcher.command("c1", {"action": "connect"})
+            assert (await watcher.next_json())["action"] == "connect"
+    finally:
+        process.terminate()
+        process.communicate(timeout=15 * SECOND)
+
+
+def test_bad_config_exits_78_without_starting(tmp_path: Path) -> None:
+    """`run` with a bad config exits 78 (systemd does not restart-loop on it)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("mqtt:\n  qos: 7\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "run", "--config", str(path)],
+        capture_output=True,
+        timeout=30 * SECOND,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert b"mqtt.qos" in result.stderr
