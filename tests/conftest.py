@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import os
 import shutil
@@ -20,68 +19,39 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.config import Settings, load_settings
+from bridge.local_broker import LocalMosquitto, find_mosquitto
 from bridge.service import Service
 from bridge.simulator import Simulator, SimulatorOptions
-from tests.helpers import SECOND, free_port, wait_until_listening
+from tests.helpers import SECOND
 
 KEY = "sk-test-canary-0123456789abcdefXYZ"  # a canary: it must never show up on MQTT or in logs
 
 
-def _mosquitto() -> str:
-    """The mosquitto binary; installed with apt-get when missing and possible."""
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if found:
-        return found
+def ensure_mosquitto() -> None:
+    """Install mosquitto with apt-get when it is missing and that is possible; else fail."""
+    if find_mosquitto():
+        return
     if shutil.which("apt-get") and os.geteuid() == 0:
         subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", "mosquitto"], check=False, capture_output=True
         )
-        if Path("/usr/sbin/mosquitto").exists():
-            return "/usr/sbin/mosquitto"
-    pytest.fail(
-        "mosquitto is not installed and could not be installed: run "
-        "`sudo apt-get install -y mosquitto` (the integration tests need a real broker)"
-    )
+    if not find_mosquitto():
+        pytest.fail(
+            "mosquitto is not installed and could not be installed: run "
+            "`sudo apt-get install -y mosquitto` (the integration tests need a real broker)"
+        )
 
 
-class Broker:
+class Broker(LocalMosquitto):
     """A private Mosquitto on a free port that a test may stop and start again."""
 
     def __init__(self, directory: Path, *, persistence: bool = False) -> None:
-        self.host = "127.0.0.1"
-        self.port = free_port()
-        self.directory = directory
-        self.config = directory / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
-            f"persistence {'true' if persistence else 'false'}",
-            f"persistence_location {directory}/",
-            "max_queued_messages 100000",
-            # Started as root, mosquitto drops to the `mosquitto` user and then
-            # cannot write its persistence file into our temp dir.
-            f"user {getpass.getuser()}",
-            "log_dest none",
-        ]
-        self.config.write_text("\n".join(lines) + "\n")
-        self.process: subprocess.Popen[bytes] | None = None
+        ensure_mosquitto()
+        super().__init__(directory, persistence=persistence)
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [_mosquitto(), "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until_listening(self.host, self.port, timeout=10 * SECOND)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10 * SECOND)
-            self.process = None
+    def start(self, timeout: float = 10.0) -> None:
+        super().start(timeout * SECOND)
 
 
 @pytest.fixture
