@@ -1,4 +1,4 @@
-"""The command line: ``openai-mqtt-bridge run | check-config | simulate``.
+"""The command line: ``openai-mqtt-bridge run | check-config | demo | simulate``.
 
 This is the only module that configures logging, reads the environment,
 installs signal handlers, calls ``asyncio.run`` and maps errors to exit codes.
@@ -18,6 +18,7 @@ from typing import Final
 
 from bridge import __version__, logs, systemd
 from bridge.config import Settings, load_settings, redacted_dump
+from bridge.demo import QUESTION, DemoOptions, run_demo
 from bridge.errors import BridgeError, BrokerError, ConfigError
 from bridge.service import Service
 from bridge.simulator import SimulatorOptions, serve
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "demo":
+        return _demo(args)
     try:
         settings = load_settings(args.config, os.environ)
     except ConfigError as exc:
@@ -56,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="YAML config file (default: all defaults)")
     check = commands.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("--config", type=Path, help="YAML config file")
+    demo = commands.add_parser("demo", help="run the seed flow end to end, offline")
+    demo.add_argument(
+        "--config", type=Path, help="take the broker from this config (default 127.0.0.1:1883)"
+    )
+    demo.add_argument(
+        "--upstream",
+        choices=("simulator", "openai"),
+        default="simulator",
+        help="openai uses the real API with OPENAI_API_KEY",
+    )
+    demo.add_argument("--raw", action="store_true", help="show the JSON messages")
+    demo.add_argument("--question", default=QUESTION)
     simulate = commands.add_parser("simulate", help="run a local Responses WebSocket server")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
@@ -128,6 +143,31 @@ async def _serve(service: object) -> None:
         await service.run(stop, on_ready=lambda: systemd.notify("READY=1"))
     except asyncio.CancelledError:
         logger.warning("stopped without grace")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        mqtt = load_settings(args.config, {}).config.mqtt if args.config else None
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.setup("WARNING")
+    options = DemoOptions(
+        broker_host=mqtt.host if mqtt else "127.0.0.1",
+        broker_port=mqtt.port if mqtt else 1883,
+        upstream=args.upstream,
+        raw=args.raw,
+        question=args.question,
+    )
+    print("openai-mqtt-bridge demo: the seed flow over MQTT")
+    try:
+        asyncio.run(run_demo(options))
+    except BridgeError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -150,11 +150,15 @@ class Settings:
 
 
 def load_settings(path: Path | str | None, environ: Mapping[str, str]) -> Settings:
-    """Read, validate and resolve the configuration.
+    """Read, validate and resolve the configuration file.
 
     ``path`` None means all defaults. Raises ConfigError naming the key.
     """
-    config = parse_config(_read_yaml(Path(path)) if path is not None else {})
+    return resolve(parse_config(_read_yaml(Path(path)) if path is not None else {}), environ)
+
+
+def resolve(config: Config, environ: Mapping[str, str]) -> Settings:
+    """Resolve a validated config's secrets and endpoint; raise ConfigError naming the key."""
     api_key = _resolve_secret(
         config.openai.api_key_file,
         "openai.api_key_file",
