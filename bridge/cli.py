@@ -171,7 +171,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-
     logs.setup(args.log_level.upper())
     options = SimulatorOptions(
         api_key=args.api_key,

@@ -276,6 +276,45 @@ async def test_connection_limit(
     assert (error["connection_id"], error["error"]["code"]) == ("b", "limit_reached")
 
 
+async def test_upstream_handshake_carries_configured_auth(
+    broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
+) -> None:
+    """The key goes as a Bearer header; org, project, extra headers and query go along."""
+    await start_bridge(
+        broker,
+        simulator,
+        openai={
+            "organization": "org-1",
+            "project": "proj-1",
+            "headers": {"OpenAI-Beta": "responses_websockets=2026-02-06"},
+            "query": {"api-version": "preview"},
+        },
+    )
+    await client.command("c1", {"action": "connect"})
+    ack = await client.next_json()
+    assert ack["url"] == simulator.url + "?api-version=preview"
+    (handshake,) = simulator.handshakes
+    assert handshake.header("Authorization") == f"Bearer {KEY}"
+    assert handshake.header("OpenAI-Organization") == "org-1"
+    assert handshake.header("OpenAI-Project") == "proj-1"
+    assert handshake.header("OpenAI-Beta") == "responses_websockets=2026-02-06"
+    assert handshake.query == {"api-version": "preview"}
+
+
+async def test_query_string_auth_is_redacted_in_the_ack(
+    broker: Broker, start_bridge: Any, client: Client
+) -> None:
+    """With the key in a query parameter, the upstream gets it and the ack shows REDACTED."""
+    async with Simulator() as keyless:  # like a gateway that authenticates by query string
+        await start_bridge(broker, keyless, openai={"api_key_query_param": "api-key"})
+        await client.command("c1", {"action": "connect"})
+        ack = await client.next_json()
+        assert ack["url"] == keyless.url + "?api-key=REDACTED"
+        (handshake,) = keyless.handshakes
+        assert handshake.query == {"api-key": KEY}
+        assert handshake.header("Authorization") is None
+
+
 async def test_upstream_handshake_refused(
     broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
 ) -> None:
