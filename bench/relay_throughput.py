@@ -20,6 +20,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import parse_config, resolve
 from bridge.local_broker import LocalMosquitto
@@ -51,12 +52,12 @@ def baseline(host: str, port: int, count: int, qos: int) -> float:
         if received == count:
             got.set()
 
-    subscriber = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4()}")
+    subscriber = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4()}")
     subscriber.on_message = on_message
     subscriber.connect(host, port)
     subscriber.subscribe("bench/base/events", qos=qos)
     subscriber.loop_start()
-    publisher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4()}")
+    publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4()}")
     publisher.max_inflight_messages_set(100)
     publisher.max_queued_messages_set(0)
     publisher.connect(host, port)
@@ -110,7 +111,7 @@ async def through_bridge(
                 await client.publish(f"ai/{connection_id}/cmd", b'{"action":"connect"}', qos=1)
             opened = 0
             async for message in client.messages:
-                opened += b'"action":"connect"' in bytes(message.payload)  # type: ignore[arg-type]
+                opened += b'"action":"connect"' in bytes(message.payload)
                 if opened == len(ids):
                     break
             create = json.dumps(
@@ -129,7 +130,7 @@ async def through_bridge(
                 await client.publish(f"ai/{connection_id}/cmd", create, qos=1)
             events = completed = 0
             async for message in client.messages:
-                payload = bytes(message.payload)  # type: ignore[arg-type]
+                payload = bytes(message.payload)
                 if payload.startswith(b'{"type":'):
                     events += 1
                     completed += payload.startswith(b'{"type":"response.completed"')
