@@ -101,6 +101,9 @@ class LimitsConfig(_Section):
     max_connections: int = Field(100, ge=1)
     max_command_bytes: int = Field(MIB, ge=1024)
     allowed_event_types: tuple[str, ...] = ("response.create",)
+    commands_per_second: float = Field(10.0, gt=0)
+    command_burst: int = Field(20, ge=1)
+    dedupe_seconds: float = Field(30.0, ge=0)
     event_buffer_wait: float = Field(30.0, gt=0)
 
 

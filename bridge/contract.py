@@ -52,6 +52,7 @@ EVENT_TYPE_NOT_ALLOWED: Final = "event_type_not_allowed"
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 UPSTREAM_CONNECT_FAILED: Final = "upstream_connect_failed"
 LIMIT_REACHED: Final = "limit_reached"
+RATE_LIMITED: Final = "rate_limited"
 SHUTTING_DOWN: Final = "shutting_down"
 RETAINED_COMMAND: Final = "retained_command"
 INVALID_SERVER_EVENT: Final = "invalid_server_event"
@@ -206,6 +207,29 @@ def parse_command(
     except CommandError as exc:
         exc.action, exc.request_id = action, request_id
         raise
+
+
+def peek(payload: bytes, *, max_bytes: int) -> tuple[str | None, str | None]:
+    """The ``action`` and ``request_id`` of a command that will not be carried out.
+
+    For replies to commands refused before parsing (rate limit), so they can
+    still echo what the client sent. Anything unreadable gives None.
+    """
+    if len(payload) > max_bytes:
+        return None, None
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    action, request_id = document.get("action"), document.get("request_id")
+    return (
+        action if isinstance(action, str) and action in ACTIONS else None,
+        request_id
+        if isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_LENGTH
+        else None,
+    )
 
 
 def _parse_action(

@@ -26,13 +26,19 @@ from typing import Any, Final
 from bridge import contract
 from bridge.contract import Close, Command, Connect, Send, Topics, UserProperties
 from bridge.errors import CommandError, InvalidState
+from bridge.limits import RateLimiter, RecentCommands
 
 MAX_BACKLOG: Final = 100  # commands waiting behind one connect/close; more are refused
 
 # Rejections that do not depend on a connection's state, answered without
 # waiting in its backlog.
 _ANSWERED_AT_ONCE: Final = frozenset(
-    {contract.RETAINED_COMMAND, contract.INVALID_CONNECTION_ID, contract.SHUTTING_DOWN}
+    {
+        contract.RETAINED_COMMAND,
+        contract.INVALID_CONNECTION_ID,
+        contract.SHUTTING_DOWN,
+        contract.RATE_LIMITED,
+    }
 )
 
 
@@ -89,9 +95,14 @@ Action = Publish | OpenUpstream | SendUpstream | CloseUpstream | AbortUpstream
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What clients may ask; None switches a limit off (the core's unit-test default)."""
+
     max_connections: int = 100
     max_command_bytes: int = 1024 * 1024
     allowed_event_types: frozenset[str] = frozenset({"response.create"})
+    commands_per_second: float | None = None
+    command_burst: int = 20
+    dedupe_seconds: float | None = None
 
 
 class Phase(enum.Enum):
@@ -119,6 +130,7 @@ class _Stats:
     commands: int = 0
     rejected: int = 0
     relayed: int = 0
+    duplicates: int = 0
 
 
 class BridgeCore:
@@ -147,6 +159,12 @@ class BridgeCore:
         self.stats = _Stats()
         self._connections: dict[str, _Connection] = {}
         self._backlogs: dict[str, deque[_Entry]] = {}
+        self._rate = (
+            RateLimiter(limits.commands_per_second, limits.command_burst)
+            if limits.commands_per_second
+            else None
+        )
+        self._recent = RecentCommands(limits.dedupe_seconds) if limits.dedupe_seconds else None
 
     # Introspection ----------------------------------------------------------
 
@@ -172,12 +190,22 @@ class BridgeCore:
         *,
         retained: bool = False,
         reply_to: ReplyTo | None = None,
+        now: float = 0.0,
     ) -> list[Action]:
-        """A message arrived on ``P/<connection_id>/cmd``."""
+        """A message arrived on ``P/<connection_id>/cmd`` at monotonic time ``now``."""
         if not payload:
             return []  # an empty payload deletes a retained message: not a command
         self.stats.commands += 1
         try:
+            if self._rate is not None and not self._rate.allow(connection_id, now):
+                action, request_id = contract.peek(payload, max_bytes=self.limits.max_command_bytes)
+                raise CommandError(
+                    contract.RATE_LIMITED,
+                    f"more than {self.limits.commands_per_second:g} commands per second "
+                    "for this connection id; this one was not carried out",
+                    action=action,
+                    request_id=request_id,
+                )
             if retained:
                 raise CommandError(
                     contract.RETAINED_COMMAND,
@@ -197,6 +225,13 @@ class BridgeCore:
             if exc.code in _ANSWERED_AT_ONCE:
                 return self._reject(connection_id, exc, reply_to)
             parsed = exc
+        if (
+            self._recent is not None
+            and parsed.request_id is not None
+            and (self._recent.seen_before(connection_id, parsed.request_id, payload, now))
+        ):
+            self.stats.duplicates += 1
+            return []  # a QoS 1 redelivery: it was carried out (or answered) already
 
         backlog = self._backlogs.get(connection_id)
         if backlog is None and not self._busy(connection_id):

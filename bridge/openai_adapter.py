@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -45,11 +47,26 @@ def classify(exc: Exception, endpoint: Endpoint, secrets: tuple[str, ...]) -> Up
         return UpstreamError(scrub(text, secrets), status=status)
     if isinstance(exc, InvalidURI):
         return UpstreamError(f"invalid upstream URL {endpoint.display_url}")
+    return UpstreamError(scrub(f"{endpoint.display_url}: {_describe(exc)}", secrets))
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, human reading of a network-level failure."""
     if isinstance(exc, TimeoutError):
-        return UpstreamError(f"{endpoint.display_url}: the handshake timed out")
-    if isinstance(exc, OSError | InvalidHandshake):
-        return UpstreamError(scrub(f"{endpoint.display_url}: {exc}", secrets))
-    return UpstreamError(scrub(f"{endpoint.display_url}: {exc!r}", secrets))
+        return "the handshake timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the server"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, InvalidHandshake) and isinstance(cause, ssl.SSLError | OSError):
+        return _describe(cause)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def retryable(error: UpstreamError) -> bool:
@@ -116,6 +133,7 @@ class UpstreamConnection:
         self._websocket = websocket
         self._outgoing: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue()
         self._closed: ConnectionClosed | None = None
+        self._aborted = False
 
     def send(self, data: str) -> None:
         """Queue a client event; sends leave in the order queued."""
@@ -146,7 +164,11 @@ class UpstreamConnection:
         return self._outcome()
 
     def abort(self) -> None:
-        """Drop the TCP connection at once, without a close handshake."""
+        """Drop the TCP connection at once, without a close handshake.
+
+        No further event is handed on, not even one already received.
+        """
+        self._aborted = True
         transport = self._websocket.transport
         if transport is not None:
             transport.abort()
@@ -158,8 +180,10 @@ class UpstreamConnection:
     ) -> None:
         websocket = self._websocket
         try:
-            while True:
+            while not self._aborted:
                 raw = await websocket.recv(decode=False)
+                if self._aborted:
+                    break
                 if not isinstance(raw, bytes):  # decode=False gives bytes; keep mypy honest
                     raw = raw.encode()
                 if not on_event(raw):

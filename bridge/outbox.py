@@ -36,6 +36,7 @@ class Outbox:
         self._inflight: deque[Entry] = deque()
         self._count = 0
         self._bytes = 0
+        self.peak = 0  # the most messages held at once, for tests and benchmarks
         self._has_pending = asyncio.Event()
         self._has_space = asyncio.Event()
         self._has_space.set()
@@ -60,6 +61,7 @@ class Outbox:
         self._pending.append(Entry(publish))
         self._count += 1
         self._bytes += len(publish.payload)
+        self.peak = max(self.peak, self._count)
         self._has_pending.set()
         self._empty.clear()
         if self.full:

@@ -55,6 +55,9 @@ class Service:
                 max_connections=config.limits.max_connections,
                 max_command_bytes=config.limits.max_command_bytes,
                 allowed_event_types=frozenset(config.limits.allowed_event_types),
+                commands_per_second=config.limits.commands_per_second,
+                command_burst=config.limits.command_burst,
+                dedupe_seconds=config.limits.dedupe_seconds or None,
             ),
             v5=config.mqtt.protocol == "5",
         )
@@ -119,6 +122,7 @@ class Service:
             message.payload,
             retained=message.retained,
             reply_to=message.reply_to,
+            now=time.monotonic(),
         )
         self._perform(actions)
 

@@ -317,7 +317,7 @@ def test_misuse_raises_invalid_state() -> None:
 def test_core_and_contract_do_no_io() -> None:
     """core.py and contract.py import neither asyncio, nor the MQTT/WS libraries, nor time."""
     forbidden = {"asyncio", "aiomqtt", "paho", "websockets", "socket", "time", "datetime"}
-    for name in ("core.py", "contract.py", "endpoint.py", "errors.py"):
+    for name in ("core.py", "contract.py", "endpoint.py", "errors.py", "limits.py"):
         tree = ast.parse((Path(__file__).parent.parent / "bridge" / name).read_text())
         imported = set()
         for node in ast.walk(tree):
@@ -326,3 +326,41 @@ def test_core_and_contract_do_no_io() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module.split(".")[0])
         assert not imported & forbidden, (name, imported & forbidden)
+
+
+def test_rate_limit_per_id() -> None:
+    """Past the burst, commands of one id are answered with rate_limited; others are not."""
+    core = make_core(commands_per_second=2.0, command_burst=3)
+    actions: list[Action] = []
+    for _ in range(5):
+        actions += core.receive_command("c1", cmd("close"), now=10.0)
+    assert error_codes(actions) == ["not_open"] * 3 + ["rate_limited"] * 2
+    assert messages(actions)[-1]["action"] == "close"  # still echoed, though not parsed
+    other = core.receive_command("c2", cmd("close"), now=10.0)
+    assert [m["error"]["code"] for m in messages(other, "ai/c2/events")] == ["not_open"]
+    later = core.receive_command("c1", cmd("close"), now=10.6)  # one token back after 0.5 s
+    assert error_codes(later) == ["not_open"]
+
+
+def test_qos1_redelivery_is_not_carried_out_twice() -> None:
+    """The same bytes with the same request_id within the window run once."""
+    core = make_core(dedupe_seconds=30.0)
+    connect = cmd("connect", request_id="r1")
+    assert core.receive_command("c1", connect, now=0.0) == [OpenUpstream("c1")]
+    assert core.receive_command("c1", connect, now=1.0) == []
+    assert core.stats.duplicates == 1
+    core.upstream_opened("c1")
+    send = cmd("send", event=CREATE, request_id="r2")
+    assert isinstance(core.receive_command("c1", send, now=2.0)[-1], SendUpstream)
+    assert core.receive_command("c1", send, now=3.0) == []
+    # A new command reusing a request_id is not a redelivery; neither is one after the window.
+    other = cmd("send", event={**CREATE, "input": "again"}, request_id="r2")
+    assert isinstance(core.receive_command("c1", other, now=4.0)[-1], SendUpstream)
+    assert isinstance(core.receive_command("c1", send, now=40.0)[-1], SendUpstream)
+
+
+def test_commands_without_request_id_are_never_deduplicated() -> None:
+    """Two identical commands without request_id both run."""
+    core = make_core(dedupe_seconds=30.0)
+    core.receive_command("c1", cmd("close"), now=0.0)
+    assert error_codes(core.receive_command("c1", cmd("close"), now=0.1)) == ["not_open"]

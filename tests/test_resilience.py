@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridge.simulator import Simulator, SimulatorOptions
 from tests.conftest import KEY, Broker, Client, body
-from tests.helpers import SECOND
+from tests.helpers import SECOND, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +43,7 @@ async def open_connection(client: Client, connection_id: str) -> None:
         ("drop_before_created", 1006, None),
         ("drop_after_created", 1006, "response.created"),
         ("drop_mid_stream", 1006, "response.output_text.delta"),
+        ("close_1001", 1001, "response.output_text.delta"),
         ("close_1011", 1011, "response.output_text.delta"),
         ("close_1012", 1012, "response.output_text.delta"),
         ("close_4000", 4000, "response.output_text.delta"),
@@ -80,6 +86,120 @@ async def test_server_error_events_are_relayed(
     assert messages[-1]["error"]["code"] == "previous_response_not_found"
     await client.command("c1", {"action": "send", "event": create()})
     await client.until(lambda m: m.get("type") == "response.completed")
+
+
+async def test_connection_age_limit_error_is_relayed(
+    broker: Broker, start_bridge: Any, client: Client
+) -> None:
+    """After the (here: 1 s) connection limit the server's error is relayed; a new
+    connection on the same id works."""
+    async with Simulator(SimulatorOptions(api_key=KEY, max_connection_age=1.0)) as aging:
+        await start_bridge(broker, aging)
+        await open_connection(client, "c1")
+        await asyncio.sleep(1.2)  # the simulator's own clock, not a test timeout
+        await client.command("c1", {"action": "send", "event": create()})
+        messages = await client.until(lambda m: m.get("type") == "error")
+        assert messages[-1]["error"]["code"] == "websocket_connection_limit_reached"
+        await client.command("c1", {"action": "close"})
+        await client.until(lambda m: m.get("action") == "close")
+        await open_connection(client, "c1")
+
+
+async def test_connection_age_limit_pushed_then_closed(
+    broker: Broker, start_bridge: Any, client: Client
+) -> None:
+    """A server that pushes the limit error on an idle socket and closes: error, then
+    `disconnected` with its code, and the id is free again."""
+    options = SimulatorOptions(api_key=KEY, max_connection_age=0.5, push_limit_error=True)
+    async with Simulator(options) as aging:
+        await start_bridge(broker, aging)
+        await open_connection(client, "c1")
+        messages = await client.until(lambda m: m.get("action") == "disconnected")
+        assert [m.get("type") for m in messages[:-1]] == ["error"]
+        assert messages[0]["error"]["code"] == "websocket_connection_limit_reached"
+        assert messages[-1]["code"] == 1000
+        await open_connection(client, "c1")
+
+
+@pytest.fixture
+async def untrusted_tls_server(tmp_path: Path) -> AsyncIterator[int]:
+    """A TLS server with a self-signed certificate nobody trusts; yields its port."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = [
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+    ]
+    await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0, ssl=context)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("base_url", "status", "words"),
+    [
+        ("{sim}?simulator_status=401", 401, "Incorrect API key"),
+        ("{sim}?simulator_status=403", 403, ""),
+        ("{sim}?simulator_status=429&simulator_retry_after=7", 429, "Retry-After: 7"),
+        ("{sim}?simulator_status=500", 500, ""),
+        ("{sim}?simulator_status=503", 503, ""),
+        ("http://127.0.0.1:{closed}/v1", None, "refused"),
+        ("http://no-such-host.invalid/v1", None, "resolve"),
+        ("https://127.0.0.1:{sim_port}/v1", None, "reset"),
+        ("https://127.0.0.1:{untrusted}/v1", None, "TLS handshake failed"),
+    ],
+)
+async def test_handshake_failures(
+    broker: Broker,
+    simulator: Simulator,
+    start_bridge: Any,
+    client: Client,
+    untrusted_tls_server: int,
+    base_url: str,
+    status: int | None,
+    words: str,
+) -> None:
+    """Each refused or failed handshake: upstream_connect_failed, the status, no secret."""
+    url = base_url.format(
+        sim=simulator.base_url,
+        sim_port=simulator.port,
+        closed=free_port(),
+        untrusted=untrusted_tls_server,
+    )
+    await start_bridge(
+        broker, simulator, openai={"base_url": url, "connect_attempts": 2, "open_timeout": 3}
+    )
+    await client.command("c1", {"action": "connect", "request_id": "r1"})
+    error = await client.next_json(wait=20)
+    assert error["error"]["code"] == "upstream_connect_failed"
+    assert error["error"].get("status") == status
+    assert words in error["error"]["message"]
+    assert error["request_id"] == "r1"
+    assert KEY not in json.dumps(error)
+    if status in (500, 503):  # 5xx is tried again, 4xx is not
+        assert len(simulator.handshakes) == 2
+    elif status is not None:
+        assert len(simulator.handshakes) == 1
 
 
 async def test_silent_upstream_is_not_timed_out(
@@ -230,6 +350,93 @@ async def test_broker_restart_mid_stream_loses_nothing(
     assert numbers == list(range(len(numbers)))  # in order
     assert len(numbers) > 30
     assert any(m.get("type") == "response.output_text.delta" for m in after)  # mid-stream
+
+
+async def test_broker_away_longer_than_the_buffer_ends_the_stream_clearly(
+    persistent_broker: Broker, start_bridge: Any
+) -> None:
+    """The buffer fills while the broker is down: the stream is cut with `disconnected`
+    1013 after what was kept, never a silent gap, and memory stays bounded."""
+    broker = persistent_broker
+    options = SimulatorOptions(api_key=KEY, tokens_per_second=100)
+    async with Simulator(options) as paced:
+        bridge = await start_bridge(
+            broker, paced, mqtt={"buffer_max_messages": 20}, limits={"event_buffer_wait": 0.5}
+        )
+        subscriber = Client(broker, client_id="persistent-sub-2", persistent=True)
+        await subscriber.connect(subscribe=("ai/+/events",))
+        try:
+            await open_connection(subscriber, "c1")
+            text = "Explain in detail how tulips grow, bloom and spread in spring. " * 3
+            await subscriber.command(
+                "c1", {"action": "send", "event": create(text, max_output_tokens=400)}
+            )
+            before = await subscriber.until(lambda m: m.get("type") == "response.output_text.delta")
+            await subscriber.disconnect()
+            broker.stop()
+            await paced.wait_for(lambda: paced.open_connections == 0, 10 * SECOND)
+            broker.start()
+            await subscriber.connect()
+            after = await subscriber.until(lambda m: m.get("action") == "disconnected", wait=20)
+        finally:
+            await subscriber.disconnect()
+        peak = bridge.service.link.outbox.peak
+    notice = after[-1]
+    assert (notice["code"], notice["reason"].split(":")[0]) == (1013, "event buffer full")
+    numbers = [m["sequence_number"] for m in before[1:] + after if "sequence_number" in m]
+    assert numbers == list(range(len(numbers)))  # a prefix of the stream, no hole in it
+    assert not any(m.get("type") == "response.completed" for m in after)
+    assert peak <= 20 + 5  # the bound, plus the bridge's own few messages
+
+
+async def test_stalled_subscriber_does_not_hold_back_others(
+    broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
+) -> None:
+    """A subscriber that never reads does not slow the bridge or other subscribers."""
+    bridge = await start_bridge(broker, simulator)
+    stalled = socket.create_connection((broker.host, broker.port))
+    # A raw MQTT 3.1.1 CONNECT + SUBSCRIBE to ai/+/events at QoS 1, then never read again.
+    stalled.sendall(bytes.fromhex("101000044d5154540402003c0004") + b"stal")
+    stalled.sendall(bytes.fromhex("820f0001000c") + b"ai/+/events" + b"\x01")
+    try:
+        await open_connection(client, "c1")
+        for _ in range(3):
+            await client.command("c1", {"action": "send", "event": create()})
+            await client.until(lambda m: m.get("type") == "response.completed")
+        assert len(bridge.service.link.outbox) == 0
+    finally:
+        stalled.close()
+
+
+async def test_redelivered_command_is_not_carried_out_twice(
+    broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
+) -> None:
+    """The same send (same request_id, same bytes) twice: one ack, one upstream event."""
+    await start_bridge(broker, simulator)
+    await open_connection(client, "c1")
+    send = json.dumps({"action": "send", "request_id": "r-1", "event": create()}).encode()
+    await client.command("c1", send)
+    await client.command("c1", send)
+    messages = await client.until(lambda m: m.get("type") == "response.completed")
+    assert [m.get("action") for m in messages].count("send") == 1
+    assert [body(m) for m in await client.quiet(0.5)] == []
+    assert len(simulator.received) == 1
+
+
+async def test_command_flood_is_answered_not_queued(
+    broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
+) -> None:
+    """Past the per-id rate, each command still gets exactly one answer: rate_limited."""
+    await start_bridge(broker, simulator, limits={"commands_per_second": 5, "command_burst": 5})
+    for n in range(15):
+        await client.command("c1", {"action": "close", "request_id": str(n)})
+    answers = [await client.next_json() for _ in range(15)]
+    assert sorted(int(a["request_id"]) for a in answers) == list(range(15))
+    codes = [a["error"]["code"] for a in answers]
+    assert codes.count("not_open") >= 5
+    assert codes.count("rate_limited") >= 5
+    assert set(codes) == {"not_open", "rate_limited"}
+    assert await client.quiet() == []
 
 
 async def test_api_key_never_published_or_logged(
