@@ -89,6 +89,19 @@ def backoff_delays(initial: float, maximum: float) -> Callable[[], float]:
     return next_delay
 
 
+class _PahoLevels(logging.Filter):
+    """paho logs a broker going away at ERROR; for us that is WARNING (we reconnect)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+PAHO_LOGGER: Final = logging.getLogger("bridge.paho")
+PAHO_LOGGER.addFilter(_PahoLevels())
+
+
 @functools.lru_cache(maxsize=4096)
 def _properties(user: UserProperties, correlation: bytes | None) -> Properties | None:
     """paho properties for a publish; cached because relayed events repeat them."""
@@ -191,7 +204,7 @@ class MqttLink:
             keepalive=config.keepalive,
             timeout=config.connect_timeout,
             max_inflight_messages=config.max_inflight,
-            logger=logging.getLogger("bridge.paho"),
+            logger=PAHO_LOGGER,
         )
         # Many publishes in flight is the design, not a leak: silence aiomqtt's warning.
         client.pending_calls_threshold = PUBLISH_WORKERS + 1
@@ -207,7 +220,7 @@ class MqttLink:
             password=self.password,
             clean_session=True,
             timeout=self.config.connect_timeout,
-            logger=logging.getLogger("bridge.paho"),
+            logger=PAHO_LOGGER,
         )
         with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
             async with client:
