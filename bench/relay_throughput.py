@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import cProfile
 import json
+import pstats
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import aiomqtt
@@ -23,9 +29,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import parse_config, resolve
-from bridge.local_broker import LocalMosquitto
+from bridge.local_broker import LocalMosquitto, free_port, is_listening
 from bridge.service import Service
-from bridge.simulator import Simulator, SimulatorOptions
 
 EVENT = json.dumps(
     {
@@ -75,71 +80,110 @@ def baseline(host: str, port: int, count: int, qos: int) -> float:
     return count / elapsed
 
 
+@contextlib.contextmanager
+def simulator_process(deltas: int) -> Iterator[str]:
+    """The simulator in a process of its own (it must not share the bridge's CPU time)."""
+    port = free_port()
+    reply = " ".join(["word"] * deltas)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys; from bridge.simulator import SimulatorOptions, serve; "
+            "asyncio.run(serve('127.0.0.1', int(sys.argv[1]), "
+            "SimulatorOptions(fixed_reply=sys.argv[2])))",
+            str(port),
+            reply,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not is_listening("127.0.0.1", port):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the simulator did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait()
+
+
 async def through_bridge(
-    host: str, port: int, deltas: int, connections: int, qos: int
+    host: str, port: int, base_url: str, deltas: int, connections: int, qos: int
 ) -> tuple[float, int]:
     """Events/s the subscriber receives from `connections` streams relayed by the bridge."""
-    reply = " ".join(["word"] * deltas)
-    async with Simulator(SimulatorOptions(fixed_reply=reply)) as simulator:
-        settings = resolve(
-            parse_config(
-                {
-                    "mqtt": {
-                        "host": host,
-                        "port": port,
-                        "qos": qos,
-                        "client_id": "bench-bridge",
-                        "buffer_max_messages": 1_000_000,
-                        "buffer_max_bytes": 1 << 30,
-                    },
-                    "openai": {"base_url": simulator.base_url},
-                    "limits": {"max_connections": connections + 1},
-                }
-            ),
-            {},
-        )
-        service = Service(settings)
-        stop = asyncio.Event()
-        bridge = asyncio.create_task(service.run(stop))
-        await service.ready.wait()
-        ids = [f"bench{n}" for n in range(connections)]
-        async with aiomqtt.Client(
-            host, port, protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=0
-        ) as client:
-            await client.subscribe("ai/+/events", qos=qos)
-            for connection_id in ids:
-                await client.publish(f"ai/{connection_id}/cmd", b'{"action":"connect"}', qos=1)
-            opened = 0
-            async for message in client.messages:
-                opened += b'"action":"connect"' in bytes(message.payload)
-                if opened == len(ids):
-                    break
-            create = json.dumps(
-                {
-                    "action": "send",
-                    "event": {
-                        "type": "response.create",
-                        "model": "m",
-                        "input": "bench",
-                        "max_output_tokens": deltas * 4,
-                    },
-                }
-            ).encode()
-            started = time.perf_counter()
-            for connection_id in ids:
-                await client.publish(f"ai/{connection_id}/cmd", create, qos=1)
-            events = completed = 0
-            async for message in client.messages:
-                payload = bytes(message.payload)
-                if payload.startswith(b'{"type":'):
-                    events += 1
-                    completed += payload.startswith(b'{"type":"response.completed"')
-                    if completed == len(ids):
-                        break
-            elapsed = time.perf_counter() - started
-        stop.set()
-        await bridge
-    return events / elapsed, events
+    settings = resolve(
+        parse_config(
+            {
+                "mqtt": {
+                    "host": host,
+                    "port": port,
+                    "qos": qos,
+                    "client_id": "bench-bridge",
+                    "buffer_max_messages": 1_000_000,
+                    "buffer_max_bytes": 1 << 30,
+                },
+                "openai": {"base_url": base_url},
+                "limits": {"max_connections": connections + 1},
+            }
+        ),
+        {},
+    )
+    service = Service(settings)
+    stop = asyncio.Event()
+    bridge = asyncio.create_task(service.run(stop))
+    await service.ready.wait()
+    ids = [f"bench{n}" for n in range(connections)]
+    received = threading.Event()
+    counts = {"events": 0, "completed": 0, "connected": 0}
+    connected = threading.Event()
+
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        payload = message.payload
+        if payload.startswith(b'{"type":'):
+            counts["events"] += 1
+            if payload.startswith(b'{"type":"response.completed"'):
+                counts["completed"] += 1
+                if counts["completed"] == len(ids):
+                    received.set()
+        elif b'"action":"connect"' in payload:
+            counts["connected"] += 1
+            if counts["connected"] == len(ids):
+                connected.set()
+
+    subscriber = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4()}")
+    subscriber.on_message = on_message
+    subscriber.connect(host, port)
+    subscriber.subscribe("ai/+/events", qos=qos)
+    subscriber.loop_start()
+    await asyncio.sleep(0.3)
+    async with aiomqtt.Client(host, port) as client:
+        for connection_id in ids:
+            await client.publish(f"ai/{connection_id}/cmd", b'{"action":"connect"}', qos=1)
+        await asyncio.to_thread(connected.wait, 30)
+        create = json.dumps(
+            {
+                "action": "send",
+                "event": {
+                    "type": "response.create",
+                    "model": "m",
+                    "input": "bench",
+                    "max_output_tokens": deltas * 4,
+                },
+            }
+        ).encode()
+        started = time.perf_counter()
+        for connection_id in ids:
+            await client.publish(f"ai/{connection_id}/cmd", create, qos=1)
+        if not await asyncio.to_thread(received.wait, 300):
+            raise RuntimeError(f"only {counts} arrived")
+        elapsed = time.perf_counter() - started
+    subscriber.loop_stop()
+    subscriber.disconnect()
+    stop.set()
+    await bridge
+    return counts["events"] / elapsed, counts["events"]
 
 
 def main() -> None:
@@ -147,18 +191,30 @@ def main() -> None:
     parser.add_argument("--deltas", type=int, default=5000, help="text deltas per stream")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--qos", type=int, nargs="*", default=[1, 0])
+    parser.add_argument(
+        "--profile", action="store_true", help="print where the bridge's CPU time goes (cProfile)"
+    )
     args = parser.parse_args()
-    with LocalMosquitto() as broker:
+    profiler = cProfile.Profile() if args.profile else None
+    with LocalMosquitto() as broker, simulator_process(args.deltas) as base_url:
         for qos in args.qos:
+            if profiler:
+                profiler.enable()
             rate, events = asyncio.run(
-                through_bridge(broker.host, broker.port, args.deltas, args.connections, qos)
+                through_bridge(
+                    broker.host, broker.port, base_url, args.deltas, args.connections, qos
+                )
             )
+            if profiler:
+                profiler.disable()
             base = baseline(broker.host, broker.port, events, qos)
             print(
                 f"QoS {qos}: bridge {rate:8.0f} events/s ({events} events, "
                 f"{args.connections} streams) | bare paho {base:8.0f} msg/s | "
                 f"ratio {rate / base:.2f}"
             )
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":
