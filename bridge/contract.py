@@ -123,7 +123,7 @@ def _connection_id_problem(connection_id: str) -> str | None:
     if connection_id == RESERVED_ID:
         return f"'{RESERVED_ID}' is reserved"
     for char in connection_id:
-        if char in "/+#" or char.isspace() or unicodedata.category(char) == "Cc":
+        if char in "/+#" or char.isspace() or unicodedata.category(char) in ("Cc", "Cs"):
             return f"contains the forbidden character {char!r}"
     return None
 
@@ -379,7 +379,9 @@ def _with_request_id(message: dict[str, Any], request_id: str | None) -> dict[st
 
 def encode(message: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON, the form of every message the bridge publishes."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    # A lone surrogate (only from a caller's bug or a hostile id) becomes a JSON escape.
+    return text.encode("utf-8", "backslashreplace")
 
 
 UserProperties = tuple[tuple[str, str], ...]
