@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -16,10 +17,11 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from bridge import __version__, logs, systemd
+from bridge import __version__, logs
 from bridge.config import Settings, load_settings, redacted_dump
 from bridge.demo import QUESTION, DemoOptions, run_demo
-from bridge.errors import BridgeError, BrokerError, ConfigError
+from bridge.errors import BridgeError, BrokerError, BrokerRefused, ConfigError
+from bridge.ops import Operations
 from bridge.service import Service
 from bridge.simulator import SimulatorOptions, serve
 
@@ -27,6 +29,7 @@ logger = logging.getLogger("bridge")
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1  # a fatal runtime error: systemd may restart us
+EXIT_REFUSED: Final = 77  # os.EX_NOPERM: the broker refused our login or TLS; do not restart
 EXIT_CONFIG: Final = 78  # os.EX_CONFIG: bad config or missing secret; do not restart
 
 
@@ -95,7 +98,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(settings: Settings) -> int:
 
-    logs.setup(settings.config.logging.level)
+    logs.setup(settings.config.logging.level, settings.config.logging.format)
+    # On a hang, systemd's watchdog sends SIGABRT: leave every thread's stack in the journal.
+    faulthandler.enable()
+    if settings.config.mqtt.tls.enabled and settings.config.mqtt.tls.insecure:
+        logger.warning("mqtt.tls.insecure: the broker's certificate name is not checked")
     if settings.api_key is None:
         logger.warning(
             "no API key (OPENAI_API_KEY, openai.api_key_file or a systemd "
@@ -110,6 +117,12 @@ def _run(settings: Settings) -> int:
     )
     try:
         asyncio.run(_serve(Service(settings)))
+    except ConfigError as exc:
+        logger.error("config error: %s", exc)
+        return EXIT_CONFIG
+    except BrokerRefused as exc:
+        logger.error("%s; not retrying (exit %d)", exc, EXIT_REFUSED)
+        return EXIT_REFUSED
     except BrokerError as exc:
         logger.error("%s", exc)
         return EXIT_FAILURE
@@ -123,6 +136,7 @@ def _run(settings: Settings) -> int:
 async def _serve(service: object) -> None:
 
     assert isinstance(service, Service)
+    ops = Operations(service, os.environ)
     stop = asyncio.Event()
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -134,13 +148,14 @@ async def _serve(service: object) -> None:
                 main_task.cancel()
             return
         logger.info("%s: stopping", sig.name)
-        systemd.notify("STOPPING=1")
+        ops.stopping()
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        await service.run(stop, on_ready=lambda: systemd.notify("READY=1"))
+        async with ops.running():
+            await service.run(stop, on_ready=ops.ready)
     except asyncio.CancelledError:
         logger.warning("stopped without grace")
 

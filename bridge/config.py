@@ -4,11 +4,17 @@ Raw dicts stay inside this module. Secrets never live in the YAML file: the
 API key comes from ``openai.api_key_file``, a systemd credential
 (``$CREDENTIALS_DIRECTORY/openai_api_key``) or ``OPENAI_API_KEY``; the broker
 password from ``mqtt.password_file``, the credential ``mqtt_password``,
-``MQTT_PASSWORD`` or (discouraged) ``mqtt.password``.
+``MQTT_PASSWORD`` or (discouraged) ``mqtt.password``; the broker TLS client
+key from ``mqtt.tls.key_file`` or the credential ``mqtt_tls_key``. Any key
+can be overridden from the environment (``OPENAI_MQTT_BRIDGE__MQTT__PORT``,
+see :mod:`bridge.config_sources`), and :func:`redacted_dump` says where each
+value came from.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +23,43 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from bridge import tls
+from bridge.config_sources import (
+    FROM_FILE,
+    Sources,
+    annotate_error,
+    annotated_yaml,
+    apply_environment,
+    file_sources,
+    source_of,
+)
 from bridge.endpoint import REDACTED, Endpoint, build_endpoint, is_secret_name, websocket_url
 from bridge.errors import ConfigError
 
 MIB = 1024 * 1024
 
 
+def _topic_prefix(value: str) -> str:
+    """Validate a topic prefix: usable as the first levels of a topic name."""
+    if not value or value.startswith("/") or value.endswith("/"):
+        raise ValueError("must be non-empty and not start or end with '/'")
+    if any(char in value for char in "+#\x00"):
+        raise ValueError("must not contain the wildcards '+' or '#', or NUL")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MqttTlsConfig(_Section):
+    """TLS to the broker (``mqtt.tls``); the client key may come as credential ``mqtt_tls_key``."""
+
+    enabled: bool = False
+    ca_file: Path | None = None  # None: the system's trusted CAs
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False  # skip the host name check (the chain is still verified)
 
 
 class MqttConfig(_Section):
@@ -40,6 +75,7 @@ class MqttConfig(_Section):
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
+    tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig)
     # How
     qos: Literal[0, 1, 2] = 1
     keepalive: int = Field(60, ge=5, le=65535)
@@ -55,11 +91,7 @@ class MqttConfig(_Section):
     @field_validator("topic_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if not value or value.startswith("/") or value.endswith("/"):
-            raise ValueError("must be non-empty and not start or end with '/'")
-        if any(char in value for char in "+#\x00"):
-            raise ValueError("must not contain the wildcards '+' or '#', or NUL")
-        return value
+        return _topic_prefix(value)
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -85,6 +117,9 @@ class OpenAIConfig(_Section):
     ping_interval: float | None = Field(20.0, gt=0)
     ping_timeout: float | None = Field(60.0, gt=0)
     close_timeout: float = Field(10.0, gt=0)
+    # permessage-deflate: off by default; each compressed connection holds
+    # zlib windows (~35 KiB more per connection) and inflates every event.
+    compression: bool = False
     # Limits
     max_message_bytes: int = Field(64 * MIB, ge=MIB)
 
@@ -117,11 +152,32 @@ class LoggingConfig(_Section):
     """Log output (section ``logging``)."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
 
     @field_validator("level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+
+class MetricsConfig(_Section):
+    """Prometheus metrics over HTTP (section ``metrics``; needs the ``[metrics]`` extra)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=1, le=65535)
+
+
+class HomeAssistantConfig(_Section):
+    """Home Assistant MQTT discovery of the bridge's own entities (section ``homeassistant``)."""
+
+    discovery: bool = False
+    prefix: str = "homeassistant"
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        return _topic_prefix(value)
 
 
 class Config(_Section):
@@ -132,6 +188,8 @@ class Config(_Section):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 
 
 @dataclass(frozen=True)
@@ -150,18 +208,36 @@ class Settings:
     api_key: Secret | None
     mqtt_password: Secret | None
     endpoint: Endpoint
+    mqtt_tls: ssl.SSLContext | None = None
+    mqtt_tls_key: Secret | None = None  # the client key's path (not its content), and its source
+    sources: Mapping[str, str] = field(default_factory=dict)  # dotted key → file / env NAME
 
 
 def load_settings(path: Path | str | None, environ: Mapping[str, str]) -> Settings:
-    """Read, validate and resolve the configuration file.
+    """Read the configuration file, apply environment overrides, validate and resolve.
 
-    ``path`` None means all defaults. Raises ConfigError naming the key.
+    ``path`` None means all defaults. Raises ConfigError naming the key (and
+    the environment variable, when the value came from one).
     """
-    return resolve(parse_config(_read_yaml(Path(path)) if path is not None else {}), environ)
+    document = _read_yaml(Path(path)) if path is not None else {}
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError("", "the config file must be a YAML mapping of sections")
+    sources = file_sources(document)
+    overridden = apply_environment(document, environ)
+    sources.update(overridden)
+    try:
+        return resolve(parse_config(document), environ, sources)
+    except ConfigError as exc:
+        raise annotate_error(exc, overridden) from None
 
 
-def resolve(config: Config, environ: Mapping[str, str]) -> Settings:
+def resolve(
+    config: Config, environ: Mapping[str, str], sources: Mapping[str, str] | None = None
+) -> Settings:
     """Resolve a validated config's secrets and endpoint; raise ConfigError naming the key."""
+    sources = sources or {}
     api_key = _resolve_secret(
         config.openai.api_key_file,
         "openai.api_key_file",
@@ -177,7 +253,14 @@ def resolve(config: Config, environ: Mapping[str, str]) -> Settings:
         "MQTT_PASSWORD",
         config.mqtt.password,
         environ,
+        inline_source=_inline_source(sources, "mqtt.password"),
     )
+    tls_key, tls_context = _resolve_tls(config.mqtt.tls, environ)
+    if config.metrics.enabled and importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigError(
+            "metrics.enabled",
+            "needs prometheus-client: pip install 'openai-mqtt-bridge[metrics]'",
+        )
     section = config.openai
     endpoint = build_endpoint(
         section.base_url,
@@ -190,7 +273,37 @@ def resolve(config: Config, environ: Mapping[str, str]) -> Settings:
         organization=section.organization,
         project=section.project,
     )
-    return Settings(config, api_key, password, endpoint)
+    return Settings(config, api_key, password, endpoint, tls_context, tls_key, dict(sources))
+
+
+def _inline_source(sources: Mapping[str, str], key: str) -> str:
+    source = source_of(sources, key)
+    return "config file" if source == FROM_FILE else source.replace("env ", "environment ", 1)
+
+
+def _resolve_tls(
+    section: MqttTlsConfig, environ: Mapping[str, str]
+) -> tuple[Secret | None, ssl.SSLContext | None]:
+    """The client key (file, else the credential ``mqtt_tls_key``) and the TLS context."""
+    if not section.enabled:
+        return None, None
+    key: Secret | None = None
+    if section.key_file is not None:
+        key = Secret(str(section.key_file), f"file {section.key_file}")
+    elif section.cert_file is not None:
+        credentials_dir = environ.get("CREDENTIALS_DIRECTORY")
+        candidate = Path(credentials_dir) / "mqtt_tls_key" if credentials_dir else None
+        if candidate is not None and candidate.is_file():
+            key = Secret(str(candidate), "systemd credential mqtt_tls_key")
+    if key is not None and section.cert_file is None:
+        raise ConfigError("mqtt.tls.key_file", "needs mqtt.tls.cert_file (the client certificate)")
+    context = tls.client_context(
+        ca_file=section.ca_file,
+        cert_file=section.cert_file,
+        key_file=Path(key.value) if key else None,
+        insecure=section.insecure,
+    )
+    return key, context
 
 
 def parse_config(document: object) -> Config:
@@ -228,6 +341,8 @@ def _resolve_secret(
     env_name: str,
     inline: SecretStr | None,
     environ: Mapping[str, str],
+    *,
+    inline_source: str = "config file",
 ) -> Secret | None:
     """First of: the configured file, the systemd credential, the environment, inline."""
     if file is not None:
@@ -241,7 +356,7 @@ def _resolve_secret(
     if environ.get(env_name):
         return Secret(environ[env_name].strip(), f"environment {env_name}")
     if inline is not None:
-        return Secret(inline.get_secret_value(), "config file")
+        return Secret(inline.get_secret_value(), inline_source)
     return None
 
 
@@ -255,11 +370,13 @@ def _read_secret_file(path: Path, key: str) -> str:
     return value
 
 
-def redacted_dump(settings: Settings) -> str:
-    """The effective configuration as YAML, with every secret replaced."""
+def redacted_document(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, with every secret replaced."""
     document = settings.config.model_dump(mode="json")
     mqtt, openai = document["mqtt"], document["openai"]
     mqtt["password"] = _shown(settings.mqtt_password)
+    if settings.mqtt_tls_key is not None:
+        mqtt["tls"]["key_file"] = settings.mqtt_tls_key.value
     openai["api_key"] = _shown(settings.api_key)
     for section in ("headers", "query"):
         openai[section] = {
@@ -267,7 +384,26 @@ def redacted_dump(settings: Settings) -> str:
             for name, value in openai[section].items()
         }
     openai["websocket_url"] = settings.endpoint.display_url
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    return document
+
+
+def redacted_dump(settings: Settings) -> str:
+    """The effective configuration as YAML, every secret replaced, every value's source noted.
+
+    Each line ends in ``# (from file)``, ``# (from env NAME)`` or ``# (default)``.
+    """
+    notes: Sources = dict(settings.sources)
+    for key, secret in (
+        ("mqtt.password", settings.mqtt_password),
+        ("openai.api_key", settings.api_key),
+    ):
+        if secret is not None:
+            notes[key] = "secret"  # the value says where it came from
+    tls_key = settings.mqtt_tls_key
+    if tls_key is not None and tls_key.source.startswith("systemd credential"):
+        notes["mqtt.tls.key_file"] = f"from {tls_key.source}"
+    notes["openai.websocket_url"] = "derived from openai.base_url"
+    return annotated_yaml(redacted_document(settings), notes)
 
 
 def _shown(secret: Secret | None) -> str | None:

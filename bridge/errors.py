@@ -7,6 +7,7 @@
     ├── CommandError       a bad MQTT command: answered with an error event, never raised far
     ├── UpstreamError      the Responses WebSocket could not be opened or failed
     ├── BrokerError        the MQTT broker could not be reached or dropped us
+    │   └── BrokerRefused  ...or refused us for good at the first connect (exit 77)
     └── InvalidState       the core was misused: a bug, never caught
 
 This module imports no library, so the pure core can use it.
@@ -79,6 +80,14 @@ class UpstreamError(BridgeError):
 
 class BrokerError(BridgeError):
     """The MQTT broker could not be reached, refused us, or dropped the link."""
+
+
+class BrokerRefused(BrokerError):
+    """The first connect failed in a way no retry fixes: bad login, or a TLS certificate.
+
+    Raised only before the bridge was ever connected; later the broker may be
+    restarting, and the bridge keeps trying.
+    """
 
 
 class InvalidState(BridgeError, AssertionError):

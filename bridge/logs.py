@@ -9,26 +9,54 @@ Level policy:
   and closed, stop. Never one line per event.
 - DEBUG: per message details, including library internals.
 
-Under systemd (``JOURNAL_STREAM`` set) lines carry no timestamp: journald adds it.
+Two formats (``logging.format``): ``text``, one line per record for a
+terminal, and ``json``, one object per line with ``ts``, ``level``, ``logger``,
+``message``, and ``connection_id`` when the record is about one connection
+(its message starts with ``[<id>]``), plus ``exception`` for a traceback.
+
+When stderr is the journal (``JOURNAL_STREAM`` names it), lines carry no
+timestamp (journald adds it) and start with the syslog priority, ``<3>`` for
+ERROR to ``<7>`` for DEBUG, which journald strips and stores as the entry's
+priority: ``journalctl -p warning -u openai-mqtt-bridge`` then shows just the
+warnings and errors.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
+import re
 import sys
+from typing import Final
 
 from bridge.endpoint import scrub
 
+# syslog priorities, as sd-daemon(3) prefixes them: <3> err, <4> warning, <6> info, <7> debug
+PRIORITIES: Final = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+_CONNECTION_PREFIX: Final = re.compile(r"\[([^\s\]]+)\] ")
 
-def setup(level: str) -> None:
-    """Configure the root logger once: stderr, one line per record."""
-    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not under_journald:
-        fmt = "%(asctime)s " + fmt
+
+def setup(level: str, fmt: str = "text") -> None:
+    """Configure the root logger once: stderr, one line per record, ``text`` or ``json``."""
+    journal = stderr_is_journal()
+    formatter: logging.Formatter
+    if fmt == "json":
+        formatter = JsonFormatter()
+    else:
+        pattern = "%(levelname)s %(name)s: %(message)s"
+        formatter = logging.Formatter(pattern if journal else "%(asctime)s " + pattern)
+    if journal:
+        formatter = JournalPriority(formatter)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -37,6 +65,69 @@ def setup(level: str) -> None:
     library_level = logging.DEBUG if level == "DEBUG" else logging.WARNING
     for noisy in ("bridge.paho", "bridge.websockets", "websockets", "asyncio"):
         logging.getLogger(noisy).setLevel(library_level)
+
+
+def stderr_is_journal() -> bool:
+    """True if stderr is connected to journald (``JOURNAL_STREAM`` is its ``device:inode``)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+
+
+class JournalPriority(logging.Formatter):
+    """Puts ``<priority>`` before each record, for journald; wraps the real formatter."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = PRIORITIES.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
+        return f"<{priority}>{self.inner.format(record)}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts (UTC), level, logger, message, connection_id, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        document: dict[str, object] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        connection_id = getattr(record, "connection_id", None)
+        args = record.args
+        if (
+            connection_id is None
+            and isinstance(record.msg, str)
+            and record.msg.startswith("[%s] ")  # the bridge's "[<id>] ..." lines
+            and isinstance(args, tuple)
+            and args
+        ):
+            connection_id = args[0]
+            document["message"] = message[len(f"[{connection_id}] ") :]
+        if connection_id is None:
+            found = _CONNECTION_PREFIX.match(message)
+            if found:
+                connection_id = found.group(1)
+                document["message"] = message[found.end() :]
+        if connection_id is not None:
+            document["connection_id"] = str(connection_id)
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            document["exception"] = record.exc_text
+        return json.dumps(document, ensure_ascii=False, default=str)
 
 
 class RedactSecrets(logging.Filter):

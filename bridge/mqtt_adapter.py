@@ -18,25 +18,30 @@ import functools
 import logging
 import math
 import random
+import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 import aiomqtt
+from paho.mqtt import client as paho_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.config import MqttConfig
 from bridge.contract import Topics, UserProperties
 from bridge.core import Publish, ReplyTo
-from bridge.errors import BrokerError
+from bridge.errors import BrokerError, BrokerRefused
 from bridge.outbox import Outbox
+from bridge.tls import fatal_tls_problem
 
 logger = logging.getLogger(__name__)
 
-# Publishes handed to paho at once. paho keeps its own in-flight window
-# (mqtt.max_inflight) and queues the rest, so this only needs to exceed it.
-PUBLISH_WORKERS: Final = 128
+# Publishes handed to paho at once. Enough to keep the broker's in-flight
+# window full (Mosquitto's Receive Maximum is 20); more only costs: aiomqtt
+# scans its pending calls and paho its queue on every publish and every ack.
+PUBLISH_WORKERS: Final = 32
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
 # CONNACK reason codes that a retry will not fix (3.1.1 and v5 numbering).
@@ -70,7 +75,11 @@ def classify(exc: Exception, *, ever_connected: bool) -> BrokerError | None:
         code = rc if isinstance(rc, int) else -1 if rc is None else int(rc.value)
         reason = _REFUSALS.get(code)
         if reason is not None:
-            return BrokerError(f"the broker refused the connection: {reason}")
+            return BrokerRefused(f"the broker refused the connection: {reason}")
+    if not ever_connected:
+        problem = fatal_tls_problem(exc)
+        if problem is not None:
+            return BrokerRefused(f"cannot connect to the broker: {problem}")
     if isinstance(exc, aiomqtt.MqttError | OSError | TimeoutError):
         return None
     return BrokerError(f"unexpected broker error: {exc!r}")
@@ -102,12 +111,25 @@ PAHO_LOGGER: Final = logging.getLogger("bridge.paho")
 PAHO_LOGGER.addFilter(_PahoLevels())
 
 
+class _PackedOnce(Properties):
+    """Properties that encode themselves once: paho packs them again for every publish,
+    and relayed events share them (the cache below), so this saves most of the cost."""
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = bytes(super().pack())  # type: ignore[no-untyped-call]  # paho
+            # paho's __setattr__ only admits MQTT property names
+            object.__setattr__(self, "_packed", packed)
+        return packed
+
+
 @functools.lru_cache(maxsize=4096)
 def _properties(user: UserProperties, correlation: bytes | None) -> Properties | None:
     """paho properties for a publish; cached because relayed events repeat them."""
     if not user and correlation is None:
         return None
-    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho is untyped here
+    properties = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho
     if user:
         properties.UserProperty = list(user)
         properties.ContentType = "application/json"
@@ -126,11 +148,19 @@ class MqttLink:
         on_message: Callable[[Inbound], None],
         *,
         password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.topics = topics
         self.on_message = on_message
         self.password = password
+        self.tls = tls
+        # Seconds from handing a publish to paho to the broker's ack (metrics; None: not timed).
+        self.on_published: Callable[[float], None] | None = None
+        self._announcements: dict[str, bytes] = {}  # retained topics we keep set (bridge/info)
+        self._announce_due: set[str] = set()
+        self._announce_wakeup = asyncio.Event()
+        self._listeners: dict[str, Callable[[bytes], None]] = {}
         self.outbox = Outbox(config.buffer_max_messages, config.buffer_max_bytes)
         self.connected = asyncio.Event()
         self.connects = 0
@@ -179,6 +209,25 @@ class MqttLink:
         self._stop_grace = grace
         self._stop.set()
 
+    def announce(self, topic: str, payload: bytes) -> None:
+        """Keep ``payload`` retained on ``topic`` (QoS 1): published now, and after each reconnect.
+
+        Publishing the same topic again before the first went out sends only the latest.
+        """
+        self._announcements[topic] = payload
+        self._announce_due.add(topic)
+        self._announce_wakeup.set()
+
+    def reannounce(self) -> None:
+        """Publish ``online`` and every announcement again (a consumer asked, e.g. HA restarted)."""
+        self._announce_due.update(self._announcements)
+        self._announce_due.add(self.topics.state)
+        self._announce_wakeup.set()
+
+    def listen(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        """Subscribe to ``topic`` (an exact name) on every connect; call ``callback(payload)``."""
+        self._listeners[topic] = callback
+
     # Internals -------------------------------------------------------------------
 
     def _client(self, *, clean: bool) -> aiomqtt.Client:
@@ -199,12 +248,14 @@ class MqttLink:
             # dropped); a reconnect resumes it, so the broker keeps the
             # commands published while we were away.
             clean_session=None if self._v5 else False,
-            clean_start=clean if self._v5 else True,
+            # paho refuses any other value under 3.1.1 (clean_session decides there).
+            clean_start=clean if self._v5 else paho_client.MQTT_CLEAN_START_FIRST_ONLY,
             properties=connect_properties,
             keepalive=config.keepalive,
             timeout=config.connect_timeout,
             max_inflight_messages=config.max_inflight,
             logger=PAHO_LOGGER,
+            tls_context=self.tls,
         )
         # Many publishes in flight is the design, not a leak: silence aiomqtt's warning.
         client.pending_calls_threshold = PUBLISH_WORKERS + 1
@@ -221,6 +272,7 @@ class MqttLink:
             clean_session=True,
             timeout=self.config.connect_timeout,
             logger=PAHO_LOGGER,
+            tls_context=self.tls,
         )
         with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
             async with client:
@@ -230,7 +282,11 @@ class MqttLink:
         timeout = self.config.connect_timeout
         # Subscribe first: a client that sees `online` may publish a command at once.
         await client.subscribe(self.topics.command_filter, qos=1, timeout=timeout)
+        for topic in self._listeners:
+            await client.subscribe(topic, qos=1, timeout=timeout)
         await client.publish(self.topics.state, ONLINE, qos=1, retain=True, timeout=timeout)
+        self._announce_due.update(self._announcements)  # the broker may have lost them
+        self._announce_wakeup.set()
         self.connects += 1
         logger.info(
             "connected to broker %s:%d, subscribed to %s",
@@ -244,6 +300,7 @@ class MqttLink:
             for n in range(PUBLISH_WORKERS)
         ]
         tasks.append(asyncio.create_task(self._receive_loop(client), name="bridge.mqtt_in"))
+        tasks.append(asyncio.create_task(self._announce_loop(client), name="bridge.mqtt_announce"))
         stop = asyncio.create_task(self._stop.wait(), name="bridge.mqtt_stop")
         try:
             # The workers and the receiver only end by failing: the link broke.
@@ -289,26 +346,53 @@ class MqttLink:
         while True:
             entry = await outbox.take()
             publish = entry.publish
-            await client.publish(
-                publish.topic,
-                publish.payload,
-                qos=publish.qos,
-                properties=_properties(publish.properties, publish.correlation_data),
-                timeout=math.inf,  # the link's keepalive detects a dead broker, not this call
-            )
+            observe = self.on_published
+            started = time.monotonic() if observe is not None else 0.0
+            try:
+                await client.publish(
+                    publish.topic,
+                    publish.payload,
+                    qos=publish.qos,
+                    properties=_properties(publish.properties, publish.correlation_data),
+                    timeout=math.inf,  # the link's keepalive detects a dead broker, not this call
+                )
+            except (ValueError, UnicodeError) as exc:
+                # A topic MQTT cannot carry (wildcards, bad UTF-8): drop this message only.
+                logger.warning("cannot publish to %r: %s", publish.topic, exc)
             outbox.done(entry)
+            if observe is not None:
+                observe(time.monotonic() - started)
+
+    async def _announce_loop(self, client: aiomqtt.Client) -> None:
+        """Publish due announcements, retained; ends only by failing, like the other loops."""
+        while True:
+            await self._announce_wakeup.wait()
+            self._announce_wakeup.clear()
+            while self._announce_due:
+                topic = self._announce_due.pop()
+                payload = ONLINE if topic == self.topics.state else self._announcements[topic]
+                if topic == self.topics.state and self._stop.is_set():
+                    continue  # stopping: `offline` is on its way
+                try:
+                    await client.publish(topic, payload, qos=1, retain=True, timeout=math.inf)
+                except BaseException:
+                    self._announce_due.add(topic)  # publish it after the reconnect
+                    raise
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
         prefix_topics = self.topics
         async for message in client.messages:
             connection_id = prefix_topics.connection_id_of(message.topic.value)
-            if connection_id is None:
-                continue
             payload = message.payload
             if isinstance(payload, str):
                 payload = payload.encode()
             elif not isinstance(payload, bytes | bytearray):
                 payload = b"" if payload is None else str(payload).encode()
+            if connection_id is None:
+                listener = self._listeners.get(message.topic.value)
+                if listener is not None:
+                    listener(bytes(payload))
+                continue
             self.on_message(
                 Inbound(connection_id, bytes(payload), message.retain, _reply_to(message))
             )

@@ -113,6 +113,7 @@ class Upstream:
                     # Server events are read as they come; more queued frames
                     # only cost memory while the broker is slow.
                     max_queue=64,
+                    compression="deflate" if self.config.compression else None,
                     logger=logging.getLogger("bridge.websockets"),
                 )
             except Exception as exc:

@@ -32,6 +32,7 @@ from bridge.core import (
 )
 from bridge.errors import UpstreamError
 from bridge.mqtt_adapter import Inbound, MqttLink
+from bridge.observer import COMPLETED_PREFIX, Observer
 from bridge.openai_adapter import Upstream, UpstreamConnection
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,11 @@ class Service:
             self.topics,
             self._on_inbound,
             password=settings.mqtt_password.value if settings.mqtt_password else None,
+            tls=settings.mqtt_tls,
         )
+        self.observer = Observer()  # bridge.ops.Operations when run as the daemon
+        self.events_relayed = 0  # server events the outbox took
+        self._observed_count = 0
         self._openers: dict[str, asyncio.Task[None]] = {}
         self._connections: dict[str, UpstreamConnection] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
@@ -127,7 +132,12 @@ class Service:
         self._perform(actions)
 
     def _on_event(self, connection_id: str, raw: bytes) -> bool:
-        return self.link.publish(self.core.upstream_event(connection_id, raw))
+        if not self.link.publish(self.core.upstream_event(connection_id, raw)):
+            return False
+        self.events_relayed += 1
+        if raw.startswith(COMPLETED_PREFIX):
+            self.observer.response_completed(connection_id, raw)
+        return True
 
     async def _on_full(self, connection_id: str, raw: bytes) -> None:
         """The buffer is full: wait for room, or end this connection with a notice."""
@@ -158,6 +168,7 @@ class Service:
             match action:
                 case Publish():
                     self.link.publish(action)
+                    self.observer.bridge_message(action)
                 case OpenUpstream(connection_id):
                     self._idle.clear()
                     self._openers[connection_id] = asyncio.create_task(
@@ -172,6 +183,9 @@ class Service:
                         self._openers[connection_id].cancel()
                     else:
                         self._connections[connection_id].abort()
+        if self.core.connection_count != self._observed_count:
+            self._observed_count = self.core.connection_count
+            self.observer.connections_changed(self._observed_count)
 
     async def _open(self, connection_id: str) -> None:
         started = time.monotonic()

@@ -232,12 +232,17 @@ class Client:
     async def until(self, predicate: Any, wait: float = 10) -> list[dict[str, Any]]:
         """Collect JSON messages until one satisfies ``predicate``; return them all."""
         seen: list[dict[str, Any]] = []
-        async with asyncio.timeout(wait * SECOND):
-            while True:
-                document = await self.next_json(wait)
-                seen.append(document)
-                if predicate(document):
-                    return seen
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait * SECOND
+        while True:  # one deadline, no nested timeouts (they can lose a cancel on 3.11)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"no matching message within {wait}s; saw {seen[-5:]}")
+            message = await asyncio.wait_for(self.received.get(), remaining)
+            document = body(message)
+            seen.append(document)
+            if predicate(document):
+                return seen
 
     async def quiet(self, seconds: float = 0.3) -> list[aiomqtt.Message]:
         """Whatever arrives within ``seconds`` (to check that nothing more comes)."""
