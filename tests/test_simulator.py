@@ -1049,3 +1049,14 @@ async def test_serve_runs_until_cancelled(caplog: pytest.LogCaptureFixture) -> N
     with pytest.raises(ConnectionRefusedError):
         async with connect(url, additional_headers=AUTH, open_timeout=SECOND):
             pass
+
+
+def test_say_prompts_are_answered_by_saying_it() -> None:
+    """ "Say X in one sentence" answers with X (the seed flow's question reads naturally)."""
+    from bridge.simulator.text import generate_answer, question_kind
+
+    prompt = "Say hello from Responses websocket mode in one sentence."
+    assert question_kind(prompt) == "say"
+    answer = generate_answer(prompt, 0)
+    assert answer.startswith("Hello from Responses websocket mode! ")
+    assert answer == generate_answer(prompt, 0)

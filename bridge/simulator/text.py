@@ -177,13 +177,15 @@ def _pick(options: Sequence[str], *key: object) -> str:
 
 
 def question_kind(prompt: str) -> str:
-    """Classify a prompt as "greeting", "how", "why", "what", "yesno" or "other"."""
+    """Classify a prompt as "greeting", "say", "how", "why", "what", "yesno" or "other"."""
     words: list[str] = [word.lower() for word in _WORD_RE.findall(prompt)]
     if not words:
         return "other"
     if words[0] in _GREETINGS and len(words) <= 3:
         return "greeting"
     first = words[0]
+    if first in ("say", "greet") and len(words) > 1:
+        return "say"
     if first in ("how", "why"):
         return first
     if first in ("what", "what's", "whats", "who", "who's", "which", "define", "explain"):
@@ -233,6 +235,8 @@ def generate_answer(prompt: str, seed: int, *, follow_up: bool = False) -> str:
     kind = question_kind(clean)
     if kind == "greeting":
         return _pick(_GREETING_REPLIES, seed, clean)
+    if kind == "say":
+        return _say(clean, seed)
     topic = extract_topic(clean)
     fill = {"topic": topic, "Topic": topic[:1].upper() + topic[1:]}
     opener = _pick(_OPENERS[kind], seed, clean, "opener").format(**fill)
@@ -246,6 +250,27 @@ def generate_answer(prompt: str, seed: int, *, follow_up: bool = False) -> str:
     return " ".join(
         [opener, *(sentence.format(**fill) for sentence in body), closer.format(**fill)]
     )
+
+
+# "Say hello from X in one sentence": the phrase to say, without the length instruction.
+_SAY_RE = re.compile(
+    r"^\s*(?:say|greet)\s+(?P<phrase>.+?)"
+    r"(?:\s+(?:in|with)\s+(?:one|a|\d+)\s+\w+)?\s*[.!?]*\s*$",
+    re.IGNORECASE,
+)
+_SAY_TAILS = (
+    "This reply streams in token by token, just as the real API sends it.",
+    "Every word of this answer arrives as its own delta event.",
+    "Nice to meet you, one streamed token at a time.",
+)
+
+
+def _say(prompt: str, seed: int) -> str:
+    """Do what a "say ..." prompt asks: say the phrase, then one more sentence."""
+    match = _SAY_RE.match(prompt.split("\n", 1)[0])
+    phrase = match.group("phrase") if match else prompt
+    phrase = phrase[:1].upper() + phrase[1:]
+    return f"{phrase}! {_pick(_SAY_TAILS, seed, prompt, 'say')}"
 
 
 def long_text(prompt: str, seed: int, min_chars: int) -> str:
