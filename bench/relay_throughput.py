@@ -15,13 +15,16 @@ import asyncio
 import contextlib
 import cProfile
 import json
+import multiprocessing
+import os
 import pstats
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiomqtt
@@ -46,6 +49,23 @@ EVENT = json.dumps(
 ).encode()
 
 
+def publish_all(host: str, port: int, count: int, qos: int, go: Any) -> None:
+    """A bare paho publisher: `count` events as fast as paho takes them."""
+    publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4()}")
+    publisher.max_inflight_messages_set(100)
+    publisher.max_queued_messages_set(0)
+    publisher.connect(host, port)
+    publisher.loop_start()
+    go.wait()
+    info = None
+    for _ in range(count):
+        info = publisher.publish("bench/base/events", EVENT, qos=qos)
+    if info is not None:
+        info.wait_for_publish(60)
+    publisher.loop_stop()
+    publisher.disconnect()
+
+
 def baseline(host: str, port: int, count: int, qos: int) -> float:
     """Messages/s a bare paho publisher gets through the broker to a subscriber."""
     got = threading.Event()
@@ -62,21 +82,19 @@ def baseline(host: str, port: int, count: int, qos: int) -> float:
     subscriber.connect(host, port)
     subscriber.subscribe("bench/base/events", qos=qos)
     subscriber.loop_start()
-    publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4()}")
-    publisher.max_inflight_messages_set(100)
-    publisher.max_queued_messages_set(0)
-    publisher.connect(host, port)
-    publisher.loop_start()
-    time.sleep(0.3)
+    # The publisher is a process of its own, as the bridge daemon is.
+    go = multiprocessing.Event()
+    publisher = multiprocessing.Process(target=publish_all, args=(host, port, count, qos, go))
+    publisher.start()
+    time.sleep(0.5)
     started = time.perf_counter()
-    for _ in range(count):
-        publisher.publish("bench/base/events", EVENT, qos=qos)
+    go.set()
     if not got.wait(120):
         raise RuntimeError(f"baseline: only {received}/{count} arrived")
     elapsed = time.perf_counter() - started
-    for client in (publisher, subscriber):
-        client.loop_stop()
-        client.disconnect()
+    publisher.join()
+    subscriber.loop_stop()
+    subscriber.disconnect()
     return count / elapsed
 
 
@@ -110,30 +128,79 @@ def simulator_process(deltas: int) -> Iterator[str]:
 
 
 async def through_bridge(
-    host: str, port: int, base_url: str, deltas: int, connections: int, qos: int
+    host: str,
+    port: int,
+    base_url: str,
+    deltas: int,
+    connections: int,
+    qos: int,
+    *,
+    in_process: bool = False,
 ) -> tuple[float, int]:
     """Events/s the subscriber receives from `connections` streams relayed by the bridge."""
-    settings = resolve(
-        parse_config(
-            {
-                "mqtt": {
-                    "host": host,
-                    "port": port,
-                    "qos": qos,
-                    "client_id": "bench-bridge",
-                    "buffer_max_messages": 1_000_000,
-                    "buffer_max_bytes": 1 << 30,
-                },
-                "openai": {"base_url": base_url},
-                "limits": {"max_connections": connections + 1},
-            }
-        ),
-        {},
+    document = {
+        "mqtt": {
+            "host": host,
+            "port": port,
+            "qos": qos,
+            "client_id": "bench-bridge",
+            "buffer_max_messages": 1_000_000,
+            "buffer_max_bytes": 1 << 30,
+        },
+        "openai": {"base_url": base_url},
+        "limits": {"max_connections": connections + 1},
+        "logging": {"level": "WARNING"},
+    }
+    async with bridge_running(document, in_process=in_process):
+        return await _relay(host, port, deltas, connections, qos)
+
+
+@contextlib.asynccontextmanager
+async def bridge_running(document: dict[str, Any], *, in_process: bool) -> AsyncIterator[None]:
+    """The bridge as the daemon runs (its own process), or in this one (for --profile)."""
+    if in_process:
+        service = Service(resolve(parse_config(document), {}))
+        stop = asyncio.Event()
+        task = asyncio.create_task(service.run(stop))
+        await service.ready.wait()
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as config:
+        json.dump(document, config)
+    daemon = subprocess.Popen([sys.executable, "-m", "bridge", "run", "--config", config.name])
+    try:
+        await asyncio.to_thread(wait_online, document["mqtt"]["host"], document["mqtt"]["port"])
+        yield
+    finally:
+        daemon.terminate()
+        await asyncio.to_thread(daemon.wait, 30)
+        await asyncio.to_thread(os.unlink, config.name)
+
+
+def wait_online(host: str, port: int) -> None:
+    online = threading.Event()
+    watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4()}")
+    watcher.on_message = lambda client, userdata, message: (
+        online.set() if message.payload == b"online" else None
     )
-    service = Service(settings)
-    stop = asyncio.Event()
-    bridge = asyncio.create_task(service.run(stop))
-    await service.ready.wait()
+    watcher.connect(host, port)
+    watcher.subscribe("ai/bridge/state")
+    watcher.loop_start()
+    try:
+        if not online.wait(30):
+            raise RuntimeError("the bridge did not come online")
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+
+
+async def _relay(
+    host: str, port: int, deltas: int, connections: int, qos: int
+) -> tuple[float, int]:
     ids = [f"bench{n}" for n in range(connections)]
     received = threading.Event()
     counts = {"events": 0, "completed": 0, "connected": 0}
@@ -181,8 +248,6 @@ async def through_bridge(
         elapsed = time.perf_counter() - started
     subscriber.loop_stop()
     subscriber.disconnect()
-    stop.set()
-    await bridge
     return counts["events"] / elapsed, counts["events"]
 
 
@@ -202,7 +267,13 @@ def main() -> None:
                 profiler.enable()
             rate, events = asyncio.run(
                 through_bridge(
-                    broker.host, broker.port, base_url, args.deltas, args.connections, qos
+                    broker.host,
+                    broker.port,
+                    base_url,
+                    args.deltas,
+                    args.connections,
+                    qos,
+                    in_process=profiler is not None,
                 )
             )
             if profiler:
