@@ -129,7 +129,6 @@ _Entry = tuple[Command | CommandError, ReplyTo | None]
 class _Stats:
     commands: int = 0
     rejected: int = 0
-    relayed: int = 0
     duplicates: int = 0
 
 
@@ -296,7 +295,6 @@ class BridgeCore:
                 action=None,
             )
             return self._publish(connection.events_topic, error, connection_id, "error")
-        self.stats.relayed += 1
         properties = (
             contract.user_properties(connection_id, contract.DIRECTION_SERVER, event_type)
             if self.v5
