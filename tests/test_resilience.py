@@ -314,6 +314,14 @@ async def test_two_streams_interleave_independently(
             assert numbers == list(range(len(numbers)))
 
 
+async def start_long_stream(subscriber: Client) -> list[dict[str, Any]]:
+    """Open c1 and ask for a long answer; return what arrived up to the first delta."""
+    await open_connection(subscriber, "c1")
+    text = "Explain in detail how tulips grow, bloom and spread in spring. " * 3
+    await subscriber.command("c1", {"action": "send", "event": create(text, max_output_tokens=400)})
+    return await subscriber.until(lambda m: m.get("type") == "response.output_text.delta")
+
+
 async def test_broker_restart_mid_stream_loses_nothing(
     persistent_broker: Broker, start_bridge: Any
 ) -> None:
@@ -325,12 +333,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
         subscriber = Client(broker, client_id="persistent-sub", persistent=True)
         await subscriber.connect(subscribe=("ai/+/events",))
         try:
-            await open_connection(subscriber, "c1")
-            long_text = "Explain in detail how tulips grow, bloom and spread in spring. " * 3
-            await subscriber.command(
-                "c1", {"action": "send", "event": create(long_text, max_output_tokens=400)}
-            )
-            before = await subscriber.until(lambda m: m.get("type") == "response.output_text.delta")
+            before = await start_long_stream(subscriber)
             await subscriber.disconnect()
             broker.stop()
             await asyncio.sleep(1.0 * SECOND)  # the stream goes on into the bridge's buffer
@@ -366,12 +369,7 @@ async def test_broker_away_longer_than_the_buffer_ends_the_stream_clearly(
         subscriber = Client(broker, client_id="persistent-sub-2", persistent=True)
         await subscriber.connect(subscribe=("ai/+/events",))
         try:
-            await open_connection(subscriber, "c1")
-            text = "Explain in detail how tulips grow, bloom and spread in spring. " * 3
-            await subscriber.command(
-                "c1", {"action": "send", "event": create(text, max_output_tokens=400)}
-            )
-            before = await subscriber.until(lambda m: m.get("type") == "response.output_text.delta")
+            before = await start_long_stream(subscriber)
             await subscriber.disconnect()
             broker.stop()
             await paced.wait_for(lambda: paced.open_connections == 0, 10 * SECOND)
