@@ -14,24 +14,31 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import dataclasses
+import functools
 import json
 import multiprocessing
 import os
 import pstats
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from bench.stacks import parse, summarize
 from bridge.config import parse_config, resolve
+from bridge.contract import DIRECTION_SERVER, user_properties
 from bridge.local_broker import LocalMosquitto, free_port, is_listening
 from bridge.service import Service
 
@@ -49,24 +56,70 @@ EVENT = json.dumps(
 ).encode()
 
 
-def publish_all(host: str, port: int, count: int, qos: int, go: Any) -> None:
-    """A bare paho publisher: `count` events as fast as paho takes them."""
-    publisher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4()}")
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One side's result: what the subscriber received, and the publisher's CPU time."""
+
+    events: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return 1e6 * self.cpu_seconds / self.events
+
+    @property
+    def cpu_share(self) -> float:
+        """The publisher's CPU time per second of the run (1.0: one core, flat out)."""
+        return self.cpu_seconds / self.seconds
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def publish_all(host: str, port: int, count: int, qos: int, protocol: str, go: Any) -> None:
+    """A bare paho publisher: `count` events as fast as paho takes them.
+
+    It sends what the bridge sends: the same payload, at the same QoS, over the
+    same MQTT version, with the same v5 properties (built once and reused, as
+    a paho user would).
+    """
+    v5 = protocol == "5"
+    publisher = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"pub-{uuid.uuid4()}",
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+    )
     publisher.max_inflight_messages_set(100)
     publisher.max_queued_messages_set(0)
     publisher.connect(host, port)
     publisher.loop_start()
+    properties = None
+    if v5:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho
+        properties.UserProperty = list(
+            user_properties("base", DIRECTION_SERVER, "response.output_text.delta")
+        )
+        properties.ContentType = "application/json"
     go.wait()
     info = None
     for _ in range(count):
-        info = publisher.publish("bench/base/events", EVENT, qos=qos)
+        info = publisher.publish("bench/base/events", EVENT, qos=qos, properties=properties)
     if info is not None:
         info.wait_for_publish(60)
     publisher.loop_stop()
     publisher.disconnect()
 
 
-def baseline(host: str, port: int, count: int, qos: int) -> float:
+def baseline(host: str, port: int, count: int, qos: int, protocol: str) -> Run:
     """Messages/s a bare paho publisher gets through the broker to a subscriber."""
     got = threading.Event()
     received = 0
@@ -84,18 +137,23 @@ def baseline(host: str, port: int, count: int, qos: int) -> float:
     subscriber.loop_start()
     # The publisher is a process of its own, as the bridge daemon is.
     go = multiprocessing.Event()
-    publisher = multiprocessing.Process(target=publish_all, args=(host, port, count, qos, go))
+    publisher = multiprocessing.Process(
+        target=publish_all, args=(host, port, count, qos, protocol, go)
+    )
     publisher.start()
     time.sleep(0.5)
+    assert publisher.pid is not None
+    cpu_before = cpu_seconds(publisher.pid)
     started = time.perf_counter()
     go.set()
     if not got.wait(120):
         raise RuntimeError(f"baseline: only {received}/{count} arrived")
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(publisher.pid) - cpu_before
     publisher.join()
     subscriber.loop_stop()
     subscriber.disconnect()
-    return count / elapsed
+    return Run(count, elapsed, cpu)
 
 
 @contextlib.contextmanager
@@ -134,15 +192,18 @@ async def through_bridge(
     deltas: int,
     connections: int,
     qos: int,
+    protocol: str = "5",
     *,
     in_process: bool = False,
-) -> tuple[float, int]:
+    py_spy: str | None = None,
+) -> Run:
     """Events/s the subscriber receives from `connections` streams relayed by the bridge."""
     document = {
         "mqtt": {
             "host": host,
             "port": port,
             "qos": qos,
+            "protocol": protocol,
             "client_id": "bench-bridge",
             "buffer_max_messages": 1_000_000,
             "buffer_max_bytes": 1 << 30,
@@ -151,20 +212,27 @@ async def through_bridge(
         "limits": {"max_connections": connections + 1},
         "logging": {"level": "WARNING"},
     }
-    async with bridge_running(document, in_process=in_process):
-        return await _relay(host, port, deltas, connections, qos)
+    async with bridge_running(document, in_process=in_process, py_spy=py_spy) as cpu_clock:
+        return await _relay(host, port, deltas, connections, qos, cpu_clock)
 
 
 @contextlib.asynccontextmanager
-async def bridge_running(document: dict[str, Any], *, in_process: bool) -> AsyncIterator[None]:
-    """The bridge as the daemon runs (its own process), or in this one (for --profile)."""
+async def bridge_running(
+    document: dict[str, Any], *, in_process: bool, py_spy: str | None = None
+) -> AsyncIterator[Callable[[], float]]:
+    """The bridge as the daemon runs (its own process), or in this one (for --profile).
+
+    It yields a clock of the bridge's CPU time. With ``py_spy`` (a file name),
+    py-spy samples the daemon once it is online and writes its stacks there
+    (collapsed format).
+    """
     if in_process:
         service = Service(resolve(parse_config(document), {}))
         stop = asyncio.Event()
         task = asyncio.create_task(service.run(stop))
         await service.ready.wait()
         try:
-            yield
+            yield time.process_time
         finally:
             stop.set()
             await task
@@ -174,11 +242,32 @@ async def bridge_running(document: dict[str, Any], *, in_process: bool) -> Async
     daemon = subprocess.Popen([sys.executable, "-m", "bridge", "run", "--config", config.name])
     try:
         await asyncio.to_thread(wait_online, document["mqtt"]["host"], document["mqtt"]["port"])
-        yield
+        with sampling(daemon.pid, py_spy):
+            yield functools.partial(cpu_seconds, daemon.pid)
     finally:
         daemon.terminate()
         await asyncio.to_thread(daemon.wait, 30)
         await asyncio.to_thread(os.unlink, config.name)
+
+
+@contextlib.contextmanager
+def sampling(pid: int, output: str | None) -> Iterator[None]:
+    """py-spy samples process ``pid`` while the block runs (nothing if ``output`` is None)."""
+    if output is None:
+        yield
+        return
+    command = ["py-spy", "record", "--pid", str(pid), "--rate", "400", "--format", "raw"]
+    spy = subprocess.Popen(
+        [*command, "--nonblocking", "--output", output],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)  # let it attach
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
 
 
 def wait_online(host: str, port: int) -> None:
@@ -199,8 +288,8 @@ def wait_online(host: str, port: int) -> None:
 
 
 async def _relay(
-    host: str, port: int, deltas: int, connections: int, qos: int
-) -> tuple[float, int]:
+    host: str, port: int, deltas: int, connections: int, qos: int, cpu_clock: Callable[[], float]
+) -> Run:
     ids = [f"bench{n}" for n in range(connections)]
     received = threading.Event()
     counts = {"events": 0, "completed": 0, "connected": 0}
@@ -240,15 +329,17 @@ async def _relay(
                 },
             }
         ).encode()
+        cpu_before = cpu_clock()
         started = time.perf_counter()
         for connection_id in ids:
             await client.publish(f"ai/{connection_id}/cmd", create, qos=1)
         if not await asyncio.to_thread(received.wait, 300):
             raise RuntimeError(f"only {counts} arrived")
         elapsed = time.perf_counter() - started
+        cpu = cpu_clock() - cpu_before
     subscriber.loop_stop()
     subscriber.disconnect()
-    return counts["events"] / elapsed, counts["events"]
+    return Run(counts["events"], elapsed, cpu)
 
 
 def main() -> None:
@@ -257,15 +348,25 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--qos", type=int, nargs="*", default=[1, 0])
     parser.add_argument(
+        "--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version of both publishers"
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="print where the bridge's CPU time goes (cProfile)"
     )
+    parser.add_argument(
+        "--py-spy",
+        metavar="DIR",
+        help="sample the daemon with py-spy; stacks and a summary per QoS go to DIR",
+    )
     args = parser.parse_args()
+    if args.py_spy:
+        os.makedirs(args.py_spy, exist_ok=True)
     profiler = cProfile.Profile() if args.profile else None
     with LocalMosquitto() as broker, simulator_process(args.deltas) as base_url:
         for qos in args.qos:
             if profiler:
                 profiler.enable()
-            rate, events = asyncio.run(
+            bridge = asyncio.run(
                 through_bridge(
                     broker.host,
                     broker.port,
@@ -273,19 +374,31 @@ def main() -> None:
                     args.deltas,
                     args.connections,
                     qos,
+                    args.protocol,
                     in_process=profiler is not None,
+                    py_spy=os.path.join(args.py_spy, f"qos{qos}.txt") if args.py_spy else None,
                 )
             )
             if profiler:
                 profiler.disable()
-            base = baseline(broker.host, broker.port, events, qos)
+            base = baseline(broker.host, broker.port, bridge.events, qos, args.protocol)
             print(
-                f"QoS {qos}: bridge {rate:8.0f} events/s ({events} events, "
-                f"{args.connections} streams) | bare paho {base:8.0f} msg/s | "
-                f"ratio {rate / base:.2f}"
+                f"MQTT {args.protocol} QoS {qos}: "
+                f"bridge {bridge.rate:6.0f} events/s, {bridge.cpu_us_per_event:4.1f} us CPU/event, "
+                f"{bridge.cpu_share:4.0%} of a core | "
+                f"bare paho {base.rate:6.0f} msg/s, {base.cpu_us_per_event:4.1f} us CPU/msg, "
+                f"{base.cpu_share:4.0%} of a core | ratio {bridge.rate / base.rate:.2f} "
+                f"({bridge.events} events, {args.connections} streams)"
             )
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    for qos in args.qos if args.py_spy else []:
+        stacks = os.path.join(args.py_spy, f"qos{qos}.txt")
+        with open(stacks, encoding="utf-8") as lines:
+            summary = summarize(parse(lines), 25)
+        with open(os.path.join(args.py_spy, f"qos{qos}-summary.txt"), "w") as out:
+            out.write(summary + "\n")
+        print(f"\nQoS {qos}, the daemon's CPU time ({stacks}):\n{summary}")
 
 
 if __name__ == "__main__":

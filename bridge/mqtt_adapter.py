@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import random
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -30,18 +28,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.config import MqttConfig
-from bridge.contract import Topics, UserProperties
+from bridge.contract import Topics
 from bridge.core import Publish, ReplyTo
 from bridge.errors import BrokerError, BrokerRefused
+from bridge.mqtt_pipeline import PublishPipeline
 from bridge.outbox import Outbox
 from bridge.tls import fatal_tls_problem
 
 logger = logging.getLogger(__name__)
 
-# Publishes handed to paho at once. Enough to keep the broker's in-flight
-# window full (Mosquitto's Receive Maximum is 20); more only costs: aiomqtt
-# scans its pending calls and paho its queue on every publish and every ack.
-PUBLISH_WORKERS: Final = 32
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
 # CONNACK reason codes that a retry will not fix (3.1.1 and v5 numbering).
@@ -109,33 +104,6 @@ class _PahoLevels(logging.Filter):
 
 PAHO_LOGGER: Final = logging.getLogger("bridge.paho")
 PAHO_LOGGER.addFilter(_PahoLevels())
-
-
-class _PackedOnce(Properties):
-    """Properties that encode themselves once: paho packs them again for every publish,
-    and relayed events share them (the cache below), so this saves most of the cost."""
-
-    def pack(self) -> bytes:
-        packed: bytes | None = self.__dict__.get("_packed")
-        if packed is None:
-            packed = bytes(super().pack())  # type: ignore[no-untyped-call]  # paho
-            # paho's __setattr__ only admits MQTT property names
-            object.__setattr__(self, "_packed", packed)
-        return packed
-
-
-@functools.lru_cache(maxsize=4096)
-def _properties(user: UserProperties, correlation: bytes | None) -> Properties | None:
-    """paho properties for a publish; cached because relayed events repeat them."""
-    if not user and correlation is None:
-        return None
-    properties = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho
-    if user:
-        properties.UserProperty = list(user)
-        properties.ContentType = "application/json"
-    if correlation is not None:
-        properties.CorrelationData = correlation
-    return properties
 
 
 class MqttLink:
@@ -257,8 +225,6 @@ class MqttLink:
             logger=PAHO_LOGGER,
             tls_context=self.tls,
         )
-        # Many publishes in flight is the design, not a leak: silence aiomqtt's warning.
-        client.pending_calls_threshold = PUBLISH_WORKERS + 1
         return client
 
     async def _clean_session_once(self) -> None:
@@ -295,15 +261,15 @@ class MqttLink:
             self.topics.command_filter,
         )
         self.connected.set()
+        pipeline = PublishPipeline(client, self.outbox, on_published=self.on_published)
         tasks = [
-            asyncio.create_task(self._publish_loop(client), name=f"bridge.mqtt_out.{n}")
-            for n in range(PUBLISH_WORKERS)
+            asyncio.create_task(pipeline.run(), name="bridge.mqtt_out"),
+            asyncio.create_task(self._receive_loop(client), name="bridge.mqtt_in"),
         ]
-        tasks.append(asyncio.create_task(self._receive_loop(client), name="bridge.mqtt_in"))
         tasks.append(asyncio.create_task(self._announce_loop(client), name="bridge.mqtt_announce"))
         stop = asyncio.create_task(self._stop.wait(), name="bridge.mqtt_stop")
         try:
-            # The workers and the receiver only end by failing: the link broke.
+            # The publisher and the receiver only end by failing: the link broke.
             done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stop:
@@ -314,6 +280,7 @@ class MqttLink:
             for task in [*tasks, stop]:
                 task.cancel()
             await asyncio.gather(*tasks, stop, return_exceptions=True)
+            pipeline.close()
             self.connected.clear()
 
     async def _flush_and_say_offline(self, client: aiomqtt.Client) -> None:
@@ -340,28 +307,6 @@ class MqttLink:
                 len(self.outbox),
                 requeued,
             )
-
-    async def _publish_loop(self, client: aiomqtt.Client) -> None:
-        outbox = self.outbox
-        while True:
-            entry = await outbox.take()
-            publish = entry.publish
-            observe = self.on_published
-            started = time.monotonic() if observe is not None else 0.0
-            try:
-                await client.publish(
-                    publish.topic,
-                    publish.payload,
-                    qos=publish.qos,
-                    properties=_properties(publish.properties, publish.correlation_data),
-                    timeout=math.inf,  # the link's keepalive detects a dead broker, not this call
-                )
-            except (ValueError, UnicodeError) as exc:
-                # A topic MQTT cannot carry (wildcards, bad UTF-8): drop this message only.
-                logger.warning("cannot publish to %r: %s", publish.topic, exc)
-            outbox.done(entry)
-            if observe is not None:
-                observe(time.monotonic() - started)
 
     async def _announce_loop(self, client: aiomqtt.Client) -> None:
         """Publish due announcements, retained; ends only by failing, like the other loops."""

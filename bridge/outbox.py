@@ -78,12 +78,23 @@ class Outbox:
 
     async def take(self) -> Entry:
         """The next message to hand to the broker; it moves to the unacknowledged list."""
-        while not self._pending:
-            self._has_pending.clear()
-            await self._has_pending.wait()
+        while (entry := self.take_nowait()) is None:
+            await self.wait_pending()
+        return entry
+
+    def take_nowait(self) -> Entry | None:
+        """Like :meth:`take`, but None at once if nothing waits to be sent."""
+        if not self._pending:
+            return None
         entry = self._pending.popleft()
         self._inflight.append(entry)
         return entry
+
+    async def wait_pending(self) -> None:
+        """Wait until a message waits to be sent."""
+        while not self._pending:
+            self._has_pending.clear()
+            await self._has_pending.wait()
 
     def done(self, entry: Entry) -> None:
         """The broker acknowledged ``entry``: forget it, and any acknowledged run before it."""

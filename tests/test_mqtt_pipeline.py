@@ -1,0 +1,97 @@
+"""The publish pipeline against a real Mosquitto: order, window, aiomqtt's own publishes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiomqtt
+import pytest
+from paho.mqtt.client import MQTTv5
+
+from bridge.contract import DIRECTION_SERVER, user_properties
+from bridge.core import Publish
+from bridge.errors import BrokerError
+from bridge.mqtt_pipeline import PublishPipeline, paho_of
+from bridge.outbox import Outbox
+from tests.conftest import Broker, prop
+from tests.helpers import SECOND
+
+
+async def relay(
+    broker: Broker, publishes: list[Publish], *, window: int, qos: int, expect: int | None = None
+) -> tuple[list[aiomqtt.Message], list[int]]:
+    """Run a pipeline over ``publishes``; what a subscriber got, and the in-flight counts seen.
+
+    The subscriber waits for ``expect`` messages (all of them by default).
+    """
+    expect = len(publishes) if expect is None else expect
+    outbox = Outbox(max_messages=100_000, max_bytes=1 << 26)
+    received: list[aiomqtt.Message] = []
+    seen: list[int] = []
+    async with (
+        aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as sub,
+        aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as pub,
+    ):
+        await sub.subscribe("pipe/#", qos=qos)
+        pipeline = PublishPipeline(pub, outbox, window=window, on_published=lambda _: None)
+        task = asyncio.create_task(pipeline.run())
+
+        async def watch() -> None:
+            while True:
+                seen.append(pipeline.in_flight)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        for publish in publishes:
+            assert outbox.put(publish)
+        async with asyncio.timeout(20 * SECOND):
+            await outbox.wait_empty()
+            async for message in sub.messages:
+                received.append(message)
+                if len(received) == expect:
+                    break
+        # aiomqtt's own publishes still complete while the pipeline holds on_publish.
+        await pub.publish("pipe/own", b"x", qos=1, timeout=5 * SECOND)
+        task.cancel()
+        watcher.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+        pipeline.close()
+    return received, seen
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+async def test_publishes_in_order_with_properties(broker: Broker, qos: int) -> None:
+    """Every message arrives once, in order, with its v5 user properties; the window holds."""
+    props = user_properties("c1", DIRECTION_SERVER, "response.output_text.delta")
+    publishes = [
+        Publish("pipe/c1/events", b'{"n":%d}' % n, qos, props, relayed=True) for n in range(2000)
+    ]
+    received, seen = await relay(broker, publishes, window=8, qos=qos)
+    assert [m.payload for m in received] == [p.payload for p in publishes]
+    assert ("event_type", "response.output_text.delta") in prop(received[0], "UserProperty")
+    assert max(seen) <= 8
+    assert max(seen) > 1  # more than one message in flight at a time
+
+
+async def test_a_topic_mqtt_cannot_carry_is_dropped_alone(broker: Broker) -> None:
+    """A wildcard in a topic costs that one message, not the ones after it."""
+    publishes = [
+        Publish("pipe/a/events", b"1", 1),
+        Publish("pipe/+/events", b"bad", 1),
+        Publish("pipe/b/events", b"2", 1),
+    ]
+    received, _ = await relay(broker, publishes, window=4, qos=1, expect=2)
+    assert [m.payload for m in received] == [b"1", b"2"]
+
+
+async def test_paho_of_refuses_what_is_not_aiomqtt_2(broker: Broker) -> None:
+    """If aiomqtt stops wrapping paho as 2.x does, the link fails loudly, not silently."""
+
+    class Elsewhere:
+        _client: Any = object()
+
+    with pytest.raises(BrokerError, match="aiomqtt"):
+        paho_of(Elsewhere())  # type: ignore[arg-type]
+    client = aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5)
+    assert paho_of(client).protocol == MQTTv5
