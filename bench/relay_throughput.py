@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import cProfile
 import dataclasses
-import functools
 import json
 import multiprocessing
 import os
@@ -27,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiomqtt
@@ -58,24 +57,43 @@ EVENT = json.dumps(
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One side's result: what the subscriber received, and the publisher's CPU time."""
+    """One side's result: what the subscriber received, and each process's CPU time."""
 
     events: int
     seconds: float
-    cpu_seconds: float
+    cpu: dict[str, float]  # CPU seconds by role; the first role is the publisher
+    pids: dict[str, int] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds
 
     @property
-    def cpu_us_per_event(self) -> float:
-        return 1e6 * self.cpu_seconds / self.events
+    def publisher_us_per_event(self) -> float:
+        return 1e6 * next(iter(self.cpu.values())) / self.events
 
-    @property
-    def cpu_share(self) -> float:
-        """The publisher's CPU time per second of the run (1.0: one core, flat out)."""
-        return self.cpu_seconds / self.seconds
+    def cpu_line(self) -> str:
+        """Each process's CPU time per second of the run, in % of one core."""
+        shares = ", ".join(f"{role} {100 * s / self.seconds:.0f}" for role, s in self.cpu.items())
+        total = 100 * sum(self.cpu.values()) / self.seconds
+        return f"CPU, % of one core: {shares} (total {total:.0f} of {100 * (os.cpu_count() or 1)})"
+
+
+class CpuMeter:
+    """CPU seconds that named processes spend between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        merged: dict[int, list[str]] = {}
+        for role, pid in pids.items():
+            merged.setdefault(pid, []).append(role)
+        self._roles = {"+".join(roles): pid for pid, roles in merged.items()}
+        self._before: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._before = {role: cpu_seconds(pid) for role, pid in self._roles.items()}
+
+    def stop(self) -> dict[str, float]:
+        return {role: cpu_seconds(pid) - self._before[role] for role, pid in self._roles.items()}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -119,7 +137,7 @@ def publish_all(host: str, port: int, count: int, qos: int, protocol: str, go: A
     publisher.disconnect()
 
 
-def baseline(host: str, port: int, count: int, qos: int, protocol: str) -> Run:
+def baseline(host: str, port: int, count: int, qos: int, protocol: str, broker_pid: int) -> Run:
     """Messages/s a bare paho publisher gets through the broker to a subscriber."""
     got = threading.Event()
     received = 0
@@ -143,13 +161,14 @@ def baseline(host: str, port: int, count: int, qos: int, protocol: str) -> Run:
     publisher.start()
     time.sleep(0.5)
     assert publisher.pid is not None
-    cpu_before = cpu_seconds(publisher.pid)
+    meter = CpuMeter({"bare paho": publisher.pid, "broker": broker_pid, "subscriber": os.getpid()})
+    meter.start()
     started = time.perf_counter()
     go.set()
     if not got.wait(120):
         raise RuntimeError(f"baseline: only {received}/{count} arrived")
     elapsed = time.perf_counter() - started
-    cpu = cpu_seconds(publisher.pid) - cpu_before
+    cpu = meter.stop()
     publisher.join()
     subscriber.loop_stop()
     subscriber.disconnect()
@@ -157,19 +176,22 @@ def baseline(host: str, port: int, count: int, qos: int, protocol: str) -> Run:
 
 
 @contextlib.contextmanager
-def simulator_process(deltas: int) -> Iterator[str]:
-    """The simulator in a process of its own (it must not share the bridge's CPU time)."""
+def simulator_process(deltas: int) -> Iterator[tuple[str, int]]:
+    """The simulator in a process of its own (it must not share the bridge's CPU time).
+
+    Yields its base URL and its process id.
+    """
     port = free_port()
-    reply = " ".join(["word"] * deltas)
     process = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import asyncio, sys; from bridge.simulator import SimulatorOptions, serve; "
+            "reply = ' '.join(['word'] * int(sys.argv[2])); "
             "asyncio.run(serve('127.0.0.1', int(sys.argv[1]), "
-            "SimulatorOptions(fixed_reply=sys.argv[2])))",
+            "SimulatorOptions(fixed_reply=reply)))",
             str(port),
-            reply,
+            str(deltas),
         ],
         stderr=subprocess.DEVNULL,
     )
@@ -179,7 +201,7 @@ def simulator_process(deltas: int) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the simulator did not start")
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}/v1", process.pid
     finally:
         process.terminate()
         process.wait()
@@ -192,7 +214,8 @@ async def through_bridge(
     deltas: int,
     connections: int,
     qos: int,
-    protocol: str = "5",
+    protocol: str,
+    pids: dict[str, int],
     *,
     in_process: bool = False,
     py_spy: str | None = None,
@@ -212,17 +235,18 @@ async def through_bridge(
         "limits": {"max_connections": connections + 1},
         "logging": {"level": "WARNING"},
     }
-    async with bridge_running(document, in_process=in_process, py_spy=py_spy) as cpu_clock:
-        return await _relay(host, port, deltas, connections, qos, cpu_clock)
+    async with bridge_running(document, in_process=in_process, py_spy=py_spy) as bridge_pid:
+        meter = CpuMeter({"bridge": bridge_pid, **pids, "subscriber": os.getpid()})
+        return await _relay(host, port, deltas, connections, qos, meter)
 
 
 @contextlib.asynccontextmanager
 async def bridge_running(
     document: dict[str, Any], *, in_process: bool, py_spy: str | None = None
-) -> AsyncIterator[Callable[[], float]]:
+) -> AsyncIterator[int]:
     """The bridge as the daemon runs (its own process), or in this one (for --profile).
 
-    It yields a clock of the bridge's CPU time. With ``py_spy`` (a file name),
+    It yields the bridge's process id. With ``py_spy`` (a file name),
     py-spy samples the daemon once it is online and writes its stacks there
     (collapsed format).
     """
@@ -232,7 +256,7 @@ async def bridge_running(
         task = asyncio.create_task(service.run(stop))
         await service.ready.wait()
         try:
-            yield time.process_time
+            yield os.getpid()
         finally:
             stop.set()
             await task
@@ -243,7 +267,7 @@ async def bridge_running(
     try:
         await asyncio.to_thread(wait_online, document["mqtt"]["host"], document["mqtt"]["port"])
         with sampling(daemon.pid, py_spy):
-            yield functools.partial(cpu_seconds, daemon.pid)
+            yield daemon.pid
     finally:
         daemon.terminate()
         await asyncio.to_thread(daemon.wait, 30)
@@ -288,7 +312,7 @@ def wait_online(host: str, port: int) -> None:
 
 
 async def _relay(
-    host: str, port: int, deltas: int, connections: int, qos: int, cpu_clock: Callable[[], float]
+    host: str, port: int, deltas: int, connections: int, qos: int, meter: CpuMeter
 ) -> Run:
     ids = [f"bench{n}" for n in range(connections)]
     received = threading.Event()
@@ -329,14 +353,14 @@ async def _relay(
                 },
             }
         ).encode()
-        cpu_before = cpu_clock()
+        meter.start()
         started = time.perf_counter()
         for connection_id in ids:
             await client.publish(f"ai/{connection_id}/cmd", create, qos=1)
         if not await asyncio.to_thread(received.wait, 300):
             raise RuntimeError(f"only {counts} arrived")
         elapsed = time.perf_counter() - started
-        cpu = cpu_clock() - cpu_before
+        cpu = meter.stop()
     subscriber.loop_stop()
     subscriber.disconnect()
     return Run(counts["events"], elapsed, cpu)
@@ -362,7 +386,9 @@ def main() -> None:
     if args.py_spy:
         os.makedirs(args.py_spy, exist_ok=True)
     profiler = cProfile.Profile() if args.profile else None
-    with LocalMosquitto() as broker, simulator_process(args.deltas) as base_url:
+    with LocalMosquitto() as broker, simulator_process(args.deltas) as (base_url, simulator):
+        assert broker.process is not None
+        broker_pid = broker.process.pid
         for qos in args.qos:
             if profiler:
                 profiler.enable()
@@ -375,20 +401,22 @@ def main() -> None:
                     args.connections,
                     qos,
                     args.protocol,
+                    {"simulator": simulator, "broker": broker_pid},
                     in_process=profiler is not None,
                     py_spy=os.path.join(args.py_spy, f"qos{qos}.txt") if args.py_spy else None,
                 )
             )
             if profiler:
                 profiler.disable()
-            base = baseline(broker.host, broker.port, bridge.events, qos, args.protocol)
+            base = baseline(broker.host, broker.port, bridge.events, qos, args.protocol, broker_pid)
             print(
-                f"MQTT {args.protocol} QoS {qos}: "
-                f"bridge {bridge.rate:6.0f} events/s, {bridge.cpu_us_per_event:4.1f} us CPU/event, "
-                f"{bridge.cpu_share:4.0%} of a core | "
-                f"bare paho {base.rate:6.0f} msg/s, {base.cpu_us_per_event:4.1f} us CPU/msg, "
-                f"{base.cpu_share:4.0%} of a core | ratio {bridge.rate / base.rate:.2f} "
-                f"({bridge.events} events, {args.connections} streams)"
+                f"MQTT {args.protocol} QoS {qos}: bridge {bridge.rate:6.0f} events/s | "
+                f"bare paho {base.rate:6.0f} msg/s | ratio {bridge.rate / base.rate:.2f} "
+                f"({bridge.events} events, {args.connections} streams)\n"
+                f"  bridge run:   {bridge.publisher_us_per_event:5.1f} us CPU/event (bridge); "
+                f"{bridge.cpu_line()}\n"
+                f"  baseline run: {base.publisher_us_per_event:5.1f} us CPU/msg (publisher); "
+                f"{base.cpu_line()}"
             )
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)

@@ -55,7 +55,8 @@ class ReplyTo:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Publish one message. ``relayed`` marks a server event (the hot path)."""
+    """Publish one message. ``relayed`` marks a server event (the hot path);
+    ``retain`` is for the adapter's own announcements (the core never retains)."""
 
     topic: str
     payload: bytes
@@ -63,6 +64,7 @@ class Publish:
     properties: UserProperties = ()
     correlation_data: bytes | None = None
     relayed: bool = False
+    retain: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import ssl
 from collections.abc import Callable
@@ -126,8 +125,6 @@ class MqttLink:
         # Seconds from handing a publish to paho to the broker's ack (metrics; None: not timed).
         self.on_published: Callable[[float], None] | None = None
         self._announcements: dict[str, bytes] = {}  # retained topics we keep set (bridge/info)
-        self._announce_due: set[str] = set()
-        self._announce_wakeup = asyncio.Event()
         self._listeners: dict[str, Callable[[bytes], None]] = {}
         self.outbox = Outbox(config.buffer_max_messages, config.buffer_max_bytes)
         self.connected = asyncio.Event()
@@ -180,17 +177,20 @@ class MqttLink:
     def announce(self, topic: str, payload: bytes) -> None:
         """Keep ``payload`` retained on ``topic`` (QoS 1): published now, and after each reconnect.
 
-        Publishing the same topic again before the first went out sends only the latest.
+        It joins the outbox behind what is already queued; the last one published wins.
         """
         self._announcements[topic] = payload
-        self._announce_due.add(topic)
-        self._announce_wakeup.set()
+        if self.connected.is_set():
+            self._queue_retained(topic, payload)
 
     def reannounce(self) -> None:
         """Publish ``online`` and every announcement again (a consumer asked, e.g. HA restarted)."""
-        self._announce_due.update(self._announcements)
-        self._announce_due.add(self.topics.state)
-        self._announce_wakeup.set()
+        if not self.connected.is_set():
+            return  # the next connect announces everything anyway
+        if not self._stop.is_set():  # stopping: `offline` is on its way
+            self._queue_retained(self.topics.state, ONLINE)
+        for topic, payload in self._announcements.items():
+            self._queue_retained(topic, payload)
 
     def listen(self, topic: str, callback: Callable[[bytes], None]) -> None:
         """Subscribe to ``topic`` (an exact name) on every connect; call ``callback(payload)``."""
@@ -251,8 +251,10 @@ class MqttLink:
         for topic in self._listeners:
             await client.subscribe(topic, qos=1, timeout=timeout)
         await client.publish(self.topics.state, ONLINE, qos=1, retain=True, timeout=timeout)
-        self._announce_due.update(self._announcements)  # the broker may have lost them
-        self._announce_wakeup.set()
+        # From here on every publish goes through the pipeline: it owns paho's on_publish.
+        pipeline = PublishPipeline(client, self.outbox, on_published=self.on_published)
+        for topic, payload in self._announcements.items():  # the broker may have lost them
+            self._queue_retained(topic, payload)
         self.connects += 1
         logger.info(
             "connected to broker %s:%d, subscribed to %s",
@@ -261,29 +263,33 @@ class MqttLink:
             self.topics.command_filter,
         )
         self.connected.set()
-        pipeline = PublishPipeline(client, self.outbox, on_published=self.on_published)
         tasks = [
             asyncio.create_task(pipeline.run(), name="bridge.mqtt_out"),
             asyncio.create_task(self._receive_loop(client), name="bridge.mqtt_in"),
         ]
-        tasks.append(asyncio.create_task(self._announce_loop(client), name="bridge.mqtt_announce"))
         stop = asyncio.create_task(self._stop.wait(), name="bridge.mqtt_stop")
         try:
-            # The publisher and the receiver only end by failing: the link broke.
-            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stop:
-                    task.result()  # raises the link's error
-                    raise aiomqtt.MqttError("the receive loop ended")
-            await self._flush_and_say_offline(client)
+            try:
+                # The publisher and the receiver only end by failing: the link broke.
+                done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not stop:
+                        task.result()  # raises the link's error
+                        raise aiomqtt.MqttError("the receive loop ended")
+                await self._flush()
+            finally:
+                for task in [*tasks, stop]:
+                    task.cancel()
+                await asyncio.gather(*tasks, stop, return_exceptions=True)
+                pipeline.close()
+            await self._say_offline(client)
         finally:
-            for task in [*tasks, stop]:
-                task.cancel()
-            await asyncio.gather(*tasks, stop, return_exceptions=True)
-            pipeline.close()
             self.connected.clear()
 
-    async def _flush_and_say_offline(self, client: aiomqtt.Client) -> None:
+    def _queue_retained(self, topic: str, payload: bytes) -> None:
+        self.outbox.put(Publish(topic, payload, 1, retain=True))
+
+    async def _flush(self) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._stop_grace):
                 await self.outbox.wait_empty()
@@ -291,6 +297,8 @@ class MqttLink:
             logger.warning(
                 "stopping with %d messages not delivered to the broker", len(self.outbox)
             )
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
         await client.publish(
             self.topics.state, OFFLINE, qos=1, retain=True, timeout=self.config.connect_timeout
         )
@@ -307,22 +315,6 @@ class MqttLink:
                 len(self.outbox),
                 requeued,
             )
-
-    async def _announce_loop(self, client: aiomqtt.Client) -> None:
-        """Publish due announcements, retained; ends only by failing, like the other loops."""
-        while True:
-            await self._announce_wakeup.wait()
-            self._announce_wakeup.clear()
-            while self._announce_due:
-                topic = self._announce_due.pop()
-                payload = ONLINE if topic == self.topics.state else self._announcements[topic]
-                if topic == self.topics.state and self._stop.is_set():
-                    continue  # stopping: `offline` is on its way
-                try:
-                    await client.publish(topic, payload, qos=1, retain=True, timeout=math.inf)
-                except BaseException:
-                    self._announce_due.add(topic)  # publish it after the reconnect
-                    raise
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
         prefix_topics = self.topics

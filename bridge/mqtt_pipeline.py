@@ -6,13 +6,21 @@ was most of the daemon's CPU time outside paho itself (README, Performance).
 So the hot path skips it: aiomqtt still owns the link (connect, last will,
 TLS, subscribe, receive, disconnect), and :class:`PublishPipeline` publishes
 the outbox through the paho client that aiomqtt wraps. One task hands
-messages to paho, up to a window, without awaiting anything per message;
-paho's ``on_publish`` (the broker's PUBACK at QoS 1, the socket write at
-QoS 0) completes them in the outbox.
+messages to paho, up to a window, without awaiting anything per message.
+Two paho callbacks complete them:
 
-This is the one place that reaches into aiomqtt (``Client._client``, stable
-through aiomqtt 2.x, which ``pyproject.toml`` pins); :func:`paho_of` fails
-loudly at the first connect if that ever changes.
+- ``on_publish``: the broker acknowledged a QoS 1 or 2 message. It is set only
+  while such a message is in flight, because paho builds a reason code and a
+  properties object for every QoS 0 message it writes whenever the callback
+  is set (a fifth of the CPU time of a QoS 0 relay).
+- ``on_socket_unregister_write``: paho wrote out everything it held, so every
+  QoS 0 message handed to it is on the wire.
+
+While the pipeline lives it owns those callbacks, so every publish goes
+through it; :meth:`PublishPipeline.close` gives them back to aiomqtt. This is
+the one place that reaches into aiomqtt (``Client._client``, stable through
+aiomqtt 2.x, which ``pyproject.toml`` pins); :func:`paho_of` fails loudly at
+the first connect if that ever changes.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -90,35 +99,38 @@ class PublishPipeline:
         window: int = PUBLISH_WINDOW,
         on_published: Callable[[float], None] | None = None,
     ) -> None:
-        self._paho = paho_of(client)
+        self._paho = paho = paho_of(client)
         self._outbox = outbox
         self._window = window
         self._observe = on_published
-        self._entries: dict[int, tuple[Entry, float]] = {}  # by paho's message id
+        self._acknowledged: dict[int, tuple[Entry, float]] = {}  # QoS 1-2, by message id
+        self._unwritten: deque[tuple[Entry, paho_client.MQTTMessageInfo, float]] = deque()
         self._room = asyncio.Event()
-        # aiomqtt completes its own publishes (online, announcements) in its callback.
-        on_publish = self._paho.on_publish
-        if on_publish is None:
-            raise BrokerError("aiomqtt set no on_publish callback; this aiomqtt is not 2.x")
+        on_publish, on_drained = paho.on_publish, paho.on_socket_unregister_write
+        if on_publish is None or on_drained is None:
+            raise BrokerError("aiomqtt set no paho callbacks; this aiomqtt is not 2.x")
         self._aiomqtt_on_publish: Callable[..., None] = on_publish
-        self._paho.on_publish = self._on_publish
+        self._aiomqtt_on_drained: Callable[..., None] = on_drained
+        paho.on_publish = None  # until a QoS 1 message is in flight
+        paho.on_socket_unregister_write = self._on_drained
 
     @property
     def in_flight(self) -> int:
-        return len(self._entries)
+        return len(self._acknowledged) + len(self._unwritten)
 
     def close(self) -> None:
-        """Give ``on_publish`` back to aiomqtt (what is in flight stays unacknowledged)."""
+        """Give the callbacks back to aiomqtt (what is in flight stays unacknowledged)."""
         self._paho.on_publish = self._aiomqtt_on_publish
-        self._entries.clear()
+        self._paho.on_socket_unregister_write = self._aiomqtt_on_drained
+        self._acknowledged.clear()
+        self._unwritten.clear()
 
     async def run(self) -> None:
         """Hand messages to paho until cancelled; raise ``MqttError`` if the link is gone."""
         outbox = self._outbox
-        entries = self._entries
         window = self._window
         while True:
-            if len(entries) >= window:
+            if self.in_flight >= window:
                 self._room.clear()
                 await self._room.wait()
             elif (entry := outbox.take_nowait()) is not None:
@@ -130,30 +142,53 @@ class PublishPipeline:
         publish = entry.publish
         # Under MQTT 3.1.1 the core gives no properties, so this is None.
         properties = properties_of(publish.properties, publish.correlation_data)
+        if publish.qos and not self._acknowledged:
+            self._paho.on_publish = self._on_publish
         try:
             info = self._paho.publish(
-                publish.topic, publish.payload, publish.qos, False, properties
+                publish.topic, publish.payload, publish.qos, publish.retain, properties
             )
         except (ValueError, UnicodeError) as exc:
             # A topic MQTT cannot carry (wildcards, bad UTF-8): drop this message only.
             logger.warning("cannot publish to %r: %s", publish.topic, exc)
             self._outbox.done(entry)
+            self._settle()
             return
         if info.rc != paho_client.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "could not publish")
-        self._entries[info.mid] = (entry, time.monotonic() if self._observe else 0.0)
-        if info.is_published():  # paho completed it before we knew its id
-            self._completed(info.mid)
+        started = time.monotonic() if self._observe else 0.0
+        if publish.qos:
+            self._acknowledged[info.mid] = (entry, started)
+        else:
+            self._unwritten.append((entry, info, started))
+            if info.is_published():  # written at once (paho without an event loop)
+                self._written()
 
     def _on_publish(self, client: paho_client.Client, userdata: Any, mid: int, *args: Any) -> None:
-        if mid in self._entries:
-            self._completed(mid)
-        else:
-            self._aiomqtt_on_publish(client, userdata, mid, *args)
+        found = self._acknowledged.pop(mid, None)
+        if found is None:
+            return  # not ours: a message of a previous link, now requeued
+        entry, started = found
+        self._complete(entry, started)
+        self._settle()
 
-    def _completed(self, mid: int) -> None:
-        entry, started = self._entries.pop(mid)
+    def _on_drained(self, client: paho_client.Client, userdata: Any, sock: Any) -> None:
+        self._aiomqtt_on_drained(client, userdata, sock)
+        self._written()
+
+    def _written(self) -> None:
+        unwritten = self._unwritten
+        while unwritten and unwritten[0][1].is_published():
+            entry, _, started = unwritten.popleft()
+            self._complete(entry, started)
+
+    def _complete(self, entry: Entry, started: float) -> None:
         self._outbox.done(entry)
         if self._observe is not None:
             self._observe(time.monotonic() - started)
         self._room.set()
+
+    def _settle(self) -> None:
+        """No acknowledgement awaited: stop paying for paho's on_publish on every write."""
+        if not self._acknowledged:
+            self._paho.on_publish = None
