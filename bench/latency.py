@@ -27,6 +27,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from websockets.asyncio.server import ServerConnection, serve
 
+from bench.goals import goal
 from bridge.config import parse_config, resolve
 from bridge.local_broker import LocalMosquitto, free_port, is_listening
 from bridge.service import Service
@@ -179,6 +180,9 @@ def direct(host: str, port: int, rate: float, count: int, qos: int) -> list[floa
     return collector.latencies
 
 
+GOAL_ADDED_P99_MS = 5.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="events per second")
@@ -198,6 +202,7 @@ def main() -> None:
         )
     added = summary(relayed)[1] - summary(base)[1]
     print(f"{'added by bridge':>18}: p99 {added:+.2f} ms")
+    print(goal(f"added p99 at most {GOAL_ADDED_P99_MS:g} ms", added <= GOAL_ADDED_P99_MS))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.goals import goal
 from bridge.local_broker import LocalMosquitto, free_port, is_listening
 
 
@@ -70,6 +71,10 @@ class Counter:
         with self.changed:
             if not self.changed.wait_for(lambda: getattr(self, what) >= count, timeout):
                 raise RuntimeError(f"{what}: {getattr(self, what)}/{count}")
+
+
+GOAL_CONNECTIONS = 2000
+GOAL_RSS_MB = 150
 
 
 def main() -> None:
@@ -151,6 +156,8 @@ def main() -> None:
         f"  all streaming: {counter.events} events in {stream_seconds:.1f}s = "
         f"{counter.events / stream_seconds:.0f} events/s"
     )
+    if count >= GOAL_CONNECTIONS:
+        print(goal(f"{count} idle connections under {GOAL_RSS_MB} MB RSS", idle_rss < GOAL_RSS_MB))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ class Service:
         )
         self.observer = Observer()  # bridge.ops.Operations when run as the daemon
         self.events_relayed = 0  # server events the outbox took
+        self._waiting_for_room = 0  # connections whose reader waits for room in the buffer
+        self._full_since = 0.0
+        self._full_ended = 0  # connections ended in the current full-buffer episode
         self._observed_count = 0
         self._openers: dict[str, asyncio.Task[None]] = {}
         self._connections: dict[str, UpstreamConnection] = {}
@@ -140,14 +143,22 @@ class Service:
         return True
 
     async def _on_full(self, connection_id: str, raw: bytes) -> None:
-        """The buffer is full: wait for room, or end this connection with a notice."""
+        """The buffer is full: wait for room, or end this connection with a notice.
+
+        One warning per episode, however many connections wait in it (at
+        scale, thousands can), and one line when the buffer has room again.
+        """
         wait = self.settings.config.limits.event_buffer_wait
-        logger.warning(
-            "[%s] event buffer full (%d messages); waiting up to %.0fs",
-            connection_id,
-            len(self.link.outbox),
-            wait,
-        )
+        if not self._waiting_for_room:
+            self._full_since = time.monotonic()
+            self._full_ended = 0
+            logger.warning(
+                "event buffer full (%d messages): reading from upstream pauses until the "
+                "broker takes more (up to %.0fs per connection)",
+                len(self.link.outbox),
+                wait,
+            )
+        self._waiting_for_room += 1
         try:
             async with asyncio.timeout(wait):
                 while not self._on_event(connection_id, raw):
@@ -160,6 +171,15 @@ class Service:
             )
             reason = "event buffer full: the broker or its subscribers are too slow"
             self._perform(self.core.end_connection(connection_id, BUFFER_FULL_CODE, reason))
+            self._full_ended += 1
+        finally:
+            self._waiting_for_room -= 1
+            if not self._waiting_for_room:
+                logger.info(
+                    "event buffer: no reader waits any more, after %.1fs (%d connections ended)",
+                    time.monotonic() - self._full_since,
+                    self._full_ended,
+                )
 
     # Actions ---------------------------------------------------------------------------
 

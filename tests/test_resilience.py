@@ -387,6 +387,40 @@ async def test_broker_away_longer_than_the_buffer_ends_the_stream_clearly(
     assert peak <= 20 + 5  # the bound, plus the bridge's own few messages
 
 
+async def test_a_full_buffer_is_one_warning_however_many_connections_wait(
+    broker: Broker, start_bridge: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Many readers waiting for room in the buffer log one warning, not one each."""
+    caplog.set_level(logging.INFO, logger="bridge.service")
+    options = SimulatorOptions(api_key=KEY, tokens_per_second=200)
+    async with Simulator(options) as paced:
+        await start_bridge(
+            broker, paced, mqtt={"buffer_max_messages": 20}, limits={"event_buffer_wait": 0.5}
+        )
+        subscriber = Client(broker)
+        await subscriber.connect(subscribe=("ai/+/events",))
+        try:
+            ids = ["c1", "c2", "c3"]
+            for connection_id in ids:
+                await open_connection(subscriber, connection_id)
+            text = "Explain in detail how tulips grow, bloom and spread in spring. " * 3
+            for connection_id in ids:
+                event = create(text, max_output_tokens=400)
+                await subscriber.command(connection_id, {"action": "send", "event": event})
+            await subscriber.until(lambda m: m.get("type") == "response.output_text.delta")
+        finally:
+            await subscriber.disconnect()
+        broker.stop()
+        await paced.wait_for(lambda: paced.open_connections == 0, 10 * SECOND)
+    messages = [r.getMessage() for r in caplog.records if r.name == "bridge.service"]
+    assert sum("ending the connection" in m for m in messages) == 3
+    assert sum(m.startswith("event buffer full") for m in messages) == 1
+    assert [m for m in messages if m.startswith("event buffer: no reader waits")] == [
+        m for m in messages if m.endswith("(3 connections ended)")
+    ]
+    assert sum(m.endswith("(3 connections ended)") for m in messages) == 1
+
+
 async def test_stalled_subscriber_does_not_hold_back_others(
     broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
 ) -> None:
