@@ -169,7 +169,7 @@ class PublishPipeline:
     def _on_publish(self, client: paho_client.Client, userdata: Any, mid: int, *args: Any) -> None:
         found = self._acknowledged.pop(mid, None)
         if found is None:
-            return  # not ours: a message of a previous link, now requeued
+            return  # a QoS 0 message written while an ack is awaited: _on_drained has it
         entry, started = found
         self._complete(entry, started)
         self._settle()

@@ -146,7 +146,7 @@ class Service:
         """The buffer is full: wait for room, or end this connection with a notice.
 
         One warning per episode, however many connections wait in it (at
-        scale, thousands can), and one line when the buffer has room again.
+        scale, thousands can), and one line when no reader waits any more.
         """
         wait = self.settings.config.limits.event_buffer_wait
         if not self._waiting_for_room:
