@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiomqtt
@@ -173,6 +173,23 @@ def publish_all(host: str, port: int, count: int, qos: int, protocol: str, go: A
     publisher.disconnect()
 
 
+@contextlib.contextmanager
+def subscribed(
+    host: str, port: int, topic: str, qos: int, on_message: Callable[..., None], role: str
+) -> Iterator[paho.Client]:
+    """A paho client subscribed to ``topic``, its network loop in a thread, for the block."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{role}-{uuid.uuid4()}")
+    client.on_message = on_message
+    client.connect(host, port)
+    client.subscribe(topic, qos=qos)
+    client.loop_start()
+    try:
+        yield client
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
 def baseline(host: str, port: int, count: int, qos: int, protocol: str, broker_pid: int) -> Run:
     """Messages/s a bare paho publisher gets through the broker to a subscriber."""
     got = threading.Event()
@@ -184,28 +201,22 @@ def baseline(host: str, port: int, count: int, qos: int, protocol: str, broker_p
         if arrivals.count == count:
             got.set()
 
-    subscriber = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4()}")
-    subscriber.on_message = on_message
-    subscriber.connect(host, port)
-    subscriber.subscribe("bench/base/events", qos=qos)
-    subscriber.loop_start()
-    # The publisher is a process of its own, as the bridge daemon is.
-    go = multiprocessing.Event()
-    publisher = multiprocessing.Process(
-        target=publish_all, args=(host, port, count, qos, protocol, go)
-    )
-    publisher.start()
-    assert publisher.pid is not None
-    arrivals = Arrivals(
-        CpuMeter({"bare paho": publisher.pid, "broker": broker_pid, "subscriber": os.getpid()})
-    )
-    time.sleep(0.5)
-    go.set()
-    if not got.wait(120):
-        raise RuntimeError(f"baseline: only {arrivals.count}/{count} arrived")
-    publisher.join()
-    subscriber.loop_stop()
-    subscriber.disconnect()
+    with subscribed(host, port, "bench/base/events", qos, on_message, "sub"):
+        # The publisher is a process of its own, as the bridge daemon is.
+        go = multiprocessing.Event()
+        publisher = multiprocessing.Process(
+            target=publish_all, args=(host, port, count, qos, protocol, go)
+        )
+        publisher.start()
+        assert publisher.pid is not None
+        arrivals = Arrivals(
+            CpuMeter({"bare paho": publisher.pid, "broker": broker_pid, "subscriber": os.getpid()})
+        )
+        time.sleep(0.5)
+        go.set()
+        if not got.wait(120):
+            raise RuntimeError(f"baseline: only {arrivals.count}/{count} arrived")
+        publisher.join()
     return arrivals.run()
 
 
@@ -330,19 +341,16 @@ def sampling(pid: int, output: str | None) -> Iterator[None]:
 
 def wait_online(host: str, port: int) -> None:
     online = threading.Event()
-    watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4()}")
-    watcher.on_message = lambda client, userdata, message: (
-        online.set() if message.payload == b"online" else None
-    )
-    watcher.connect(host, port)
-    watcher.subscribe("ai/bridge/state")
-    watcher.loop_start()
-    try:
+    with subscribed(
+        host,
+        port,
+        "ai/bridge/state",
+        0,
+        lambda client, userdata, message: online.set() if message.payload == b"online" else None,
+        "watch",
+    ):
         if not online.wait(30):
             raise RuntimeError("the bridge did not come online")
-    finally:
-        watcher.loop_stop()
-        watcher.disconnect()
 
 
 async def _relay(
@@ -367,33 +375,27 @@ async def _relay(
             if counts["connected"] == len(ids):
                 connected.set()
 
-    subscriber = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4()}")
-    subscriber.on_message = on_message
-    subscriber.connect(host, port)
-    subscriber.subscribe("ai/+/events", qos=qos)
-    subscriber.loop_start()
-    await asyncio.sleep(0.3)
-    async with aiomqtt.Client(host, port) as client:
-        for connection_id in ids:
-            await client.publish(f"ai/{connection_id}/cmd", b'{"action":"connect"}', qos=1)
-        await asyncio.to_thread(connected.wait, 30)
-        create = json.dumps(
-            {
-                "action": "send",
-                "event": {
-                    "type": "response.create",
-                    "model": "m",
-                    "input": "bench",
-                    "max_output_tokens": deltas * 4,
-                },
-            }
-        ).encode()
-        for connection_id in ids:
-            await client.publish(f"ai/{connection_id}/cmd", create, qos=1)
-        if not await asyncio.to_thread(received.wait, 300):
-            raise RuntimeError(f"only {arrivals.count} events arrived")
-    subscriber.loop_stop()
-    subscriber.disconnect()
+    with subscribed(host, port, "ai/+/events", qos, on_message, "sub"):
+        await asyncio.sleep(0.3)
+        async with aiomqtt.Client(host, port) as client:
+            for connection_id in ids:
+                await client.publish(f"ai/{connection_id}/cmd", b'{"action":"connect"}', qos=1)
+            await asyncio.to_thread(connected.wait, 30)
+            create = json.dumps(
+                {
+                    "action": "send",
+                    "event": {
+                        "type": "response.create",
+                        "model": "m",
+                        "input": "bench",
+                        "max_output_tokens": deltas * 4,
+                    },
+                }
+            ).encode()
+            for connection_id in ids:
+                await client.publish(f"ai/{connection_id}/cmd", create, qos=1)
+            if not await asyncio.to_thread(received.wait, 300):
+                raise RuntimeError(f"only {arrivals.count} events arrived")
     return arrivals.run()
 
 

@@ -76,14 +76,11 @@ class Outbox:
         """Wait until every queued message has been acknowledged."""
         await self._empty.wait()
 
-    async def take(self) -> Entry:
-        """The next message to hand to the broker; it moves to the unacknowledged list."""
-        while (entry := self.take_nowait()) is None:
-            await self.wait_pending()
-        return entry
-
     def take_nowait(self) -> Entry | None:
-        """Like :meth:`take`, but None at once if nothing waits to be sent."""
+        """The next message to hand to the broker, or None if nothing waits to be sent.
+
+        The message moves to the unacknowledged list.
+        """
         if not self._pending:
             return None
         entry = self._pending.popleft()

@@ -60,6 +60,7 @@ async def relay(
                 received.append(message)
                 if len(received) == expect:
                     break
+        assert not task.done()  # the pipeline only ends when cancelled (or the link fails)
         task.cancel()
         watcher.cancel()
         await asyncio.gather(task, watcher, return_exceptions=True)
