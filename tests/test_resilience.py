@@ -382,7 +382,11 @@ async def test_broker_away_longer_than_the_buffer_ends_the_stream_clearly(
     notice = after[-1]
     assert (notice["code"], notice["reason"].split(":")[0]) == (1013, "event buffer full")
     numbers = [m["sequence_number"] for m in before[1:] + after if "sequence_number" in m]
-    assert numbers == list(range(len(numbers)))  # a prefix of the stream, no hole in it
+    # A prefix of the stream, no hole in it. Across a broker outage QoS 1 is at
+    # least once (README, Ordering): what the broker took but had not acknowledged
+    # when it stopped comes again, so repeats are allowed, never a gap.
+    first_seen = list(dict.fromkeys(numbers))
+    assert first_seen == list(range(len(first_seen)))
     assert not any(m.get("type") == "response.completed" for m in after)
     assert peak <= 20 + 5  # the bound, plus the bridge's own few messages
 
