@@ -19,9 +19,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bridge import tls
 from bridge.config_sources import (
@@ -32,9 +41,19 @@ from bridge.config_sources import (
     apply_environment,
     file_sources,
     source_of,
+    yaml_error_text,
 )
-from bridge.endpoint import REDACTED, Endpoint, build_endpoint, is_secret_name, websocket_url
+from bridge.endpoint import (
+    REDACTED,
+    Endpoint,
+    build_endpoint,
+    endpoint_secrets,
+    is_secret_name,
+    redact_url,
+    websocket_url,
+)
 from bridge.errors import ConfigError
+from bridge.redaction import Redactor
 
 MIB = 1024 * 1024
 
@@ -45,6 +64,19 @@ def _topic_prefix(value: str) -> str:
         raise ValueError("must be non-empty and not start or end with '/'")
     if any(char in value for char in "+#\x00"):
         raise ValueError("must not contain the wildcards '+' or '#', or NUL")
+    return value
+
+
+def _topic_filter(value: str) -> str:
+    """Validate an MQTT topic filter: ``#`` only last, wildcards fill whole levels."""
+    if not value or "\x00" in value:
+        raise ValueError("must be a non-empty MQTT topic filter")
+    levels = value.split("/")
+    for index, level in enumerate(levels):
+        if ("#" in level and (level != "#" or index != len(levels) - 1)) or (
+            "+" in level and level != "+"
+        ):
+            raise ValueError(f"{value!r} is not a valid MQTT topic filter")
     return value
 
 
@@ -87,11 +119,20 @@ class MqttConfig(_Section):
     max_inflight: int = Field(100, ge=1, le=65535)
     buffer_max_messages: int = Field(10_000, ge=10)
     buffer_max_bytes: int = Field(64 * MIB, ge=64 * 1024)
+    # Where an MQTT v5 command's Response Topic may send its ack (topic
+    # filters). The bridge's own topics (P/#), the Home Assistant discovery
+    # prefix and $ topics are refused whatever this says.
+    response_topics: tuple[str, ...] = ("#",)
 
     @field_validator("topic_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         return _topic_prefix(value)
+
+    @field_validator("response_topics")
+    @classmethod
+    def _check_response_topics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_topic_filter(item) for item in value)
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -127,6 +168,12 @@ class OpenAIConfig(_Section):
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         websocket_url(value)  # raises ValueError with a readable message
+        parts = urlsplit(value)
+        if parts.username is not None and parts.password is None:
+            raise ValueError(
+                "user info needs a user name and a password (https://user:password@host/...), "
+                "sent as HTTP Basic auth; for a key alone use openai.api_key_file"
+            )
         return value
 
 
@@ -140,6 +187,13 @@ class LimitsConfig(_Section):
     command_burst: int = Field(20, ge=1)
     dedupe_seconds: float = Field(30.0, ge=0)
     event_buffer_wait: float = Field(30.0, gt=0)
+    max_waiting_bytes: int = Field(16 * MIB, ge=64 * 1024)
+
+    @model_validator(mode="after")
+    def _one_command_fits(self) -> LimitsConfig:
+        if self.max_waiting_bytes < self.max_command_bytes:
+            raise ValueError("max_waiting_bytes must be at least max_command_bytes")
+        return self
 
 
 class ShutdownConfig(_Section):
@@ -211,6 +265,8 @@ class Settings:
     mqtt_tls: ssl.SSLContext | None = None
     mqtt_tls_key: Secret | None = None  # the client key's path (not its content), and its source
     sources: Mapping[str, str] = field(default_factory=dict)  # dotted key → file / env NAME
+    # Scrubs every secret above by value (and their encodings) from any text.
+    redactor: Redactor = field(default_factory=Redactor, compare=False)
 
 
 def load_settings(path: Path | str | None, environ: Mapping[str, str]) -> Settings:
@@ -262,18 +318,30 @@ def resolve(
             "needs prometheus-client: pip install 'openai-mqtt-bridge[metrics]'",
         )
     section = config.openai
-    endpoint = build_endpoint(
-        section.base_url,
-        api_key=api_key.value if api_key else None,
-        auth_header=section.auth_header,
-        auth_scheme=section.auth_scheme,
-        api_key_query_param=section.api_key_query_param,
-        headers=section.headers,
-        query=section.query,
-        organization=section.organization,
-        project=section.project,
+    redactor = Redactor(
+        (
+            *(secret.value for secret in (api_key, password) if secret),
+            *endpoint_secrets(section.base_url, section.headers, section.query),
+        )
     )
-    return Settings(config, api_key, password, endpoint, tls_context, tls_key, dict(sources))
+    try:
+        endpoint = build_endpoint(
+            section.base_url,
+            api_key=api_key.value if api_key else None,
+            auth_header=section.auth_header,
+            auth_scheme=section.auth_scheme,
+            api_key_query_param=section.api_key_query_param,
+            headers=section.headers,
+            query=section.query,
+            organization=section.organization,
+            project=section.project,
+            redactor=redactor,
+        )
+    except ValueError as exc:  # the message names no value
+        raise ConfigError("openai.base_url", str(exc)) from None
+    return Settings(
+        config, api_key, password, endpoint, tls_context, tls_key, dict(sources), redactor
+    )
 
 
 def _inline_source(sources: Mapping[str, str], key: str) -> str:
@@ -330,8 +398,9 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        # Never str(exc): PyYAML quotes the offending lines, which may hold a password.
+        raise ConfigError("", f"{path} is {yaml_error_text(exc)}") from None
 
 
 def _resolve_secret(
@@ -371,9 +440,14 @@ def _read_secret_file(path: Path, key: str) -> str:
 
 
 def redacted_document(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, with every secret replaced."""
+    """The effective configuration as plain data, with every secret replaced.
+
+    Secrets are replaced by name (``mqtt.password``, credential headers) and
+    then by value, wherever they are.
+    """
     document = settings.config.model_dump(mode="json")
     mqtt, openai = document["mqtt"], document["openai"]
+    openai["base_url"] = redact_url(openai["base_url"])
     mqtt["password"] = _shown(settings.mqtt_password)
     if settings.mqtt_tls_key is not None:
         mqtt["tls"]["key_file"] = settings.mqtt_tls_key.value
@@ -384,7 +458,8 @@ def redacted_document(settings: Settings) -> dict[str, Any]:
             for name, value in openai[section].items()
         }
     openai["websocket_url"] = settings.endpoint.display_url
-    return document
+    redacted: dict[str, Any] = settings.redactor.redact_json(document)
+    return redacted
 
 
 def redacted_dump(settings: Settings) -> str:
@@ -403,7 +478,7 @@ def redacted_dump(settings: Settings) -> str:
     if tls_key is not None and tls_key.source.startswith("systemd credential"):
         notes["mqtt.tls.key_file"] = f"from {tls_key.source}"
     notes["openai.websocket_url"] = "derived from openai.base_url"
-    return annotated_yaml(redacted_document(settings), notes)
+    return settings.redactor.redact(annotated_yaml(redacted_document(settings), notes))
 
 
 def _shown(secret: Secret | None) -> str | None:

@@ -7,7 +7,8 @@ any case): ``OPENAI_MQTT_BRIDGE__MQTT__PORT=8883``,
 YAML value, so ``8883`` is a number, ``true`` a boolean, ``null`` or an empty
 value is null, and ``[response.create, response.cancel]`` a list.
 Overrides are applied to the parsed file before validation, so they obey the
-same rules and an error names the variable.
+same rules and an error names the variable, never the value (it may be a
+password): a YAML error says where and what, not the text it is about.
 
 This module works on plain dicts (before validation) and renders the
 annotated YAML that ``check-config`` prints; it knows nothing of the models.
@@ -15,6 +16,7 @@ annotated YAML that ``check-config`` prints; it knows nothing of the models.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
@@ -62,9 +64,8 @@ def apply_environment(document: dict[str, Any], environ: Mapping[str, str]) -> S
             )
         try:
             value = yaml.safe_load(environ[name]) if environ[name].strip() else None
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or "not a YAML value"
-            raise ConfigError(dotted, f"{problem} (from env {name})") from None
+        except (yaml.YAMLError, ValueError) as exc:
+            raise ConfigError(dotted, f"{yaml_error_text(exc)} (from env {name})") from None
         target = document
         for depth, part in enumerate(parts[:-1]):
             child = target.setdefault(part, {})
@@ -80,6 +81,54 @@ def apply_environment(document: dict[str, Any], environ: Mapping[str, str]) -> S
 
 def _depth(name: str) -> tuple[int, str]:
     return (name.count("__"), name)
+
+
+# PyYAML writes what it found in the document with repr(): a character, a tag,
+# an alias. Its own words are the "expected ..." before ", but", token names
+# such as '<stream end>', and a tab is worth naming (the usual mistake).
+_QUOTED: Final = re.compile(r"'(?:[^'\\]|\\.)*'" r'|"(?:[^"\\]|\\.)*"')
+_SHOWN: Final = re.compile(r"'<[a-z ]+>'|'\\t'")
+HIDDEN: Final = "…"
+
+
+def yaml_error_text(exc: Exception) -> str:
+    """``not valid YAML at line L, column C: <problem> (<context> at line ...)``.
+
+    Where and what, but none of the document's text: ``str()`` of a PyYAML
+    error quotes the offending lines, and what it found there, which may be a
+    password. ``exc`` is a ``yaml.YAMLError``, or the ValueError PyYAML lets
+    through for an impossible date.
+    """
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        text = f"not valid YAML{_at(mark)}"
+        problem = _without_document_text(exc.problem or exc.context or "")
+        if problem:
+            text += f": {problem}"
+        if exc.problem and exc.context:
+            text += f" ({_without_document_text(exc.context)}{_at(exc.context_mark)})"
+        return text
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"not valid YAML at character {exc.position + 1}: {exc.reason}"
+    if isinstance(exc, ValueError):
+        return "not valid YAML: a value cannot be read (such as a date out of range)"
+    return "not valid YAML"
+
+
+def _at(mark: yaml.Mark | None) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _without_document_text(message: str) -> str:
+    """A PyYAML problem or context with each quoted piece of the document hidden."""
+    expected, but, found = message.partition(", but ")
+    if not (but and expected.startswith("expected")):
+        expected, found = "", message
+    return expected + but + _QUOTED.sub(_hide, found)
+
+
+def _hide(quoted: re.Match[str]) -> str:
+    return quoted[0] if _SHOWN.fullmatch(quoted[0]) else HIDDEN
 
 
 def source_of(sources: Mapping[str, str], dotted: str) -> str:

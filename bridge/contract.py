@@ -9,6 +9,8 @@ same thing.
 from __future__ import annotations
 
 import json
+import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any, Final
@@ -21,6 +23,8 @@ RESERVED_ID: Final = "bridge"
 MAX_CONNECTION_ID_LENGTH: Final = 128
 MAX_REQUEST_ID_LENGTH: Final = 256
 MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455 §5.5: a control frame payload is at most 125 bytes
+MAX_JSON_DEPTH: Final = 64  # nesting levels a command may have; Responses events need a handful
+MAX_TOPIC_BYTES: Final = 65535  # MQTT: a topic name is a UTF-8 string of at most 65,535 bytes
 
 # Actions and the `object` of everything the bridge itself says -----------------
 
@@ -55,6 +59,8 @@ LIMIT_REACHED: Final = "limit_reached"
 RATE_LIMITED: Final = "rate_limited"
 SHUTTING_DOWN: Final = "shutting_down"
 RETAINED_COMMAND: Final = "retained_command"
+RESPONSE_TOPIC_NOT_ALLOWED: Final = "response_topic_not_allowed"
+INTERNAL_ERROR: Final = "internal_error"
 INVALID_SERVER_EVENT: Final = "invalid_server_event"
 EVENT_BUFFER_FULL: Final = "event_buffer_full"
 
@@ -123,9 +129,130 @@ def _connection_id_problem(connection_id: str) -> str | None:
     if connection_id == RESERVED_ID:
         return f"'{RESERVED_ID}' is reserved"
     for char in connection_id:
-        if char in "/+#" or char.isspace() or unicodedata.category(char) in ("Cc", "Cs"):
+        if char in "/+#" or char.isspace() or unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
             return f"contains the forbidden character {char!r}"
     return None
+
+
+# Control, surrogate, and format characters (zero-width space, bidirectional
+# overrides such as U+202E): the last make two ids look alike in logs and dashboards.
+_FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cs", "Cf"})
+
+
+# Client JSON ------------------------------------------------------------------
+
+
+def load_json(payload: bytes) -> Any:
+    """Parse a client's UTF-8 JSON, refusing what costs more than its size or is not JSON.
+
+    Refused (``ValueError``): invalid UTF-8 or JSON; nesting deeper than
+    :data:`MAX_JSON_DEPTH`; ``NaN``, ``Infinity`` and numbers too large for a
+    float (Python would write them back as non-JSON tokens); integers of more
+    than 4,300 digits (Python's own limit, which keeps parsing linear).
+    """
+    text = payload.decode("utf-8")
+    try:
+        document = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    # Fewer brackets than the limit cannot nest deeper: most commands stop here.
+    if payload.count(b"[") + payload.count(b"{") > MAX_JSON_DEPTH and _too_deep(payload):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return document
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {_elide(text, 24)} is out of range")
+    return value
+
+
+def _too_deep(payload: bytes) -> bool:
+    """Whether the containers of valid JSON nest deeper than MAX_JSON_DEPTH.
+
+    Strings out, brackets of both kinds as ``[]``: each pass removes the
+    innermost pairs, one level. Linear passes in C, for valid JSON only (the
+    string pattern could backtrack on unterminated strings).
+    """
+    brackets = _JSON_STRING.sub(b"", payload).translate(_AS_SQUARE, _NOT_A_BRACKET)
+    for _ in range(MAX_JSON_DEPTH):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets)
+
+
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_AS_SQUARE: Final = bytes.maketrans(b"{}", b"[]")
+_NOT_A_BRACKET: Final = bytes(byte for byte in range(256) if byte not in b"[]{}")
+
+
+# Response topics (MQTT v5) ---------------------------------------------------------
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches the MQTT filter (``+`` one level, ``#`` the rest).
+
+    As MQTT says, a filter starting with a wildcard does not match ``$`` topics.
+    """
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    wanted, levels = topic_filter.split("/"), topic.split("/")
+    for index, part in enumerate(wanted):
+        if part == "#":
+            return True
+        if index >= len(levels) or (part != "+" and part != levels[index]):
+            return False
+    return len(wanted) == len(levels)
+
+
+def topic_name_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to, or None."""
+    if not topic:
+        return "is empty"
+    if any(char in topic for char in "+#\x00"):
+        return "contains a wildcard or NUL"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if size > MAX_TOPIC_BYTES:
+        return f"is longer than {MAX_TOPIC_BYTES} bytes"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTopicPolicy:
+    """Where a command's MQTT v5 Response Topic may send its ack.
+
+    ``allowed`` are the owner's filters (config ``mqtt.response_topics``);
+    ``refused`` always win: the bridge's own topics (``P/#``), Home
+    Assistant's discovery prefix, and every ``$`` topic. Without this, a client
+    could make the bridge publish, under its own account, where the client
+    itself may not.
+    """
+
+    allowed: tuple[str, ...] = ("#",)
+    refused: tuple[str, ...] = ()
+
+    def problem(self, topic: str) -> str | None:
+        """Why an ack may not go to ``topic``, or None if it may."""
+        problem = topic_name_problem(topic)
+        if problem is not None:
+            return f"the response topic {problem}"
+        if topic.startswith("$"):
+            return "the response topic is a $ topic"
+        for refused in self.refused:
+            if topic_matches(refused, topic):
+                return f"the response topic is under {refused}, which the bridge keeps for itself"
+        if not any(topic_matches(allowed, topic) for allowed in self.allowed):
+            return "the response topic is not in mqtt.response_topics"
+        return None
 
 
 # Commands -------------------------------------------------------------------
@@ -174,8 +301,8 @@ def parse_command(
             PAYLOAD_TOO_LARGE, f"command is {len(payload)} bytes, the limit is {max_bytes}"
         )
     try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
+        document = load_json(payload)
+    except ValueError as exc:  # UnicodeDecodeError is one
         raise CommandError(INVALID_JSON, f"command is not UTF-8 JSON: {exc}") from None
     if not isinstance(document, dict):
         raise CommandError(INVALID_COMMAND, "command must be a JSON object")
@@ -218,8 +345,8 @@ def peek(payload: bytes, *, max_bytes: int) -> tuple[str | None, str | None]:
     if len(payload) > max_bytes:
         return None, None
     try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
+        document = load_json(payload)
+    except ValueError:
         return None, None
     if not isinstance(document, dict):
         return None, None
@@ -415,7 +542,7 @@ def server_event_type(raw: bytes) -> str | None:
             return raw[len(_TYPE_PREFIX) : end].decode("utf-8", "replace")
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):
         return None
     if isinstance(document, dict) and isinstance(document.get("type"), str):
         return str(document["type"])

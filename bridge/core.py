@@ -24,11 +24,27 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from bridge import contract
-from bridge.contract import Close, Command, Connect, Send, Topics, UserProperties
+from bridge.contract import (
+    Close,
+    Command,
+    Connect,
+    ResponseTopicPolicy,
+    Send,
+    Topics,
+    UserProperties,
+)
 from bridge.errors import CommandError, InvalidState
 from bridge.limits import RateLimiter, RecentCommands
+from bridge.redaction import Redactor
 
 MAX_BACKLOG: Final = 100  # commands waiting behind one connect/close; more are refused
+# What a waiting command that is not a `send` is counted as (its fields are small).
+_SMALL_ENTRY_BYTES: Final = 256
+
+# Server events that carry an error message: the only ones scrubbed of the
+# bridge's secrets (a server could echo a credential it was sent); every other
+# event is relayed byte for byte, unread.
+_SCRUBBED_EVENT_TYPES: Final = frozenset({"error", "response.failed"})
 
 # Rejections that do not depend on a connection's state, answered without
 # waiting in its backlog.
@@ -38,6 +54,7 @@ _ANSWERED_AT_ONCE: Final = frozenset(
         contract.INVALID_CONNECTION_ID,
         contract.SHUTTING_DOWN,
         contract.RATE_LIMITED,
+        contract.RESPONSE_TOPIC_NOT_ALLOWED,
     }
 )
 
@@ -74,6 +91,9 @@ class OpenUpstream:
 
 @dataclass(frozen=True, slots=True)
 class SendUpstream:
+    """Send a client event; report :meth:`BridgeCore.upstream_written` with ``len(data)``
+    once it is written or dropped (the waiting-bytes budget counts it until then)."""
+
     connection_id: str
     data: str
 
@@ -105,6 +125,9 @@ class Limits:
     commands_per_second: float | None = None
     command_burst: int = 20
     dedupe_seconds: float | None = None
+    # Characters of commands waiting across the bridge: in backlogs, and sends
+    # not yet written upstream. Past it commands get `limit_reached`.
+    max_waiting_bytes: int = 16 * 1024 * 1024
 
 
 class Phase(enum.Enum):
@@ -124,7 +147,7 @@ class _Connection:
     notice: tuple[int, str] | None = None  # a bridge-decided end: reported as `disconnected`
 
 
-_Entry = tuple[Command | CommandError, ReplyTo | None]
+_Entry = tuple[Command | CommandError, ReplyTo | None, int]  # ..., its size in the budget
 
 
 @dataclass(slots=True)
@@ -150,12 +173,19 @@ class BridgeCore:
         qos: int = 1,
         limits: Limits = Limits(),
         v5: bool = True,
+        response_topics: ResponseTopicPolicy | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.topics = topics
         self.url = url
         self.qos = qos
         self.limits = limits
         self.v5 = v5
+        self.response_topics = response_topics or ResponseTopicPolicy(
+            refused=(f"{topics.prefix}/#",)
+        )
+        self.waiting_bytes = 0  # see Limits.max_waiting_bytes
+        self.redactor = redactor or Redactor()
         self.draining = False
         self.stats = _Stats()
         self._connections: dict[str, _Connection] = {}
@@ -197,6 +227,12 @@ class BridgeCore:
         if not payload:
             return []  # an empty payload deletes a retained message: not a command
         self.stats.commands += 1
+        refused_topic: str | None = None
+        if reply_to is not None:
+            # Checked first: no reply at all, not even an error, may go there.
+            refused_topic = self.response_topics.problem(reply_to.topic)
+            if refused_topic is not None:
+                reply_to = None
         try:
             if self._rate is not None and not self._rate.allow(connection_id, now):
                 action, request_id = contract.peek(payload, max_bytes=self.limits.max_command_bytes)
@@ -208,14 +244,25 @@ class BridgeCore:
                     request_id=request_id,
                 )
             if retained:
+                action, request_id = contract.peek(payload, max_bytes=self.limits.max_command_bytes)
                 raise CommandError(
                     contract.RETAINED_COMMAND,
                     "retained commands are never carried out: publish with retain=false "
                     "and clear the retained message with an empty retained payload",
+                    action=action,
+                    request_id=request_id,
                 )
             contract.check_connection_id(connection_id)
             if self.draining:
                 raise CommandError(contract.SHUTTING_DOWN, "the bridge is shutting down")
+            if refused_topic is not None:
+                action, request_id = contract.peek(payload, max_bytes=self.limits.max_command_bytes)
+                raise CommandError(
+                    contract.RESPONSE_TOPIC_NOT_ALLOWED,
+                    f"{refused_topic}; the command was not carried out",
+                    action=action,
+                    request_id=request_id,
+                )
             parsed: Command | CommandError = contract.parse_command(
                 connection_id,
                 payload,
@@ -239,19 +286,41 @@ class BridgeCore:
             return self._execute(connection_id, parsed, reply_to)
         if backlog is None:
             backlog = self._backlogs[connection_id] = deque()
+        size = _entry_size(parsed, reply_to)
+        problem = None
         if len(backlog) >= MAX_BACKLOG:
-            error = CommandError(
-                contract.LIMIT_REACHED,
-                f"more than {MAX_BACKLOG} commands are waiting for this connection",
-            )
+            problem = f"more than {MAX_BACKLOG} commands are waiting for this connection"
+        elif self._over_budget(size):
+            problem = self._budget_problem()
+        if problem is not None:
+            if not backlog:
+                del self._backlogs[connection_id]
+            error = CommandError(contract.LIMIT_REACHED, problem)
             if isinstance(parsed, CommandError):
                 error.action, error.request_id = parsed.action, parsed.request_id
             else:
                 error.action = _action_of(parsed)
                 error.request_id = parsed.request_id
             return self._reject(connection_id, error, reply_to)
-        backlog.append((parsed, reply_to))
+        backlog.append((parsed, reply_to, size))
+        self.waiting_bytes += size
         return []
+
+    def internal_error(self, connection_id: str, payload: bytes) -> list[Action]:
+        """Handling this command failed unexpectedly (a bug): answer it with ``internal_error``."""
+        action, request_id = contract.peek(payload, max_bytes=self.limits.max_command_bytes)
+        error = CommandError(
+            contract.INTERNAL_ERROR,
+            "the bridge failed while handling this command (logged); "
+            "it may not have been carried out",
+            action=action,
+            request_id=request_id,
+        )
+        return self._reject(connection_id, error, None)
+
+    def upstream_written(self, size: int) -> None:
+        """A :class:`SendUpstream` of ``size`` characters was written upstream, or dropped."""
+        self.waiting_bytes -= size
 
     def upstream_opened(self, connection_id: str) -> list[Action]:
         """The handshake of an OPENING connection succeeded."""
@@ -297,6 +366,8 @@ class BridgeCore:
                 action=None,
             )
             return self._publish(connection.events_topic, error, connection_id, "error")
+        if event_type in _SCRUBBED_EVENT_TYPES:
+            raw = self.redactor.redact_bytes(raw)
         properties = (
             contract.user_properties(connection_id, contract.DIRECTION_SERVER, event_type)
             if self.v5
@@ -376,7 +447,8 @@ class BridgeCore:
         backlog = self._backlogs.get(connection_id)
         actions: list[Action] = []
         while backlog and (self.draining or not self._busy(connection_id)):
-            parsed, reply_to = backlog.popleft()
+            parsed, reply_to, size = backlog.popleft()
+            self.waiting_bytes -= size
             if self.draining:
                 parsed = _shutting_down(parsed)
             actions.extend(self._execute(connection_id, parsed, reply_to))
@@ -423,6 +495,9 @@ class BridgeCore:
                 "the connection is not open; publish a connect command first",
                 reply_to,
             )
+        if self._over_budget(len(command.event)):
+            return self._refuse(command, contract.LIMIT_REACHED, self._budget_problem(), reply_to)
+        self.waiting_bytes += len(command.event)
         ack = contract.send_ack(command.connection_id, command.event_type, command.request_id)
         # The acknowledgement is queued before the event goes upstream, so it
         # always comes before the server events the event causes.
@@ -437,6 +512,15 @@ class BridgeCore:
         connection.phase = Phase.CLOSING
         connection.close, connection.close_reply = command, reply_to
         return [CloseUpstream(command.connection_id, command.code, command.reason)]
+
+    def _over_budget(self, size: int) -> bool:
+        return self.waiting_bytes + size > self.limits.max_waiting_bytes
+
+    def _budget_problem(self) -> str:
+        return (
+            f"commands waiting across the bridge already hold {self.waiting_bytes} of "
+            f"{self.limits.max_waiting_bytes} bytes (limits.max_waiting_bytes)"
+        )
 
     def _refuse(
         self, command: Command, code: str, message: str, reply_to: ReplyTo | None
@@ -490,6 +574,14 @@ class BridgeCore:
             else ()
         )
         return Publish(topic, contract.encode(message), self.qos, properties)
+
+
+def _entry_size(parsed: Command | CommandError, reply_to: ReplyTo | None) -> int:
+    """What a waiting command holds in memory, as counted against the budget."""
+    size = len(parsed.event) if isinstance(parsed, Send) else _SMALL_ENTRY_BYTES
+    if reply_to is not None:
+        size += len(reply_to.topic) + len(reply_to.correlation_data or b"")
+    return size
 
 
 def _action_of(command: Command) -> str:

@@ -7,13 +7,25 @@ base URL the way the official SDKs derive it: ``https`` â†’ ``wss``, ``http`` â†
 
 from __future__ import annotations
 
+import base64
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-REDACTED: Final = "REDACTED"
+from bridge.redaction import REDACTED, Redactor
+
+__all__ = [
+    "REDACTED",
+    "Endpoint",
+    "build_endpoint",
+    "endpoint_secrets",
+    "is_secret_name",
+    "redact_url",
+    "scrub",
+    "websocket_url",
+]
 
 _SCHEMES: Final = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}
 
@@ -35,12 +47,15 @@ class Endpoint:
     """Where and how to open a Responses WebSocket.
 
     ``url`` and ``headers`` may hold credentials and go only to the WebSocket
-    library; ``display_url`` is what logs and acknowledgements show.
+    library; ``display_url`` is what logs and acknowledgements show, and
+    ``redactor`` scrubs the credentials (and the bridge's other secrets) from
+    any text, such as an error about this endpoint.
     """
 
     url: str
     display_url: str
     headers: tuple[tuple[str, str], ...]
+    redactor: Redactor = field(default_factory=Redactor, compare=False)
 
     def __repr__(self) -> str:
         return f"Endpoint({self.display_url!r})"
@@ -71,6 +86,37 @@ def websocket_url(base_url: str, query: Mapping[str, str] | None = None) -> str:
     return urlunsplit((scheme, parts.netloc, path, urlencode(pairs), ""))
 
 
+def endpoint_secrets(
+    base_url: str,
+    headers: Mapping[str, str] | None = None,
+    query: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """The secret values an endpoint's configuration holds, besides the API key.
+
+    The password of the base URL's user info (as written and decoded), the
+    whole ``user:password`` and its base64 (the Basic auth credentials the
+    WebSocket library sends, named even when too short for the redactor to
+    look for encodings); the values of query parameters (in the base URL
+    or ``query``) and headers whose names look like credentials, and for a
+    header such as ``Authorization: Basic <credentials>`` the part after the
+    scheme too.
+    """
+    parts = urlsplit(base_url)
+    if parts.password:
+        yield from (parts.password, unquote(parts.password))
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        for written in (userinfo, unquote(userinfo)):
+            yield from (written, base64.b64encode(written.encode()).decode("ascii"))
+    pairs = [*parse_qsl(parts.query, keep_blank_values=True), *(query or {}).items()]
+    yield from (value for name, value in pairs if is_secret_name(name))
+    for name, value in (headers or {}).items():
+        if is_secret_name(name):
+            yield value
+            scheme, _, credentials = value.strip().partition(" ")
+            if scheme and credentials.strip():
+                yield credentials.strip()
+
+
 def redact_url(url: str) -> str:
     """The URL with user info and credential-like query values replaced by REDACTED."""
     parts = urlsplit(url)
@@ -95,14 +141,24 @@ def build_endpoint(
     query: Mapping[str, str] | None = None,
     organization: str | None = None,
     project: str | None = None,
+    redactor: Redactor | None = None,
 ) -> Endpoint:
     """Build the endpoint once from the ``openai`` config section.
 
     The key goes into ``auth_header`` (``Authorization: Bearer <key>`` by
     default), or into the query parameter ``api_key_query_param`` instead.
     Configured ``headers`` come last and replace a default of the same name
-    (case-insensitively), so a custom ``Authorization`` wins.
+    (case-insensitively), so a custom ``Authorization`` wins. User info in
+    ``base_url`` goes out as ``Authorization: Basic`` (the WebSocket library
+    sends it): a second ``Authorization`` header is a ValueError.
+
+    ``redactor`` knows every secret of the bridge (the config builds it); the
+    display URL goes through it. Without one, a redactor of the key and of
+    :func:`endpoint_secrets` is built.
     """
+    if redactor is None:
+        key = (api_key,) if api_key else ()
+        redactor = Redactor((*key, *endpoint_secrets(base_url, headers, query)))
     merged_query = dict(query or {})
     if api_key is not None and api_key_query_param:
         merged_query[api_key_query_param] = api_key
@@ -121,10 +177,21 @@ def build_endpoint(
         put("OpenAI-Project", project)
     for name, value in (headers or {}).items():
         put(name, value)
+    if urlsplit(base_url).password is not None and "authorization" in result:
+        raise ValueError(
+            "its user info is sent as Authorization: Basic, and the API key or "
+            "openai.headers would send a second Authorization header: send the key in "
+            "another header (openai.auth_header) or as openai.api_key_query_param"
+        )
     display = redact_url(url)
     if api_key_query_param:
         display = _redact_param(display, api_key_query_param)
-    return Endpoint(url=url, display_url=display, headers=tuple(result.values()))
+    return Endpoint(
+        url=url,
+        display_url=redactor.redact(display),
+        headers=tuple(result.values()),
+        redactor=redactor,
+    )
 
 
 def _redact_param(url: str, name: str) -> str:
@@ -136,13 +203,9 @@ def _redact_param(url: str, name: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(pairs, safe="")))
 
 
-# OpenAI-style keys, also when a server echoes them partly masked (`sk-abc***xyz`).
-_KEY_LIKE: Final = re.compile(r"\b(sk|rk|sess)-[A-Za-z0-9_*\-]{6,}")
-
-
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
-    """``text`` with every secret, and anything shaped like an API key, removed."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return _KEY_LIKE.sub(REDACTED, text)
+    """``text`` with every secret (and its encodings), and anything shaped like a key, removed.
+
+    For one-off use; build a :class:`~bridge.redaction.Redactor` once to scrub many texts.
+    """
+    return Redactor(secrets).redact(text)

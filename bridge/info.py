@@ -3,7 +3,8 @@
 Pure: the running tallies (tokens, the last error) and the document built
 from them. :mod:`bridge.ops` feeds the tallies and publishes the document.
 Nothing secret is ever put in it: the config summary names no credential,
-and the upstream URL is the redacted one the acks carry.
+the upstream URL is the redacted one the acks carry, and every string of the
+document is scrubbed by value with the settings' redactor at the end.
 """
 
 from __future__ import annotations
@@ -113,9 +114,9 @@ def info_document(
     connections: int,
     broker_connects: int,
 ) -> dict[str, Any]:
-    """The retained ``P/bridge/info`` object."""
+    """The retained ``P/bridge/info`` object, every secret the bridge knows scrubbed from it."""
     config = settings.config
-    return {
+    document = {
         "version": __version__,
         "started_at": iso_time(started_at),
         "uptime_seconds": round(uptime),
@@ -146,6 +147,8 @@ def info_document(
             "homeassistant_discovery": config.homeassistant.discovery,
         },
     }
+    scrubbed: dict[str, Any] = settings.redactor.redact_json(document)
+    return scrubbed
 
 
 def iso_time(timestamp: float) -> str:

@@ -19,6 +19,11 @@ timestamp (journald adds it) and start with the syslog priority, ``<3>`` for
 ERROR to ``<7>`` for DEBUG, which journald strips and stores as the entry's
 priority: ``journalctl -p warning -u openai-mqtt-bridge`` then shows just the
 warnings and errors.
+
+Every line, from every logger (libraries included) and at every level, is
+scrubbed as a whole, traceback included, by the :class:`~bridge.redaction.Redactor`
+that knows the bridge's secrets: :func:`setup` takes it, :func:`use_redactor`
+replaces it later.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import re
 import sys
 from typing import Final
 
-from bridge.endpoint import scrub
+from bridge.redaction import Redactor
 
 # syslog priorities, as sd-daemon(3) prefixes them: <3> err, <4> warning, <6> info, <7> debug
 PRIORITIES: Final = {
@@ -44,8 +49,12 @@ PRIORITIES: Final = {
 _CONNECTION_PREFIX: Final = re.compile(r"\[([^\s\]]+)\] ")
 
 
-def setup(level: str, fmt: str = "text") -> None:
-    """Configure the root logger once: stderr, one line per record, ``text`` or ``json``."""
+def setup(level: str, fmt: str = "text", redactor: Redactor | None = None) -> None:
+    """Configure the root logger once: stderr, one line per record, ``text`` or ``json``.
+
+    Each line is scrubbed by ``redactor`` (by default one that knows no secret
+    and removes only what is shaped like an API key).
+    """
     journal = stderr_is_journal()
     formatter: logging.Formatter
     if fmt == "json":
@@ -56,7 +65,7 @@ def setup(level: str, fmt: str = "text") -> None:
     if journal:
         formatter = JournalPriority(formatter)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
+    handler.setFormatter(RedactingFormatter(formatter, redactor or Redactor()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -65,6 +74,13 @@ def setup(level: str, fmt: str = "text") -> None:
     library_level = logging.DEBUG if level == "DEBUG" else logging.WARNING
     for noisy in ("bridge.paho", "bridge.websockets", "websockets", "asyncio"):
         logging.getLogger(noisy).setLevel(library_level)
+
+
+def use_redactor(redactor: Redactor) -> None:
+    """Scrub the lines of the handler :func:`setup` installed with ``redactor`` from now on."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, RedactingFormatter):
+            handler.formatter.redactor = redactor
 
 
 def stderr_is_journal() -> bool:
@@ -78,6 +94,18 @@ def stderr_is_journal() -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+
+
+class RedactingFormatter(logging.Formatter):
+    """Scrubs the finished line of the formatter it wraps: message, traceback, JSON alike."""
+
+    def __init__(self, inner: logging.Formatter, redactor: Redactor) -> None:
+        super().__init__()
+        self.inner = inner
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor.redact(self.inner.format(record))
 
 
 class JournalPriority(logging.Formatter):
@@ -131,21 +159,25 @@ class JsonFormatter(logging.Formatter):
 
 
 class RedactSecrets(logging.Filter):
-    """Removes secrets from records of a library logger (websockets logs headers at DEBUG)."""
+    """Scrubs the message of each record of one logger, for whatever handler gets it.
 
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    The handler :func:`setup` installs scrubs every line already; this filter
+    also protects records that reach other handlers (a test's, an embedding
+    program's).
+    """
+
+    def __init__(self, secrets: tuple[str, ...] | Redactor) -> None:
         super().__init__()
-        self.secrets = tuple(secret for secret in secrets if secret)
+        self.redactor = secrets if isinstance(secrets, Redactor) else Redactor(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = scrub(message, self.secrets)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        if self.redactor.found(message):
+            record.msg, record.args = self.redactor.redact(message), None
         return True
 
 
-def redact(secrets: tuple[str, ...], *logger_names: str) -> None:
+def redact(secrets: tuple[str, ...] | Redactor, *logger_names: str) -> None:
     """Attach one RedactSecrets filter to each named logger (replacing an earlier one)."""
     for name in logger_names:
         target = logging.getLogger(name)

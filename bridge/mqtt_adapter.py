@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -25,12 +26,13 @@ import aiomqtt
 from paho.mqtt import client as paho_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.config import MqttConfig
 from bridge.contract import Topics
 from bridge.core import Publish, ReplyTo
 from bridge.errors import BrokerError, BrokerRefused
-from bridge.mqtt_pipeline import PublishPipeline
+from bridge.mqtt_pipeline import PublishPipeline, paho_of
 from bridge.outbox import Outbox
 from bridge.tls import fatal_tls_problem
 
@@ -38,6 +40,13 @@ logger = logging.getLogger(__name__)
 
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
+# A broker link that stayed up this long resets the reconnect backoff: a broker
+# restarted now and then is retried at once, one that flaps is backed off.
+HELD_SECONDS: Final = 10.0
+# QoS 1 commands the broker may send us before we acknowledge one. We
+# acknowledge a command once it is handled, so this many (each at most the
+# maximum packet size) is all that can wait in memory on our side.
+RECEIVE_MAXIMUM: Final = 16
 # CONNACK reason codes that a retry will not fix (3.1.1 and v5 numbering).
 _REFUSALS: Final = {
     4: "bad user name or password",
@@ -116,12 +125,16 @@ class MqttLink:
         *,
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
+        max_packet_bytes: int | None = None,
     ) -> None:
         self.config = config
         self.topics = topics
         self.on_message = on_message
         self.password = password
         self.tls = tls
+        # MQTT v5: the largest packet the broker may send us; larger ones it drops.
+        self.max_packet_bytes = max_packet_bytes
+        self._connected_at: float | None = None
         # Seconds from handing a publish to paho to the broker's ack (metrics; None: not timed).
         self.on_published: Callable[[float], None] | None = None
         self._announcements: dict[str, bytes] = {}  # retained topics we keep set (bridge/info)
@@ -158,6 +171,11 @@ class MqttLink:
                 if fatal is not None:
                     raise fatal from exc
                 self._lost(exc)
+            connected_at, self._connected_at = self._connected_at, None
+            if connected_at is not None and time.monotonic() - connected_at >= HELD_SECONDS:
+                next_delay = backoff_delays(
+                    self.config.reconnect_initial_delay, self.config.reconnect_max_delay
+                )
             delay = next_delay()
             logger.warning(
                 "broker %s:%d unreachable; retrying in %.1fs",
@@ -204,6 +222,9 @@ class MqttLink:
         if self._v5:
             connect_properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho
             connect_properties.SessionExpiryInterval = config.session_expiry
+            connect_properties.ReceiveMaximum = RECEIVE_MAXIMUM
+            if self.max_packet_bytes is not None:
+                connect_properties.MaximumPacketSize = self.max_packet_bytes
         client = aiomqtt.Client(
             config.host,
             config.port,
@@ -225,6 +246,12 @@ class MqttLink:
             logger=PAHO_LOGGER,
             tls_context=self.tls,
         )
+        # Each message is handled in paho's callback, as paho reads it from the
+        # socket in the event loop: nothing waits in a queue, so a flood costs
+        # one message's memory at a time. It is acknowledged once handled.
+        paho = paho_of(client)
+        paho.manual_ack_set(True)
+        paho.on_message = self._on_paho_message
         return client
 
     async def _clean_session_once(self) -> None:
@@ -247,7 +274,16 @@ class MqttLink:
     async def _session(self, client: aiomqtt.Client) -> None:
         timeout = self.config.connect_timeout
         # Subscribe first: a client that sees `online` may publish a command at once.
-        await client.subscribe(self.topics.command_filter, qos=1, timeout=timeout)
+        # MQTT v5 keeps the retain flag of live deliveries (Retain As Published),
+        # so a retained command is refused even when it is published while we run.
+        if self._v5:
+            await client.subscribe(
+                self.topics.command_filter,
+                options=SubscribeOptions(qos=1, retainAsPublished=True),
+                timeout=timeout,
+            )
+        else:
+            await client.subscribe(self.topics.command_filter, qos=1, timeout=timeout)
         for topic in self._listeners:
             await client.subscribe(topic, qos=1, timeout=timeout)
         await client.publish(self.topics.state, ONLINE, qos=1, retain=True, timeout=timeout)
@@ -256,6 +292,7 @@ class MqttLink:
         for topic, payload in self._announcements.items():  # the broker may have lost them
             self._queue_retained(topic, payload)
         self.connects += 1
+        self._connected_at = time.monotonic()
         logger.info(
             "connected to broker %s:%d, subscribed to %s",
             self.config.host,
@@ -283,6 +320,11 @@ class MqttLink:
                 await asyncio.gather(*tasks, stop, return_exceptions=True)
                 pipeline.close()
             await self._say_offline(client)
+        except BaseException:
+            # An error, a bug or a second signal: the clean DISCONNECT that follows
+            # would keep the broker from sending our will, so say it ourselves.
+            self._say_offline_now(client)
+            raise
         finally:
             self.connected.clear()
 
@@ -304,6 +346,13 @@ class MqttLink:
         )
         logger.info("said offline; disconnecting from the broker")
 
+    def _say_offline_now(self, client: aiomqtt.Client) -> None:
+        """Queue ``offline`` (QoS 0: paho writes it at once, ahead of the DISCONNECT)."""
+        try:
+            paho_of(client).publish(self.topics.state, OFFLINE, qos=0, retain=True)
+        except Exception as exc:  # the link may be gone: then the broker sends the will
+            logger.debug("could not queue offline: %r", exc)
+
     def _lost(self, exc: BaseException) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
@@ -317,25 +366,33 @@ class MqttLink:
             )
 
     async def _receive_loop(self, client: aiomqtt.Client) -> None:
-        prefix_topics = self.topics
-        async for message in client.messages:
-            connection_id = prefix_topics.connection_id_of(message.topic.value)
-            payload = message.payload
-            if isinstance(payload, str):
-                payload = payload.encode()
-            elif not isinstance(payload, bytes | bytearray):
-                payload = b"" if payload is None else str(payload).encode()
-            if connection_id is None:
-                listener = self._listeners.get(message.topic.value)
-                if listener is not None:
-                    listener(bytes(payload))
-                continue
-            self.on_message(
-                Inbound(connection_id, bytes(payload), message.retain, _reply_to(message))
-            )
+        """Wait for the link to drop (messages are handled by :meth:`_on_paho_message`)."""
+        async for _ in client.messages:
+            pass
+
+    def _on_paho_message(
+        self, client: paho_client.Client, userdata: object, message: paho_client.MQTTMessage
+    ) -> None:
+        try:
+            self._dispatch(message)
+        except Exception:
+            # No message may end the link, and with it the daemon.
+            logger.exception("failed to handle a message (mid %d)", message.mid)
+        client.ack(message.mid, message.qos)
+
+    def _dispatch(self, message: paho_client.MQTTMessage) -> None:
+        topic = message.topic
+        payload = bytes(message.payload)
+        connection_id = self.topics.connection_id_of(topic)
+        if connection_id is None:
+            listener = self._listeners.get(topic)
+            if listener is not None:
+                listener(payload)
+            return
+        self.on_message(Inbound(connection_id, payload, bool(message.retain), _reply_to(message)))
 
 
-def _reply_to(message: aiomqtt.Message) -> ReplyTo | None:
+def _reply_to(message: paho_client.MQTTMessage) -> ReplyTo | None:
     properties = message.properties
     topic = getattr(properties, "ResponseTopic", None) if properties else None
     if not topic:

@@ -76,18 +76,34 @@ class _PackedOnce(Properties):
         return packed
 
 
-@functools.lru_cache(maxsize=4096)
 def properties_of(user: UserProperties, correlation: bytes | None) -> Properties | None:
-    """paho properties for a publish; cached because relayed events repeat them."""
-    if not user and correlation is None:
+    """paho properties for a publish.
+
+    Only those without Correlation Data are cached: relayed events repeat
+    them, while correlation data is a client's choice, and a cache keyed by
+    it would let clients pin memory (up to 64 KiB an entry).
+    """
+    if correlation is None:
+        return _cached_properties(user)
+    properties = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho
+    _fill(properties, user)
+    properties.CorrelationData = correlation
+    return properties
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_properties(user: UserProperties) -> Properties | None:
+    if not user:
         return None
     properties = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho
+    _fill(properties, user)
+    return properties
+
+
+def _fill(properties: Properties, user: UserProperties) -> None:
     if user:
         properties.UserProperty = list(user)
         properties.ContentType = "application/json"
-    if correlation is not None:
-        properties.CorrelationData = correlation
-    return properties
 
 
 class PublishPipeline:

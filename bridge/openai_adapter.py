@@ -22,8 +22,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from bridge.config import OpenAIConfig
-from bridge.endpoint import Endpoint, scrub
+from bridge.endpoint import Endpoint
 from bridge.errors import UpstreamError
+from bridge.redaction import Redactor
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,11 @@ ABNORMAL_CLOSURE: Final = 1006
 _BODY_EXCERPT: Final = 300
 
 
-def classify(exc: Exception, endpoint: Endpoint, secrets: tuple[str, ...]) -> UpstreamError:
-    """Turn a failed handshake into an UpstreamError with nothing secret in it."""
+def classify(exc: Exception, endpoint: Endpoint, redactor: Redactor) -> UpstreamError:
+    """Turn a failed handshake into an UpstreamError with nothing secret in it.
+
+    The server's words and the exception's text go through ``redactor``.
+    """
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         detail = _error_message(exc.response.body)
@@ -44,10 +48,10 @@ def classify(exc: Exception, endpoint: Endpoint, secrets: tuple[str, ...]) -> Up
             text += f": {detail}"
         if retry_after:
             text += f" (Retry-After: {retry_after})"
-        return UpstreamError(scrub(text, secrets), status=status)
+        return UpstreamError(redactor.redact(text), status=status)
     if isinstance(exc, InvalidURI):
         return UpstreamError(f"invalid upstream URL {endpoint.display_url}")
-    return UpstreamError(scrub(f"{endpoint.display_url}: {_describe(exc)}", secrets))
+    return UpstreamError(redactor.redact(f"{endpoint.display_url}: {_describe(exc)}"))
 
 
 def _describe(exc: BaseException) -> str:
@@ -91,10 +95,13 @@ def _error_message(body: bytes | None) -> str:
 class Upstream:
     """Opens Responses WebSockets to one endpoint."""
 
-    def __init__(self, endpoint: Endpoint, config: OpenAIConfig, secrets: tuple[str, ...]) -> None:
+    def __init__(
+        self, endpoint: Endpoint, config: OpenAIConfig, secrets: tuple[str, ...] = ()
+    ) -> None:
         self.endpoint = endpoint
         self.config = config
-        self.secrets = secrets
+        # The endpoint's redactor knows every secret of the config; ``secrets`` adds to it.
+        self.redactor = endpoint.redactor.extended(secrets)
 
     async def open(self) -> UpstreamConnection:
         """Open one connection, retrying what may pass; raise UpstreamError otherwise."""
@@ -117,7 +124,7 @@ class Upstream:
                     logger=logging.getLogger("bridge.websockets"),
                 )
             except Exception as exc:
-                error = classify(exc, self.endpoint, self.secrets)
+                error = classify(exc, self.endpoint, self.redactor)
                 if attempt == attempts or not retryable(error):
                     raise error from None
                 logger.warning("upstream attempt %d/%d failed: %s", attempt, attempts, error)
@@ -148,20 +155,27 @@ class UpstreamConnection:
         self,
         on_event: Callable[[bytes], bool],
         on_full: Callable[[bytes], Awaitable[None]],
+        on_written: Callable[[int], None],
     ) -> tuple[int, str]:
         """Relay server events until the connection ends; return its close code and reason.
 
         ``on_event`` takes each event without waiting and returns False when
         it cannot take more now; the reader then awaits ``on_full`` with that
         event before reading on, which pushes back on the upstream.
+        ``on_written(len(data))`` is called once for every :meth:`send`, when
+        its data is written or, the connection having ended, dropped.
         """
-        writer = asyncio.create_task(self._write(), name="bridge.ws_out")
+        writer = asyncio.create_task(self._write(on_written), name="bridge.ws_out")
         try:
             await self._read(on_event, on_full)
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+            while not self._outgoing.empty():
+                item = self._outgoing.get_nowait()
+                if isinstance(item, str):
+                    on_written(len(item))
         return self._outcome()
 
     def abort(self) -> None:
@@ -192,13 +206,16 @@ class UpstreamConnection:
         except ConnectionClosed as exc:
             self._closed = exc
 
-    async def _write(self) -> None:
+    async def _write(self, on_written: Callable[[int], None]) -> None:
         websocket = self._websocket
         with contextlib.suppress(ConnectionClosed):
             while True:
                 item = await self._outgoing.get()
                 if isinstance(item, str):
-                    await websocket.send(item)
+                    try:
+                        await websocket.send(item)
+                    finally:
+                        on_written(len(item))
                 else:
                     code, reason = item
                     await websocket.close(code, reason)

@@ -19,7 +19,7 @@ from typing import Final
 
 from bridge import logs
 from bridge.config import Settings
-from bridge.contract import Topics
+from bridge.contract import ResponseTopicPolicy, Topics
 from bridge.core import (
     AbortUpstream,
     Action,
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 BUFFER_FULL_CODE: Final = 1013  # "try again later": the broker side cannot take events now
 BROKER_FLUSH_GRACE: Final = 5.0  # seconds to deliver what is buffered once upstreams are closed
+# Room in an inbound packet for its topic and properties besides the payload.
+PACKET_OVERHEAD_BYTES: Final = 256 * 1024
 
 
 class Service:
@@ -59,21 +61,28 @@ class Service:
                 commands_per_second=config.limits.commands_per_second,
                 command_burst=config.limits.command_burst,
                 dedupe_seconds=config.limits.dedupe_seconds or None,
+                max_waiting_bytes=config.limits.max_waiting_bytes,
             ),
             v5=config.mqtt.protocol == "5",
+            redactor=settings.redactor,
+            response_topics=ResponseTopicPolicy(
+                allowed=config.mqtt.response_topics,
+                refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),
+            ),
         )
-        secrets = tuple(
-            secret.value for secret in (settings.api_key, settings.mqtt_password) if secret
-        )
-        # websockets logs handshake headers (Authorization) and the URL at DEBUG.
-        logs.redact(secrets, "bridge.websockets", "bridge.paho")
-        self.upstream = Upstream(settings.endpoint, config.openai, secrets)
+        # websockets logs handshake headers (Authorization) and the URL at DEBUG;
+        # the handler logs.setup installs scrubs every line, this covers other handlers.
+        logs.redact(settings.redactor, "bridge.websockets", "bridge.paho")
+        self.upstream = Upstream(settings.endpoint, config.openai)
         self.link = MqttLink(
             config.mqtt,
             self.topics,
             self._on_inbound,
             password=settings.mqtt_password.value if settings.mqtt_password else None,
             tls=settings.mqtt_tls,
+            # Commands up to twice the limit still get `payload_too_large`; the
+            # broker drops larger ones before they cost us memory (MQTT v5).
+            max_packet_bytes=2 * config.limits.max_command_bytes + PACKET_OVERHEAD_BYTES,
         )
         self.observer = Observer()  # bridge.ops.Operations when run as the daemon
         self.events_relayed = 0  # server events the outbox took
@@ -111,9 +120,13 @@ class Service:
             await self._shutdown()
             await link
         finally:
-            for task in (link, ready, stopping):
+            for task in (ready, stopping):
                 task.cancel()
             await self._cancel_all()
+            # However run ends (an error, a second signal), the link says `offline`
+            # before it goes: give it the time to.
+            link.cancel()
+            await asyncio.wait([link], timeout=BROKER_FLUSH_GRACE)
 
     # Inbound facts ------------------------------------------------------------------
 
@@ -125,13 +138,21 @@ class Service:
                 message.payload[:75],
                 " (retained)" if message.retained else "",
             )
-        actions = self.core.receive_command(
-            message.connection_id,
-            message.payload,
-            retained=message.retained,
-            reply_to=message.reply_to,
-            now=time.monotonic(),
-        )
+        try:
+            actions = self.core.receive_command(
+                message.connection_id,
+                message.payload,
+                retained=message.retained,
+                reply_to=message.reply_to,
+                now=time.monotonic(),
+            )
+        except Exception:
+            # A bug, never a client's doing: contained to this one command.
+            logger.exception(
+                "[%s] handling a command failed; it is answered with internal_error",
+                message.connection_id,
+            )
+            actions = self.core.internal_error(message.connection_id, message.payload)
         self._perform(actions)
 
     def _on_event(self, connection_id: str, raw: bytes) -> bool:
@@ -237,6 +258,7 @@ class Service:
             code, reason = await connection.run(
                 lambda raw: self._on_event(connection_id, raw),
                 lambda raw: self._on_full(connection_id, raw),
+                self.core.upstream_written,
             )
         except asyncio.CancelledError:
             connection.abort()

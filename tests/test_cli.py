@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bridge.cli import EXIT_CONFIG, main
+from bridge.local_broker import free_port
 from bridge.simulator import Simulator
 from tests.conftest import KEY, Broker, Client, body
 from tests.helpers import SECOND
@@ -77,8 +78,8 @@ def spawn(config: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def wait_state(watcher: Client, expected: bytes) -> None:
-    while (await watcher.next(15)).payload != expected:
+async def wait_state(watcher: Client, expected: bytes, wait: float = 15) -> None:
+    while (await watcher.next(wait)).payload != expected:
         pass
 
 
@@ -161,3 +162,87 @@ def test_bad_config_exits_78_without_starting(tmp_path: Path) -> None:
     )
     assert result.returncode == 78
     assert b"mqtt.qos" in result.stderr
+
+
+def spawn_simulator(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "simulate", "--port", str(port), "--api-key", KEY],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.integration
+async def test_second_sigterm_during_a_stalled_close_still_says_offline(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """SIGTERM, the upstream never answers the close, SIGTERM again: offline, exit at once."""
+    port = free_port()
+    upstream = spawn_simulator(port)
+    config = tmp_path / "bridge.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                # A will would come after 1.5 keepalives (90 s): this offline is the bridge's.
+                "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 60},
+                "openai": {"base_url": f"http://127.0.0.1:{port}/v1", "close_timeout": 60},
+                "shutdown": {"grace_seconds": 60},
+            }
+        )
+    )
+    process = spawn(config)
+    try:
+        async with Client(broker) as watcher:
+            await watcher.subscribe("ai/bridge/state", "ai/+/events")
+            await wait_state(watcher, b"online")
+            for _ in range(50):  # the simulator process may still be starting
+                await watcher.command("c1", {"action": "connect"})
+                answer = await watcher.next_json()
+                if answer["action"] == "connect" and "error" not in answer:
+                    break
+                await asyncio.sleep(0.1)
+            upstream.send_signal(signal.SIGSTOP)  # it will never answer the close
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5 * SECOND)
+            assert process.poll() is None  # waiting for the close handshake
+            process.send_signal(signal.SIGTERM)
+            await wait_state(watcher, b"offline", 15)
+            code = await asyncio.to_thread(process.wait, 15 * SECOND)
+    finally:
+        upstream.send_signal(signal.SIGCONT)
+        upstream.kill()
+        upstream.wait()
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    assert code == 0, stderr.decode()
+    assert b"again: stopping without grace" in stderr
+
+
+@pytest.mark.integration
+async def test_sighup_is_logged_and_changes_nothing(
+    tmp_path: Path, broker: Broker, simulator: Simulator
+) -> None:
+    """SIGHUP (systemctl reload, scripts) no longer kills the daemon without close acks."""
+    process = spawn(write_config(tmp_path, broker, simulator))
+    try:
+        async with Client(broker) as watcher:
+            await watcher.subscribe("ai/bridge/state", "ai/+/events")
+            await wait_state(watcher, b"online")
+            await watcher.command("c1", {"action": "connect"})
+            assert (await watcher.next_json())["action"] == "connect"
+            process.send_signal(signal.SIGHUP)
+            await watcher.command("c1", {"action": "send", "event": CREATE})
+            seen = await watcher.until(lambda m: m.get("type") == "response.completed")
+            assert seen[0]["action"] == "send"
+            assert process.poll() is None
+            process.send_signal(signal.SIGTERM)
+            closing = await watcher.until(lambda m: m.get("action") == "close")
+            assert closing[-1]["code"] == 1001
+            code = await asyncio.to_thread(process.wait, 15 * SECOND)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, stderr = process.communicate()
+    assert code == 0
+    assert b"SIGHUP: ignored" in stderr

@@ -202,3 +202,126 @@ def test_error_event_shape() -> None:
 def test_server_event_type(raw: bytes, expected: str | None) -> None:
     """The event type is read off the prefix when it can be, parsed otherwise."""
     assert server_event_type(raw) == expected
+
+
+# Hostile JSON ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 1000,  # the 1,000-byte message that used to stop the daemon (RecursionError)
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"action":"send","event":' + b'{"a":' * 65 + b"1" + b"}" * 65 + b"}",
+        b'{"action":"send","event":{"type":"response.create","x":' + b"[" * 70 + b"]" * 70 + b"}}",
+    ],
+)
+def test_deep_nesting_is_invalid_json(raw: bytes) -> None:
+    """Nesting past MAX_JSON_DEPTH is refused with invalid_json, never a RecursionError."""
+    error = rejection(raw)
+    assert error.code == "invalid_json"
+    assert "nested deeper than 64 levels" in error.message
+
+
+def nested(depth: int) -> object:
+    """A JSON value whose containers nest ``depth`` levels deep."""
+    value: object = []
+    for level in range(depth - 1):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    """64 levels are fine, 65 are not (the command object is the first level)."""
+    deepest = contract.MAX_JSON_DEPTH - 2  # command > event > x
+    command = parse({"action": "send", "event": {"type": "response.create", "x": nested(deepest)}})
+    assert isinstance(command, Send)
+    too_deep = {"action": "send", "event": {"type": "response.create", "x": nested(deepest + 1)}}
+    assert rejection(too_deep).code == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "number",
+    [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999", b"1" * 5000],
+)
+def test_non_json_numbers_are_invalid_json(number: bytes) -> None:
+    """NaN, Infinity, floats past range and huge integers never reach the upstream."""
+    raw = b'{"action":"send","event":{"type":"response.create","temperature":' + number + b"}}"
+    assert rejection(raw).code == "invalid_json"
+
+
+def test_large_but_finite_numbers_pass_through() -> None:
+    """1e308 and a 4,000-digit integer are JSON and are forwarded as JSON."""
+    raw = b'{"action":"send","event":{"type":"response.create","a":1e308,"b":' + b"7" * 4000 + b"}}"
+    command = parse(raw)
+    assert isinstance(command, Send)
+    assert json.loads(command.event)["b"] == int("7" * 4000)
+
+
+def test_peek_survives_hostile_json() -> None:
+    """peek (used to answer rate-limited commands) reads nothing from a hostile payload."""
+    assert contract.peek(b"[" * 5000, max_bytes=1 << 20) == (None, None)
+    assert contract.peek(b'{"action":"send","x":NaN}', max_bytes=1 << 20) == (None, None)
+
+
+@pytest.mark.parametrize("char", ["\u200b", "\u202e", "\u2066", "\ufeff", "\u00ad"])
+def test_format_characters_are_refused_in_ids(char: str) -> None:
+    """Invisible and bidirectional-control characters would make two ids look alike."""
+    with pytest.raises(CommandError) as info:
+        contract.check_connection_id(f"kit{char}chen")
+    assert info.value.code == "invalid_connection_id"
+
+
+# Response topics ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "topic", "expected"),
+    [
+        ("#", "a/b", True),
+        ("#", "$SYS/x", False),
+        ("+/b", "a/b", True),
+        ("+/b", "a/c", False),
+        ("a/#", "a", True),
+        ("a/#", "a/b/c", True),
+        ("a/+", "a/b/c", False),
+        ("a/b", "a/b", True),
+        ("a/b", "a/b/", False),
+        ("ai/#", "aix/y", False),
+        ("$SYS/#", "$SYS/x", True),
+    ],
+)
+def test_topic_matches(topic_filter: str, topic: str, expected: bool) -> None:
+    assert contract.topic_matches(topic_filter, topic) is expected
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "ai/bridge/state",
+        "ai/bridge/info",
+        "ai/home-assistant/events",
+        "ai/other/cmd",
+        "ai",
+        "homeassistant/sensor/x/y/config",
+        "$SYS/broker/x",
+        "$share/g/t",
+        "replies/+",
+        "replies/#",
+        "",
+        "bad\x00nul",
+        "x" * 70_000,
+    ],
+)
+def test_default_policy_refuses_the_bridges_own_topics(topic: str) -> None:
+    """The default: anything but the bridge's prefix, the discovery prefix, $ and bad names."""
+    policy = contract.ResponseTopicPolicy(refused=("ai/#", "homeassistant/#"))
+    assert policy.problem(topic) is not None
+
+
+def test_policy_admits_configured_topics_only() -> None:
+    policy = contract.ResponseTopicPolicy(allowed=("replies/#", "nodered/+/in"), refused=("ai/#",))
+    assert policy.problem("replies/kitchen") is None
+    assert policy.problem("nodered/flow1/in") is None
+    assert policy.problem("zigbee2mqtt/lamp/set") is not None
+    assert contract.ResponseTopicPolicy(refused=("ai/#",)).problem("replies/kitchen") is None

@@ -364,3 +364,82 @@ def test_commands_without_request_id_are_never_deduplicated() -> None:
     core = make_core(dedupe_seconds=30.0)
     core.receive_command("c1", cmd("close"), now=0.0)
     assert error_codes(core.receive_command("c1", cmd("close"), now=0.1)) == ["not_open"]
+
+
+# Hostile clients -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "topic", ["ai/bridge/state", "ai/other/events", "ai/c1/cmd", "$SYS/x", "homeassistant/x"]
+)
+def test_refused_response_topic_gets_one_error_on_the_events_topic_only(topic: str) -> None:
+    """A Response Topic under the bridge's own topics never receives anything."""
+    core = BridgeCore(
+        Topics("ai"),
+        url=URL,
+        response_topics=contract.ResponseTopicPolicy(refused=("ai/#", "homeassistant/#")),
+    )
+    reply = ReplyTo(topic, b"corr")
+    for retained in (False, True):
+        actions = core.receive_command(
+            "c1", cmd("connect", request_id="r1"), reply_to=reply, retained=retained
+        )
+        assert [a.topic for a in actions if isinstance(a, Publish)] == ["ai/c1/events"]
+        (error,) = messages(actions)
+        expected = "retained_command" if retained else "response_topic_not_allowed"
+        assert error["error"]["code"] == expected
+        assert error["request_id"] == "r1"
+        assert not any(isinstance(a, OpenUpstream) for a in actions)
+    assert core.phase("c1") is None
+
+
+def test_allowed_response_topic_still_gets_its_copy() -> None:
+    core = BridgeCore(
+        Topics("ai"), url=URL, response_topics=contract.ResponseTopicPolicy(allowed=("replies/#",))
+    )
+    core.receive_command("c1", cmd("connect"), reply_to=ReplyTo("replies/me", b"x"))
+    assert [a.topic for a in core.upstream_opened("c1") if isinstance(a, Publish)] == [
+        "ai/c1/events",
+        "replies/me",
+    ]
+    actions = core.receive_command("c1", cmd("close"), reply_to=ReplyTo("elsewhere/me"))
+    assert error_codes(actions) == ["response_topic_not_allowed"]
+
+
+def test_waiting_bytes_are_bounded_across_the_bridge() -> None:
+    """Big sends queued behind handshakes on many ids are refused past the budget."""
+    core = make_core(max_waiting_bytes=300_000)
+    big = cmd("send", event={**CREATE, "input": "x" * 60_000})
+    answers: list[str] = []
+    for connection_id in ("a", "b", "c"):
+        core.receive_command(connection_id, cmd("connect"))
+        for _ in range(3):
+            answers += error_codes_of(core.receive_command(connection_id, big), connection_id)
+    assert answers.count("limit_reached") == 9 - 4  # 4 x 60 KB fit in 300 KB
+    assert 240_000 <= core.waiting_bytes <= 300_000
+    # The backlogs drain into the upstream writers: still counted until written.
+    sends = [a for cid in ("a", "b", "c") for a in core.upstream_opened(cid)]
+    written = [a for a in sends if isinstance(a, SendUpstream)]
+    assert len(written) == 4
+    assert core.waiting_bytes == sum(len(a.data) for a in written)
+    assert error_codes_of(core.receive_command("a", big), "a") == ["limit_reached"]
+    for action in written:
+        core.upstream_written(len(action.data))
+    assert core.waiting_bytes == 0
+    assert isinstance(core.receive_command("a", big)[-1], SendUpstream)
+
+
+def error_codes_of(actions: list[Action], connection_id: str) -> list[str]:
+    return [
+        m["error"]["code"] for m in messages(actions, f"ai/{connection_id}/events") if "error" in m
+    ]
+
+
+def test_internal_error_answers_the_command() -> None:
+    """A bug while handling a command is answered like any refusal, echoing what it can."""
+    actions = make_core().internal_error("c1", cmd("send", request_id="r9"))
+    (error,) = messages(actions)
+    assert error["error"]["code"] == "internal_error"
+    assert (error["action"], error["request_id"]) == ("send", "r9")
+    (error,) = messages(make_core().internal_error("c1", b"[" * 5000))
+    assert error["action"] is None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
-from bridge.endpoint import build_endpoint, redact_url, scrub, websocket_url
+from bridge.endpoint import build_endpoint, endpoint_secrets, redact_url, scrub, websocket_url
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -102,3 +104,34 @@ def test_scrub_removes_secrets_and_key_shapes() -> None:
     cleaned = scrub(text, (KEY,))
     assert KEY not in cleaned
     assert "sk-abc" not in cleaned
+
+
+def test_endpoint_secrets_are_the_credential_values_of_the_config() -> None:
+    """User info password (as written, decoded, with the user), credential query values and
+    headers (with and without their scheme); nothing else."""
+    found = set(
+        endpoint_secrets(
+            "https://bob:p%40ss-word@gw.example/v1?sig=abc&api-version=1",
+            headers={"X-Auth": "Basic dXNlcjpwdw==", "OpenAI-Beta": "x=1"},
+            query={"access_token": "tok-1", "region": "eu"},
+        )
+    )
+    assert found == {
+        "p%40ss-word",
+        "p@ss-word",
+        "bob:p%40ss-word",
+        "bob:p@ss-word",
+        base64.b64encode(b"bob:p%40ss-word").decode(),
+        base64.b64encode(b"bob:p@ss-word").decode(),
+        "abc",
+        "tok-1",
+        "Basic dXNlcjpwdw==",
+        "dXNlcjpwdw==",
+    }
+
+
+def test_display_url_is_scrubbed_by_value() -> None:
+    """A credential under a harmless name is still a credential: the display URL hides it."""
+    endpoint = build_endpoint("https://gw.example/v1?foo=" + KEY, api_key=KEY)
+    assert endpoint.display_url == "wss://gw.example/v1/responses?foo=REDACTED"
+    assert KEY in endpoint.url

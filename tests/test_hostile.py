@@ -57,10 +57,39 @@ fields = st.fixed_dictionaries(
         "request_id": st.text(max_size=300) | json_values,
     },
 )
+# Deep nesting: it used to raise RecursionError out of json.loads and stop the daemon.
+deep_json = st.builds(
+    lambda depth, opener, closed: (
+        opener * depth
+        + (b"1" if opener == b'{"a":' else b"")
+        + ((b"}" if opener == b'{"a":' else b"]") * depth if closed else b"")
+    ),
+    st.integers(min_value=1, max_value=3000),
+    st.sampled_from([b"[", b'{"a":']),
+    st.booleans(),
+)
+# Numbers Python reads but would write back as non-JSON (NaN, Infinity), and huge ones.
+numbers = st.one_of(
+    st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999", b"1e-400", b"-0"]),
+    st.floats().map(lambda value: repr(value).encode()),
+    st.integers(min_value=1, max_value=6000).map(lambda digits: b"9" * digits),
+    st.integers(min_value=-(10**30), max_value=10**30).map(lambda value: str(value).encode()),
+)
+send_with_number = numbers.map(
+    lambda number: (
+        b'{"action":"send","event":{"type":"response.create","temperature":' + number + b"}}"
+    )
+)
+send_with_depth = deep_json.map(
+    lambda inner: b'{"action":"send","event":{"type":"response.create","input":' + inner + b"}}"
+)
 payloads = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda value: json.dumps(value).encode()),
     fields.map(lambda command: json.dumps(command).encode()),
+    deep_json,
+    send_with_number,
+    send_with_depth,
 )
 ids = st.sampled_from(["c1", "c2", "bridge", "", "a b", "x" * 129]) | st.text(
     alphabet=st.characters(blacklist_characters="/"), max_size=12
@@ -102,6 +131,21 @@ def test_core_answers_each_command_once(connection_id: str, payload: bytes) -> N
         if body["object"] == "response.websocket.error":
             assert isinstance(body["error"]["code"], str)
             assert not steps
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(name)
+
+
+@given(payload=st.one_of(deep_json, send_with_number, send_with_depth, payloads))
+@settings(max_examples=400, deadline=None)
+def test_only_strict_json_goes_upstream(payload: bytes) -> None:
+    """Whatever a client sends, a `send` reaches the upstream as strict JSON, or is refused."""
+    core = open_core()
+    actions = core.receive_command("c1", payload)
+    for action in actions:
+        if isinstance(action, SendUpstream):
+            json.loads(action.data, parse_constant=_no_constant)  # NaN/Infinity would raise
 
 
 @given(
