@@ -28,9 +28,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from websockets.asyncio.server import ServerConnection, serve
 
 from bench.goals import goal
-from bridge.config import parse_config, resolve
-from bridge.local_broker import LocalMosquitto, free_port, is_listening
-from bridge.service import Service
+from bridge.daemon.config import parse_config, resolve
+from bridge.daemon.service import Service
+from bridge_tools.local_broker import LocalMosquitto, free_port, is_listening
 
 PADDING = "x" * 120  # about the size of a text delta event
 

@@ -43,10 +43,10 @@ from paho.mqtt.properties import Properties
 
 from bench.goals import goal
 from bench.stacks import parse, summarize
-from bridge.config import parse_config, resolve
-from bridge.contract import DIRECTION_SERVER, user_properties
-from bridge.local_broker import LocalMosquitto, free_port, is_listening
-from bridge.service import Service
+from bridge.daemon.config import parse_config, resolve
+from bridge.daemon.service import Service
+from bridge.protocol.contract import DIRECTION_SERVER, user_properties
+from bridge_tools.local_broker import LocalMosquitto, free_port, is_listening
 
 EVENT = json.dumps(
     {
@@ -231,7 +231,7 @@ def simulator_process(deltas: int) -> Iterator[tuple[str, int]]:
         [
             sys.executable,
             "-c",
-            "import asyncio, sys; from bridge.simulator import SimulatorOptions, serve; "
+            "import asyncio, sys; from bridge_tools.simulator import SimulatorOptions, serve; "
             "reply = ' '.join(['word'] * int(sys.argv[2])); "
             "asyncio.run(serve('127.0.0.1', int(sys.argv[1]), "
             "SimulatorOptions(fixed_reply=reply)))",

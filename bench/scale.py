@@ -24,7 +24,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.goals import goal
-from bridge.local_broker import LocalMosquitto, free_port, is_listening
+from bridge_tools.local_broker import LocalMosquitto, free_port, is_listening
 
 
 def rss_mb(pid: int) -> float:
@@ -91,7 +91,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-c",
-                "import asyncio, sys; from bridge.simulator import SimulatorOptions, serve; "
+                "import asyncio, sys; from bridge_tools.simulator import SimulatorOptions, serve; "
                 "asyncio.run(serve('127.0.0.1', int(sys.argv[1]), "
                 "SimulatorOptions(fixed_reply=sys.argv[2])))",
                 str(sim_port),

@@ -31,8 +31,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.local_broker import LocalMosquitto
-from bridge.simulator import Simulator, SimulatorOptions
+from bridge_tools.local_broker import LocalMosquitto
+from bridge_tools.simulator import Simulator, SimulatorOptions
 
 TERMINAL = {"response.completed", "response.incomplete", "response.failed"}
 

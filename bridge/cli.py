@@ -18,13 +18,12 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from bridge import __version__, logs
-from bridge.config import Settings, load_settings, redacted_dump
-from bridge.demo import QUESTION, DemoOptions, run_demo
+from bridge import __version__
+from bridge.daemon import logs
+from bridge.daemon.config import Settings, load_settings, redacted_dump
+from bridge.daemon.service import Service
 from bridge.errors import BridgeError, BrokerError, BrokerRefused, ConfigError
-from bridge.ops import Operations
-from bridge.service import Service
-from bridge.simulator import SimulatorOptions, serve
+from bridge.ops.operations import Operations
 
 logger = logging.getLogger("bridge")
 
@@ -76,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         help="openai uses the real API with OPENAI_API_KEY",
     )
     demo.add_argument("--raw", action="store_true", help="show the JSON messages")
-    demo.add_argument("--question", default=QUESTION)
+    demo.add_argument("--question", help="what the demo asks (default: the seed flow's question)")
     simulate = commands.add_parser("simulate", help="run a local Responses WebSocket server")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
@@ -186,6 +185,9 @@ async def _serve(service: object) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # The developer tools ship with the daemon but are imported by their commands only.
+    from bridge_tools.demo import QUESTION, DemoOptions, run_demo
+
     try:
         mqtt = load_settings(args.config, {}).config.mqtt if args.config else None
     except ConfigError as exc:
@@ -197,7 +199,7 @@ def _demo(args: argparse.Namespace) -> int:
         broker_port=mqtt.port if mqtt else 1883,
         upstream=args.upstream,
         raw=args.raw,
-        question=args.question,
+        question=args.question or QUESTION,
     )
     print("openai-mqtt-bridge demo: the seed flow over MQTT")
     try:
@@ -211,6 +213,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from bridge_tools.simulator import SimulatorOptions, serve
+
     logs.setup(args.log_level.upper())
     options = SimulatorOptions(
         api_key=args.api_key,

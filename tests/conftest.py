@@ -18,10 +18,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.config import Settings, load_settings
-from bridge.local_broker import LocalMosquitto, find_mosquitto
-from bridge.service import Service
-from bridge.simulator import Simulator, SimulatorOptions
+from bridge.daemon.config import Settings, load_settings
+from bridge.daemon.service import Service
+from bridge_tools.local_broker import LocalMosquitto, find_mosquitto
+from bridge_tools.simulator import Simulator, SimulatorOptions
 from tests.helpers import SECOND
 
 KEY = "sk-test-canary-0123456789abcdefXYZ"  # a canary: it must never show up on MQTT or in logs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from bridge.local_broker import free_port
+from bridge_tools.local_broker import free_port
 
 # Every duration in a test is written as a multiple of SECOND. Slow or shared
 # machines scale them all at once: BRIDGE_TESTS_TIMEOUT_FACTOR=3 pytest.

@@ -16,9 +16,9 @@ from typing import Any
 
 import aiomqtt
 
-from bridge.config import Settings
-from bridge.ops import Operations
-from bridge.service import Service
+from bridge.daemon.config import Settings
+from bridge.daemon.service import Service
+from bridge.ops.operations import Operations
 from tests.conftest import KEY, Client, RunningBridge
 from tests.helpers import SECOND
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from bridge.contract import Close, Connect, Send, Topics, parse_command
+from bridge.protocol.contract import Close, Connect, Send, Topics, parse_command
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 ALLOWED = frozenset({"response.create"})

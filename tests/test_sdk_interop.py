@@ -16,7 +16,7 @@ from openai import AsyncOpenAI
 from openai.types.responses.responses_server_event import ResponseWsError
 from websockets.exceptions import InvalidStatus
 
-from bridge.simulator import Simulator, SimulatorOptions
+from bridge_tools.simulator import Simulator, SimulatorOptions
 from tests.helpers import SECOND
 
 KEY = "sk-interop-test-key"

@@ -1,0 +1,157 @@
+"""``P/bridge/info``: what the bridge is and how it is doing, as one retained JSON object.
+
+Pure: the running tallies (tokens, the last error) and the document built
+from them. :mod:`bridge.ops` feeds the tallies and publishes the document.
+Nothing secret is ever put in it: the config summary names no credential,
+the upstream URL is the redacted one the acks carry, and every string of the
+document is scrubbed by value with the settings' redactor at the end.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from bridge import __version__
+from bridge.daemon.config import Settings
+
+MAX_ERROR_MESSAGE: Final = 200  # HA keeps at most 255 characters of a sensor's state
+_DECODER: Final = json.JSONDecoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one completed response."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+
+
+@dataclass
+class Tally:
+    """Counts since start (and since local midnight) that the info document shows."""
+
+    day: str = field(default_factory=lambda: datetime.date.today().isoformat())
+    tokens_today: int = 0
+    tokens_total: int = 0
+    responses_completed: int = 0
+    last_error: dict[str, Any] | None = None
+    revision: int = 0  # bumped on every change: the publisher compares it
+
+    def add_usage(self, usage: Usage, today: str) -> None:
+        self.roll(today)
+        self.tokens_today += usage.total_tokens
+        self.tokens_total += usage.total_tokens
+        self.responses_completed += 1
+        self.revision += 1
+
+    def note_error(self, code: str, message: str, connection_id: str | None, at: str) -> None:
+        if len(message) > MAX_ERROR_MESSAGE:
+            message = message[: MAX_ERROR_MESSAGE - 1] + "…"
+        self.last_error = {
+            "code": code,
+            "message": message,
+            "connection_id": connection_id,
+            "at": at,
+        }
+        self.revision += 1
+
+    def roll(self, today: str) -> None:
+        """A new local day starts ``tokens_today`` from zero."""
+        if today != self.day:
+            self.day, self.tokens_today = today, 0
+            self.revision += 1
+
+
+def usage_of(raw: bytes) -> Usage | None:
+    """The ``usage`` of a raw ``response.completed`` event, or None if it has none.
+
+    A completed response can be megabytes (it repeats the whole output), and
+    ``usage`` comes last: it is read from the last ``"usage":`` onwards, and
+    the whole event is parsed only if that fails.
+    """
+    at = raw.rfind(b'"usage"')
+    if at >= 0:
+        rest = raw[at + len(b'"usage"') :].decode("utf-8", "replace").lstrip()
+        if rest.startswith(":"):
+            try:
+                value, _ = _DECODER.raw_decode(rest[1:].lstrip())
+            except ValueError:
+                value = None
+            usage = _usage(value)
+            if usage is not None:
+                return usage
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    response = document.get("response") if isinstance(document, dict) else None
+    return _usage(response.get("usage")) if isinstance(response, dict) else None
+
+
+def _usage(value: object) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    counts = [value.get(name) for name in ("input_tokens", "output_tokens")]
+    if not all(isinstance(count, int) and count >= 0 for count in counts):
+        return None
+    input_tokens, output_tokens = int(counts[0] or 0), int(counts[1] or 0)
+    total = value.get("total_tokens")
+    if not isinstance(total, int) or total < 0:
+        total = input_tokens + output_tokens
+    return Usage(input_tokens, output_tokens, total)
+
+
+def info_document(
+    settings: Settings,
+    tally: Tally,
+    *,
+    started_at: float,
+    uptime: float,
+    connections: int,
+    broker_connects: int,
+) -> dict[str, Any]:
+    """The retained ``P/bridge/info`` object, every secret the bridge knows scrubbed from it."""
+    config = settings.config
+    document = {
+        "version": __version__,
+        "started_at": iso_time(started_at),
+        "uptime_seconds": round(uptime),
+        "connections": connections,
+        "max_connections": config.limits.max_connections,
+        "tokens_today": tally.tokens_today,
+        "tokens_day": tally.day,
+        "tokens_total": tally.tokens_total,
+        "responses_completed": tally.responses_completed,
+        "last_error": tally.last_error,
+        "broker_connects": broker_connects,
+        "config": {
+            "mqtt": {
+                "host": config.mqtt.host,
+                "port": config.mqtt.port,
+                "protocol": config.mqtt.protocol,
+                "tls": config.mqtt.tls.enabled,
+                "topic_prefix": config.mqtt.topic_prefix,
+                "client_id": config.mqtt.client_id,
+                "qos": config.mqtt.qos,
+            },
+            "openai": {
+                "websocket_url": settings.endpoint.display_url,
+                "api_key": settings.api_key is not None,  # whether one is set, never which
+            },
+            "limits": config.limits.model_dump(mode="json"),
+            "metrics": config.metrics.enabled,
+            "homeassistant_discovery": config.homeassistant.discovery,
+        },
+    }
+    scrubbed: dict[str, Any] = settings.redactor.redact_json(document)
+    return scrubbed
+
+
+def iso_time(timestamp: float) -> str:
+    """A Unix time as ISO 8601 UTC with a ``Z``, to the second."""
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

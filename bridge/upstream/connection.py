@@ -1,0 +1,240 @@
+"""The upstream side: Responses WebSockets through the `websockets` library.
+
+:class:`Upstream` opens connections to the configured endpoint (with its one
+retry policy, :func:`classify`); :class:`UpstreamConnection` is one open
+socket, with an ordered writer and a reader that hands each server event, as
+the raw bytes of its text frame, to a callback. Nothing above this module sees
+a websockets object, and no error leaving it contains a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from bridge.daemon.config import OpenAIConfig
+from bridge.errors import UpstreamError
+from bridge.protocol.redaction import Redactor
+from bridge.upstream.endpoint import Endpoint
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS: Final = frozenset({500, 502, 503, 504})
+RETRY_DELAY: Final = 0.5  # doubled per attempt; short, a person is waiting for the ack
+ABNORMAL_CLOSURE: Final = 1006
+_BODY_EXCERPT: Final = 300
+
+
+def classify(exc: Exception, endpoint: Endpoint, redactor: Redactor) -> UpstreamError:
+    """Turn a failed handshake into an UpstreamError with nothing secret in it.
+
+    The server's words and the exception's text go through ``redactor``.
+    """
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        detail = _error_message(exc.response.body)
+        retry_after = exc.response.headers.get("Retry-After")
+        text = f"{endpoint.display_url} answered HTTP {status}"
+        if detail:
+            text += f": {detail}"
+        if retry_after:
+            text += f" (Retry-After: {retry_after})"
+        return UpstreamError(redactor.redact(text), status=status)
+    if isinstance(exc, InvalidURI):
+        return UpstreamError(f"invalid upstream URL {endpoint.display_url}")
+    return UpstreamError(redactor.redact(f"{endpoint.display_url}: {_describe(exc)}"))
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, human reading of a network-level failure."""
+    if isinstance(exc, TimeoutError):
+        return "the handshake timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the server"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, InvalidHandshake) and isinstance(cause, ssl.SSLError | OSError):
+        return _describe(cause)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def retryable(error: UpstreamError) -> bool:
+    """Whether another attempt may succeed: network trouble and 5xx, not 4xx."""
+    return error.status is None or error.status in RETRYABLE_STATUS
+
+
+def _error_message(body: bytes | None) -> str:
+    """The ``error.message`` of an OpenAI-style JSON error body, or a short excerpt."""
+    if not body:
+        return ""
+    try:
+        document = json.loads(body)
+        message = document["error"]["message"]
+        if isinstance(message, str):
+            return message[:_BODY_EXCERPT]
+    except (ValueError, KeyError, TypeError):
+        pass
+    return body[:_BODY_EXCERPT].decode("utf-8", "replace")
+
+
+class Upstream:
+    """Opens Responses WebSockets to one endpoint."""
+
+    def __init__(
+        self, endpoint: Endpoint, config: OpenAIConfig, secrets: tuple[str, ...] = ()
+    ) -> None:
+        self.endpoint = endpoint
+        self.config = config
+        # The endpoint's redactor knows every secret of the config; ``secrets`` adds to it.
+        self.redactor = endpoint.redactor.extended(secrets)
+
+    async def open(self) -> UpstreamConnection:
+        """Open one connection, retrying what may pass; raise UpstreamError otherwise."""
+        attempts = self.config.connect_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                websocket = await connect(
+                    self.endpoint.url,
+                    additional_headers=list(self.endpoint.headers),
+                    user_agent_header="openai-mqtt-bridge",
+                    open_timeout=self.config.open_timeout,
+                    ping_interval=self.config.ping_interval,
+                    ping_timeout=self.config.ping_timeout,
+                    close_timeout=self.config.close_timeout,
+                    max_size=self.config.max_message_bytes,
+                    # Server events are read as they come; more queued frames
+                    # only cost memory while the broker is slow.
+                    max_queue=64,
+                    compression="deflate" if self.config.compression else None,
+                    logger=logging.getLogger("bridge.websockets"),
+                )
+            except Exception as exc:
+                error = classify(exc, self.endpoint, self.redactor)
+                if attempt == attempts or not retryable(error):
+                    raise error from None
+                logger.warning("upstream attempt %d/%d failed: %s", attempt, attempts, error)
+                await asyncio.sleep(RETRY_DELAY * 2 ** (attempt - 1))
+            else:
+                return UpstreamConnection(websocket)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+class UpstreamConnection:
+    """One open Responses WebSocket: ordered sends, and a reader of server events."""
+
+    def __init__(self, websocket: ClientConnection) -> None:
+        self._websocket = websocket
+        self._outgoing: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue()
+        self._closed: ConnectionClosed | None = None
+        self._aborted = False
+
+    def send(self, data: str) -> None:
+        """Queue a client event; sends leave in the order queued."""
+        self._outgoing.put_nowait(data)
+
+    def close(self, code: int, reason: str) -> None:
+        """Queue the close handshake, after every send queued before it."""
+        self._outgoing.put_nowait((code, reason))
+
+    async def run(
+        self,
+        on_event: Callable[[bytes], bool],
+        on_full: Callable[[bytes], Awaitable[None]],
+        on_written: Callable[[int], None],
+    ) -> tuple[int, str]:
+        """Relay server events until the connection ends; return its close code and reason.
+
+        ``on_event`` takes each event without waiting and returns False when
+        it cannot take more now; the reader then awaits ``on_full`` with that
+        event before reading on, which pushes back on the upstream.
+        ``on_written(len(data))`` is called once for every :meth:`send`, when
+        its data is written or, the connection having ended, dropped.
+        """
+        writer = asyncio.create_task(self._write(on_written), name="bridge.ws_out")
+        try:
+            await self._read(on_event, on_full)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            while not self._outgoing.empty():
+                item = self._outgoing.get_nowait()
+                if isinstance(item, str):
+                    on_written(len(item))
+        return self._outcome()
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a close handshake.
+
+        No further event is handed on, not even one already received.
+        """
+        self._aborted = True
+        transport = self._websocket.transport
+        if transport is not None:
+            transport.abort()
+
+    async def _read(
+        self,
+        on_event: Callable[[bytes], bool],
+        on_full: Callable[[bytes], Awaitable[None]],
+    ) -> None:
+        websocket = self._websocket
+        try:
+            while not self._aborted:
+                raw = await websocket.recv(decode=False)
+                if self._aborted:
+                    break
+                if not isinstance(raw, bytes):  # decode=False gives bytes; keep mypy honest
+                    raw = raw.encode()
+                if not on_event(raw):
+                    await on_full(raw)
+        except ConnectionClosed as exc:
+            self._closed = exc
+
+    async def _write(self, on_written: Callable[[int], None]) -> None:
+        websocket = self._websocket
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                item = await self._outgoing.get()
+                if isinstance(item, str):
+                    try:
+                        await websocket.send(item)
+                    finally:
+                        on_written(len(item))
+                else:
+                    code, reason = item
+                    await websocket.close(code, reason)
+                    return
+
+    def _outcome(self) -> tuple[int, str]:
+        """The close code and reason to report: the server's, else the one we failed with.
+
+        When the server sent no close frame but we failed the connection
+        ourselves (a ping timeout: 1011, an oversized event: 1009), our code
+        says more than a bare 1006.
+        """
+        closed = self._closed
+        if closed is not None and closed.rcvd is not None:
+            return closed.rcvd.code, closed.rcvd.reason
+        if closed is not None and closed.sent is not None and closed.sent.code != 1000:
+            return closed.sent.code, closed.sent.reason
+        code = self._websocket.close_code or ABNORMAL_CLOSURE
+        reason = self._websocket.close_reason or ""
+        if code == ABNORMAL_CLOSURE and not reason:
+            reason = "connection lost without a close frame"
+        return code, reason

@@ -1,0 +1,141 @@
+"""The publish pipeline against a real Mosquitto: order, window, paho's callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiomqtt
+import pytest
+from paho.mqtt.client import MQTTv5
+
+from bridge.errors import BrokerError
+from bridge.mqtt.outbox import Outbox
+from bridge.mqtt.pipeline import PublishPipeline, paho_of
+from bridge.protocol.contract import DIRECTION_SERVER, user_properties
+from bridge.protocol.core import Publish
+from tests.conftest import Broker, prop
+from tests.helpers import SECOND
+
+
+async def relay(
+    broker: Broker,
+    publishes: list[Publish],
+    *,
+    window: int,
+    qos: int,
+    expect: int | None = None,
+    hooks: list[bool] | None = None,
+) -> tuple[list[aiomqtt.Message], list[int]]:
+    """Run a pipeline over ``publishes``; what a subscriber got, and the in-flight counts seen.
+
+    The subscriber waits for ``expect`` messages (all of them by default).
+    ``hooks`` collects, as the messages go, whether paho's on_publish was set.
+    """
+    expect = len(publishes) if expect is None else expect
+    outbox = Outbox(max_messages=100_000, max_bytes=1 << 26)
+    received: list[aiomqtt.Message] = []
+    seen: list[int] = []
+    async with (
+        aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as sub,
+        aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as pub,
+    ):
+        await sub.subscribe("pipe/#", qos=qos)
+        pipeline = PublishPipeline(pub, outbox, window=window, on_published=lambda _: None)
+        task = asyncio.create_task(pipeline.run())
+
+        async def watch() -> None:
+            while True:
+                seen.append(pipeline.in_flight)
+                if hooks is not None:
+                    hooks.append(paho_of(pub).on_publish is not None)
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        for publish in publishes:
+            assert outbox.put(publish)
+        async with asyncio.timeout(20 * SECOND):
+            await outbox.wait_empty()
+            async for message in sub.messages:
+                received.append(message)
+                if len(received) == expect:
+                    break
+        assert not task.done()  # the pipeline only ends when cancelled (or the link fails)
+        task.cancel()
+        watcher.cancel()
+        await asyncio.gather(task, watcher, return_exceptions=True)
+        pipeline.close()
+        # Closed, it gives paho's callbacks back: aiomqtt's own publishes complete again.
+        await pub.publish("pipe/own", b"x", qos=1, timeout=5 * SECOND)
+    return received, seen
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+async def test_publishes_in_order_with_properties(broker: Broker, qos: int) -> None:
+    """Every message arrives once, in order, with its v5 user properties; the window holds."""
+    props = user_properties("c1", DIRECTION_SERVER, "response.output_text.delta")
+    publishes = [
+        Publish("pipe/c1/events", b'{"n":%d}' % n, qos, props, relayed=True) for n in range(2000)
+    ]
+    received, seen = await relay(broker, publishes, window=8, qos=qos)
+    assert [m.payload for m in received] == [p.payload for p in publishes]
+    assert ("event_type", "response.output_text.delta") in prop(received[0], "UserProperty")
+    assert max(seen) <= 8
+    assert max(seen) > 1  # more than one message in flight at a time
+
+
+async def test_a_topic_mqtt_cannot_carry_is_dropped_alone(broker: Broker) -> None:
+    """A wildcard in a topic costs that one message, not the ones after it."""
+    publishes = [
+        Publish("pipe/a/events", b"1", 1),
+        Publish("pipe/+/events", b"bad", 1),
+        Publish("pipe/b/events", b"2", 1),
+    ]
+    received, _ = await relay(broker, publishes, window=4, qos=1, expect=2)
+    assert [m.payload for m in received] == [b"1", b"2"]
+
+
+async def test_paho_of_refuses_what_is_not_aiomqtt_2(broker: Broker) -> None:
+    """If aiomqtt stops wrapping paho as 2.x does, the link fails loudly, not silently."""
+
+    class Elsewhere:
+        _client: Any = object()
+
+    with pytest.raises(BrokerError, match="aiomqtt"):
+        paho_of(Elsewhere())  # type: ignore[arg-type]
+    client = aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5)
+    assert paho_of(client).protocol == MQTTv5
+
+
+async def test_mixed_qos_keeps_order_and_drops_on_publish_when_no_ack_is_awaited(
+    broker: Broker,
+) -> None:
+    """QoS 0 and 1 interleaved each arrive in order; on_publish is set only while an ack is awaited.
+
+    paho builds a reason code and a properties object for every QoS 0 write
+    while on_publish is set, so a QoS 0 stream must run without it. (MQTT
+    keeps order per QoS level only: the broker may pass a QoS 0 message
+    ahead of a QoS 1 one, which is why the bridge publishes one QoS.)
+    """
+    qos0 = [Publish("pipe/c/zero", b"a%d" % n, 0) for n in range(500)]
+    mixed = [Publish(f"pipe/c/{'one' if n % 2 else 'zero'}", b"m%d" % n, n % 2) for n in range(500)]
+    qos0_again = [Publish("pipe/c/zero", b"b%d" % n, 0) for n in range(500)]
+    publishes = qos0 + mixed + qos0_again
+    hooks: list[bool] = []
+    received, _ = await relay(broker, publishes, window=16, qos=1, hooks=hooks)
+    for topic in ("pipe/c/zero", "pipe/c/one"):
+        sent = [p.payload for p in publishes if p.topic == topic]
+        assert [m.payload for m in received if m.topic.value == topic] == sent
+    assert True in hooks  # set while QoS 1 messages were in flight
+    assert hooks[-1] is False  # and unset once all were acknowledged
+
+
+async def test_retained_publishes_are_retained(broker: Broker) -> None:
+    """The adapter's announcements go through the pipeline with the retain flag kept."""
+    await relay(broker, [Publish("pipe/bridge/info", b"{}", 1, retain=True)], window=4, qos=1)
+    async with aiomqtt.Client(broker.host, broker.port) as late:
+        await late.subscribe("pipe/bridge/info", qos=1)
+        async with asyncio.timeout(5 * SECOND):
+            message = await anext(aiter(late.messages))
+    assert message.retain
+    assert message.payload == b"{}"
