@@ -126,6 +126,7 @@ class MqttLink:
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
         max_packet_bytes: int | None = None,
+        on_published: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.topics = topics
@@ -136,7 +137,7 @@ class MqttLink:
         self.max_packet_bytes = max_packet_bytes
         self._connected_at: float | None = None
         # Seconds from handing a publish to paho to the broker's ack (metrics; None: not timed).
-        self.on_published: Callable[[float], None] | None = None
+        self.on_published = on_published
         self._announcements: dict[str, bytes] = {}  # retained topics we keep set (bridge/info)
         self._listeners: dict[str, Callable[[bytes], None]] = {}
         self.outbox = Outbox(config.buffer_max_messages, config.buffer_max_bytes)
@@ -153,6 +154,20 @@ class MqttLink:
     def publish(self, publish: Publish) -> bool:
         """Queue a publish without waiting; False if a relayed event finds the buffer full."""
         return self.outbox.put(publish)
+
+    async def room(self) -> None:
+        """Wait until :meth:`publish` takes relayed events again."""
+        await self.outbox.wait_for_space()
+
+    @property
+    def buffered_messages(self) -> int:
+        """Messages waiting for the broker or its acknowledgement."""
+        return len(self.outbox)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Their payload bytes."""
+        return self.outbox.size_bytes
 
     async def run(self) -> None:
         """Hold the link until :meth:`stop`; raise BrokerError if retrying cannot help."""
