@@ -121,7 +121,7 @@ def _run(settings: Settings) -> int:
         settings.endpoint.display_url,
     )
     try:
-        asyncio.run(_serve(Service(settings)))
+        asyncio.run(_serve(settings))
     except ConfigError as exc:
         logger.error("config error: %s", exc)
         return EXIT_CONFIG
@@ -151,10 +151,11 @@ def _give_large_buffers_back() -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
-async def _serve(service: object) -> None:
-
-    assert isinstance(service, Service)
-    ops = Operations(service, os.environ)
+async def _serve(settings: Settings) -> None:
+    """Run the daemon until a signal stops it: the operations side first, as the service's
+    observer, then the service, reported on while it runs."""
+    ops = Operations(settings, os.environ)
+    service = Service(settings, observer=ops)
     stop = asyncio.Event()
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -178,7 +179,7 @@ async def _serve(service: object) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
-        async with ops.running():
+        async with ops.running(service):
             await service.run(stop, on_ready=ops.ready)
     except asyncio.CancelledError:
         logger.warning("stopped without grace")

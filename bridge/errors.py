@@ -4,7 +4,7 @@
 
     BridgeError
     ├── ConfigError        bad configuration or a missing secret: fatal at startup (exit 78)
-    ├── CommandError       a bad MQTT command: answered with an error event, never raised far
+    ├── CommandError       a bad MQTT command, while it is parsed: handed out as a Rejection value
     ├── UpstreamError      the Responses WebSocket could not be opened or failed
     ├── BrokerError        the MQTT broker could not be reached or dropped us
     │   └── BrokerRefused  ...or refused us for good at the first connect (exit 77)
@@ -37,26 +37,18 @@ class ConfigError(BridgeError):
 
 
 class CommandError(BridgeError):
-    """A command on ``P/<id>/cmd`` was rejected.
+    """A command on ``P/<id>/cmd`` cannot be carried out.
 
-    ``code`` is the stable, documented word published in ``error.code``;
-    ``action`` and ``request_id`` are the command's, when they could be read,
-    so that the error event can echo them.
+    ``code`` is the stable, documented word published in ``error.code``.
+    Raised only inside command parsing (:mod:`bridge.protocol.contract`),
+    which hands the rejection out as a value,
+    :class:`~bridge.protocol.contract.Rejection`; it is never stored.
     """
 
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        action: str | None = None,
-        request_id: str | None = None,
-    ) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(code, message)
         self.code = code
         self.message = message
-        self.action = action
-        self.request_id = request_id
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"

@@ -22,15 +22,16 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TextIO, TypeVar
 
-import aiomqtt
-
-from bridge.daemon.config import Settings, parse_config, resolve
+from bridge.daemon.config import MqttConfig, Settings, parse_config, resolve
 from bridge.daemon.service import Service
 from bridge.errors import BridgeError, BrokerError
+from bridge.mqtt.client import BrokerConnection
+from bridge.mqtt.outbox import Outbox
+from bridge.protocol.messages import Publish
 from bridge_tools.local_broker import LocalMosquitto, is_listening
 from bridge_tools.simulator import Simulator, SimulatorOptions
 
@@ -97,15 +98,48 @@ async def _pick_broker(
     return broker.host, broker.port, f"a private Mosquitto: {reason}"
 
 
+Inbox = asyncio.Queue[tuple[str, bytes]]
+
+
+@contextlib.asynccontextmanager
+async def _mqtt_client(
+    host: str, port: int, *topics: str
+) -> AsyncIterator[tuple[Callable[[str, bytes], None], Inbox]]:
+    """A small MQTT client on the bridge's own connection class: publish (QoS 1) and an inbox."""
+    inbox: Inbox = asyncio.Queue()
+    connection = BrokerConnection(
+        MqttConfig(
+            host=host, port=port, client_id=f"demo-{uuid.uuid4().hex[:8]}", connect_timeout=3
+        ),
+        clean_start=True,
+        will=None,
+        on_message=lambda topic, payload, *_: inbox.put_nowait((topic, payload)),
+    )
+    await connection.open()
+    outbox = Outbox(max_messages=1000, max_bytes=1 << 24)
+    sender = asyncio.create_task(connection.publish_outbox(outbox))
+    try:
+        for topic in topics:
+            await connection.subscribe(topic)
+
+        def send(topic: str, payload: bytes) -> None:
+            outbox.put(Publish(topic, payload, 1))
+
+        yield send, inbox
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        await connection.close()
+
+
 async def _bridge_online(host: str, port: int) -> bool:
     """Whether a bridge already announces itself on ai/bridge/state (it would answer too)."""
     try:
-        async with aiomqtt.Client(host, port, timeout=3) as client:
-            await client.subscribe("ai/bridge/state")
+        async with _mqtt_client(host, port, "ai/bridge/state") as (_, inbox):
             async with asyncio.timeout(0.5):
-                async for message in client.messages:
-                    return message.payload == b"online"
-    except (TimeoutError, aiomqtt.MqttError):
+                _, payload = await inbox.get()
+                return payload == b"online"
+    except (TimeoutError, BrokerError, OSError):
         pass
     return False
 
@@ -149,21 +183,16 @@ def _settings(host: str, port: int, prefix: str, base_url: str, api_key: str | N
 
 async def _run_flow(host: str, port: int, prefix: str, options: DemoOptions, show: Printer) -> None:
     commands = f"{prefix}/{CONNECTION_ID}/cmd"
-    async with aiomqtt.Client(
-        host, port, protocol=aiomqtt.ProtocolVersion.V5, timeout=10
-    ) as client:
-        await client.subscribe(f"{prefix}/{CONNECTION_ID}/events", qos=1)
-        messages = aiter(client.messages)
+    async with _mqtt_client(host, port, f"{prefix}/{CONNECTION_ID}/events") as (send, inbox):
 
         async def publish(command: dict[str, Any]) -> None:
             show.sent(command)
-            await client.publish(commands, json.dumps(command), qos=1)
+            send(commands, json.dumps(command).encode())
 
         async def receive() -> dict[str, Any]:
-            message = await _wait(anext(messages), "no answer from the bridge")
-            assert isinstance(message.payload, bytes)
-            document: dict[str, Any] = json.loads(message.payload)
-            show.received(document, message.payload)
+            _, payload = await _wait(inbox.get(), "no answer from the bridge")
+            document: dict[str, Any] = json.loads(payload)
+            show.received(document, payload)
             if document.get("object") == "response.websocket.error":
                 raise DemoFailed(f"the bridge answered an error: {document['error']}")
             return document

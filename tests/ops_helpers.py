@@ -136,9 +136,9 @@ class OpsBridge:
     """A Service with its Operations (info, discovery, metrics) in the test's event loop."""
 
     def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
-        self.service = Service(settings)
-        self.ops = Operations(self.service, environ or {})
-        self._running = self.ops.running()
+        self.ops = Operations(settings, environ or {})
+        self.service = Service(settings, observer=self.ops)
+        self._running = self.ops.running(self.service)
         self.bridge: RunningBridge | None = None
 
     async def __aenter__(self) -> OpsBridge:

@@ -29,7 +29,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from bridge.daemon.config_sources import (
@@ -42,8 +41,9 @@ from bridge.daemon.config_sources import (
     source_of,
     yaml_error_text,
 )
+from bridge.daemon.secrets import Secret, resolve_secret, resolve_tls
 from bridge.errors import ConfigError
-from bridge.mqtt import tls
+from bridge.protocol.limits import MIB, LimitsConfig
 from bridge.protocol.redaction import Redactor
 from bridge.upstream.endpoint import (
     REDACTED,
@@ -54,8 +54,6 @@ from bridge.upstream.endpoint import (
     redact_url,
     websocket_url,
 )
-
-MIB = 1024 * 1024
 
 
 def _topic_prefix(value: str) -> str:
@@ -177,25 +175,6 @@ class OpenAIConfig(_Section):
         return value
 
 
-class LimitsConfig(_Section):
-    """What one client may ask of the bridge (section ``limits``)."""
-
-    max_connections: int = Field(100, ge=1)
-    max_command_bytes: int = Field(MIB, ge=1024)
-    allowed_event_types: tuple[str, ...] = ("response.create",)
-    commands_per_second: float = Field(10.0, gt=0)
-    command_burst: int = Field(20, ge=1)
-    dedupe_seconds: float = Field(30.0, ge=0)
-    event_buffer_wait: float = Field(30.0, gt=0)
-    max_waiting_bytes: int = Field(16 * MIB, ge=64 * 1024)
-
-    @model_validator(mode="after")
-    def _one_command_fits(self) -> LimitsConfig:
-        if self.max_waiting_bytes < self.max_command_bytes:
-            raise ValueError("max_waiting_bytes must be at least max_command_bytes")
-        return self
-
-
 class ShutdownConfig(_Section):
     """Graceful stop (section ``shutdown``)."""
 
@@ -247,14 +226,6 @@ class Config(_Section):
 
 
 @dataclass(frozen=True)
-class Secret:
-    """A secret value and where it came from; its repr never shows the value."""
-
-    value: str = field(repr=False)
-    source: str
-
-
-@dataclass(frozen=True)
 class Settings:
     """Everything the daemon needs: the config, its secrets, the endpoint."""
 
@@ -294,7 +265,7 @@ def resolve(
 ) -> Settings:
     """Resolve a validated config's secrets and endpoint; raise ConfigError naming the key."""
     sources = sources or {}
-    api_key = _resolve_secret(
+    api_key = resolve_secret(
         config.openai.api_key_file,
         "openai.api_key_file",
         "openai_api_key",
@@ -302,7 +273,7 @@ def resolve(
         None,
         environ,
     )
-    password = _resolve_secret(
+    password = resolve_secret(
         config.mqtt.password_file,
         "mqtt.password_file",
         "mqtt_password",
@@ -311,7 +282,7 @@ def resolve(
         environ,
         inline_source=_inline_source(sources, "mqtt.password"),
     )
-    tls_key, tls_context = _resolve_tls(config.mqtt.tls, environ)
+    tls_key, tls_context = resolve_tls(config.mqtt.tls, environ)
     if config.metrics.enabled and importlib.util.find_spec("prometheus_client") is None:
         raise ConfigError(
             "metrics.enabled",
@@ -349,31 +320,6 @@ def _inline_source(sources: Mapping[str, str], key: str) -> str:
     return "config file" if source == FROM_FILE else source.replace("env ", "environment ", 1)
 
 
-def _resolve_tls(
-    section: MqttTlsConfig, environ: Mapping[str, str]
-) -> tuple[Secret | None, ssl.SSLContext | None]:
-    """The client key (file, else the credential ``mqtt_tls_key``) and the TLS context."""
-    if not section.enabled:
-        return None, None
-    key: Secret | None = None
-    if section.key_file is not None:
-        key = Secret(str(section.key_file), f"file {section.key_file}")
-    elif section.cert_file is not None:
-        credentials_dir = environ.get("CREDENTIALS_DIRECTORY")
-        candidate = Path(credentials_dir) / "mqtt_tls_key" if credentials_dir else None
-        if candidate is not None and candidate.is_file():
-            key = Secret(str(candidate), "systemd credential mqtt_tls_key")
-    if key is not None and section.cert_file is None:
-        raise ConfigError("mqtt.tls.key_file", "needs mqtt.tls.cert_file (the client certificate)")
-    context = tls.client_context(
-        ca_file=section.ca_file,
-        cert_file=section.cert_file,
-        key_file=Path(key.value) if key else None,
-        insecure=section.insecure,
-    )
-    return key, context
-
-
 def parse_config(document: object) -> Config:
     """Validate a parsed YAML document; raise ConfigError for the first problem."""
     if document is None:
@@ -401,42 +347,6 @@ def _read_yaml(path: Path) -> Any:
     except (yaml.YAMLError, ValueError) as exc:
         # Never str(exc): PyYAML quotes the offending lines, which may hold a password.
         raise ConfigError("", f"{path} is {yaml_error_text(exc)}") from None
-
-
-def _resolve_secret(
-    file: Path | None,
-    file_key: str,
-    credential: str,
-    env_name: str,
-    inline: SecretStr | None,
-    environ: Mapping[str, str],
-    *,
-    inline_source: str = "config file",
-) -> Secret | None:
-    """First of: the configured file, the systemd credential, the environment, inline."""
-    if file is not None:
-        return Secret(_read_secret_file(file, file_key), f"file {file}")
-    credentials_dir = environ.get("CREDENTIALS_DIRECTORY")
-    if credentials_dir:
-        candidate = Path(credentials_dir) / credential
-        if candidate.is_file():
-            value = _read_secret_file(candidate, file_key)
-            return Secret(value, f"systemd credential {credential}")
-    if environ.get(env_name):
-        return Secret(environ[env_name].strip(), f"environment {env_name}")
-    if inline is not None:
-        return Secret(inline.get_secret_value(), inline_source)
-    return None
-
-
-def _read_secret_file(path: Path, key: str) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
-    if not value:
-        raise ConfigError(key, f"{path} is empty")
-    return value
 
 
 def redacted_document(settings: Settings) -> dict[str, Any]:

@@ -1,38 +1,44 @@
 """The supervisor: wires the MQTT link and the upstream sockets to the core.
 
-It owns every task: the broker link, one opener per connection id being
-opened, one runner per open connection. It feeds the core each fact and
-performs the actions the core returns, in order. Shutdown follows a fixed
-order: stop taking commands, close every upstream with 1001 and publish a
-close acknowledgement for each, flush the buffer, say ``offline``,
+It owns every task: the broker link, and one task per connection id that
+opens its upstream and relays its events until it ends. It feeds the core
+each fact and performs the actions the core returns, in order; what each
+published message means (its outcome) goes to the :class:`Observer`. The
+tasks are supervised: one that fails unexpectedly is logged with its
+traceback and its connection is ended (``disconnected`` 1011), so the id
+can connect again and a stop never waits for it. Shutdown follows
+a fixed order: stop taking commands, close every upstream with 1001 and
+publish a close acknowledgement for each, flush the buffer, say ``offline``,
 disconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from bridge.daemon import logs
+from bridge.daemon.buffer_waits import BufferWaits
 from bridge.daemon.config import Settings
 from bridge.errors import UpstreamError
 from bridge.mqtt.link import Inbound, MqttLink
-from bridge.ops.observer import COMPLETED_PREFIX, Observer
-from bridge.protocol.contract import ResponseTopicPolicy, Topics
-from bridge.protocol.core import (
+from bridge.ops.observer import Observer
+from bridge.protocol.actions import (
     AbortUpstream,
     Action,
-    BridgeCore,
     CloseUpstream,
-    Limits,
     OpenUpstream,
-    Publish,
     SendUpstream,
 )
+from bridge.protocol.contract import Topics
+from bridge.protocol.core import BridgeCore, Phase
+from bridge.protocol.messages import Publish
+from bridge.protocol.response_topics import ResponseTopicPolicy
 from bridge.upstream.connection import Upstream, UpstreamConnection
 
 logger = logging.getLogger(__name__)
@@ -43,26 +49,33 @@ BROKER_FLUSH_GRACE: Final = 5.0  # seconds to deliver what is buffered once upst
 PACKET_OVERHEAD_BYTES: Final = 256 * 1024
 
 
+@dataclass(eq=False, slots=True)
+class _Upstream:
+    """One connection id's upstream, from its handshake to its end, and the task driving it."""
+
+    connection_id: str
+    task: asyncio.Task[None] | None = None
+    socket: UpstreamConnection | None = None  # None while the handshake runs
+    reported: bool = False  # the core was told how it ended
+    # The reader's wait for room in the buffer: since when, and the count of
+    # relayed events when it last came back from waiting (see Service._room).
+    waiting_since: float = 0.0
+    relayed_mark: int = -1
+
+
 class Service:
     """The running daemon: one broker link, many upstream connections, one core."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, observer: Observer | None = None) -> None:
         config = settings.config
         self.settings = settings
+        self.observer = observer or Observer()
         self.topics = Topics(config.mqtt.topic_prefix)
         self.core = BridgeCore(
             self.topics,
             url=settings.endpoint.display_url,
             qos=config.mqtt.qos,
-            limits=Limits(
-                max_connections=config.limits.max_connections,
-                max_command_bytes=config.limits.max_command_bytes,
-                allowed_event_types=frozenset(config.limits.allowed_event_types),
-                commands_per_second=config.limits.commands_per_second,
-                command_burst=config.limits.command_burst,
-                dedupe_seconds=config.limits.dedupe_seconds or None,
-                max_waiting_bytes=config.limits.max_waiting_bytes,
-            ),
+            limits=config.limits,
             v5=config.mqtt.protocol == "5",
             redactor=settings.redactor,
             response_topics=ResponseTopicPolicy(
@@ -83,16 +96,18 @@ class Service:
             # Commands up to twice the limit still get `payload_too_large`; the
             # broker drops larger ones before they cost us memory (MQTT v5).
             max_packet_bytes=2 * config.limits.max_command_bytes + PACKET_OVERHEAD_BYTES,
+            on_published=self.observer.publish_latency,
         )
-        self.observer = Observer()  # bridge.ops.Operations when run as the daemon
-        self.events_relayed = 0  # server events the outbox took
-        self._waiting_for_room = 0  # connections whose reader waits for room in the buffer
-        self._full_since = 0.0
-        self._full_ended = 0  # connections ended in the current full-buffer episode
+        self.events_relayed = 0  # server events the link took
+        self.buffer_waits = 0  # times a reader had to wait for room in the buffer
+        self._buffer = BufferWaits(
+            self.link.room,
+            limit=config.limits.event_buffer_wait,
+            buffered=lambda: self.link.buffered_messages,
+            log=logger,
+        )
         self._observed_count = 0
-        self._openers: dict[str, asyncio.Task[None]] = {}
-        self._connections: dict[str, UpstreamConnection] = {}
-        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._upstreams: dict[str, _Upstream] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -100,6 +115,11 @@ class Service:
     def ready(self) -> asyncio.Event:
         """Set while the broker link is up and commands are subscribed."""
         return self.link.connected
+
+    @property
+    def connection_count(self) -> int:
+        """Upstream connections in any phase."""
+        return self.core.connection_count
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], object] | None = None) -> None:
         """Run until ``stop`` is set, then shut down in order; raise if the link is fatal."""
@@ -155,52 +175,51 @@ class Service:
             actions = self.core.internal_error(message.connection_id, message.payload)
         self._perform(actions)
 
-    def _on_event(self, connection_id: str, raw: bytes) -> bool:
-        if not self.link.publish(self.core.upstream_event(connection_id, raw)):
-            return False
-        self.events_relayed += 1
-        if raw.startswith(COMPLETED_PREFIX):
-            self.observer.response_completed(connection_id, raw)
-        return True
+    def _deliverer(self, connection_id: str) -> Callable[[bytes], bool]:
+        """The reader's ``deliver`` for one connection: the relay's hot path, kept short."""
+        upstream_event = self.core.upstream_event
+        publish = self.link.publish
+        observer = self.observer
 
-    async def _on_full(self, connection_id: str, raw: bytes) -> None:
-        """The buffer is full: wait for room, or end this connection with a notice.
+        def deliver(raw: bytes) -> bool:
+            message = upstream_event(connection_id, raw)
+            if not publish(message):
+                return False  # the buffer is full: the reader awaits _room, then delivers again
+            self.events_relayed += 1
+            if message.outcome is not None:  # a completed response
+                observer.observe(message.outcome)
+            return True
 
-        One warning per episode, however many connections wait in it (at
-        scale, thousands can), and one line when no reader waits any more.
+        return deliver
+
+    async def _room(self, upstream: _Upstream) -> None:
+        """Wait until the buffer takes this reader's event, or end its connection (1013).
+
+        A wait goes on across the reader's tries: back from here, a reader
+        delivers at once, and if that fails it is back here before any other
+        task runs, with no event relayed in between. Anything relayed since it
+        was last here means a new wait.
         """
-        wait = self.settings.config.limits.event_buffer_wait
-        if not self._waiting_for_room:
-            self._full_since = time.monotonic()
-            self._full_ended = 0
-            logger.warning(
-                "event buffer full (%d messages): reading from upstream pauses until the "
-                "broker takes more (up to %.0fs per connection)",
-                len(self.link.outbox),
-                wait,
-            )
-        self._waiting_for_room += 1
+        if upstream.relayed_mark != self.events_relayed:
+            upstream.waiting_since = asyncio.get_running_loop().time()
+            self.buffer_waits += 1
+        else:
+            # Room came, and went to another reader first. Let the others run before
+            # waiting again: a room() that returned with no room would otherwise spin.
+            await asyncio.sleep(0)
         try:
-            async with asyncio.timeout(wait):
-                while not self._on_event(connection_id, raw):
-                    await self.link.outbox.wait_for_space()
-        except TimeoutError:
-            logger.warning(
-                "[%s] ending the connection: the broker has not taken events for %.0fs",
-                connection_id,
-                wait,
-            )
-            reason = "event buffer full: the broker or its subscribers are too slow"
-            self._perform(self.core.end_connection(connection_id, BUFFER_FULL_CODE, reason))
-            self._full_ended += 1
+            if await self._buffer.room(upstream.waiting_since):
+                return
         finally:
-            self._waiting_for_room -= 1
-            if not self._waiting_for_room:
-                logger.info(
-                    "event buffer: no reader waits any more, after %.1fs (%d connections ended)",
-                    time.monotonic() - self._full_since,
-                    self._full_ended,
-                )
+            upstream.relayed_mark = self.events_relayed
+        connection_id = upstream.connection_id
+        logger.warning(
+            "[%s] ending the connection: the broker has not taken events for %.0fs",
+            connection_id,
+            self._buffer.limit,
+        )
+        reason = "event buffer full: the broker or its subscribers are too slow"
+        self._perform(self.core.end_connection(connection_id, BUFFER_FULL_CODE, reason))
 
     # Actions ---------------------------------------------------------------------------
 
@@ -209,70 +228,117 @@ class Service:
             match action:
                 case Publish():
                     self.link.publish(action)
-                    self.observer.bridge_message(action)
+                    if action.outcome is not None:
+                        self.observer.observe(action.outcome)
                 case OpenUpstream(connection_id):
                     self._idle.clear()
-                    self._openers[connection_id] = asyncio.create_task(
-                        self._open(connection_id), name=f"bridge.open[{connection_id}]"
+                    upstream = self._upstreams[connection_id] = _Upstream(connection_id)
+                    upstream.task = asyncio.create_task(
+                        self._drive(upstream), name=f"bridge.upstream[{connection_id}]"
                     )
+                    upstream.task.add_done_callback(functools.partial(self._driven, upstream))
                 case SendUpstream(connection_id, data):
-                    self._connections[connection_id].send(data)
+                    self._socket(connection_id).send(data)
                 case CloseUpstream(connection_id, code, reason):
-                    self._connections[connection_id].close(code, reason)
+                    self._socket(connection_id).close(code, reason)
                 case AbortUpstream(connection_id):
-                    if connection_id in self._openers:
-                        self._openers[connection_id].cancel()
-                    else:
-                        self._connections[connection_id].abort()
+                    upstream = self._upstreams[connection_id]
+                    if upstream.socket is not None:
+                        upstream.socket.abort()
+                    elif upstream.task is not None:
+                        upstream.task.cancel()  # the handshake is abandoned
         if self.core.connection_count != self._observed_count:
             self._observed_count = self.core.connection_count
             self.observer.connections_changed(self._observed_count)
 
-    async def _open(self, connection_id: str) -> None:
+    def _socket(self, connection_id: str) -> UpstreamConnection:
+        socket = self._upstreams[connection_id].socket
+        assert socket is not None, "the core sends only to open connections"
+        return socket
+
+    # One task per connection id ------------------------------------------------------------
+
+    async def _drive(self, upstream: _Upstream) -> None:
+        """Open one id's upstream and relay its events until it ends (supervised: _driven)."""
+        socket = await self._open(upstream)
+        if socket is not None:
+            code, reason = await self._relay(upstream, socket)
+            logger.info("[%s] upstream closed: %d %s", upstream.connection_id, code, reason)
+            self._report(upstream, self.core.upstream_closed(upstream.connection_id, code, reason))
+
+    def _driven(self, upstream: _Upstream, task: asyncio.Task[None]) -> None:
+        """The task of one connection id is over: however it ended, the core learns how.
+
+        An unexpected error is logged with its traceback and ends the
+        connection (``disconnected`` 1011, or ``internal_error`` for a
+        handshake), so the id can connect again; a task cancelled before it
+        ever ran abandons its handshake.
+        """
+        connection_id = upstream.connection_id
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            logger.error(
+                "[%s] the bridge failed while driving this connection; it is ended",
+                connection_id,
+                exc_info=error,
+            )
+            if upstream.socket is not None:
+                upstream.socket.abort()
+        if not upstream.reported:
+            if error is None and self.core.phase(connection_id) is Phase.OPENING:
+                actions = self.core.upstream_failed(connection_id, "the handshake was abandoned")
+            else:
+                actions = self.core.connection_failed(connection_id)
+            self._report(upstream, actions)
+        self._forget(upstream)
+        if self.core.idle:
+            self._idle.set()
+
+    async def _open(self, upstream: _Upstream) -> UpstreamConnection | None:
+        """The open socket; None if the handshake failed or was abandoned (and reported)."""
+        connection_id = upstream.connection_id
         started = time.monotonic()
         try:
-            connection = await self.upstream.open()
+            socket = await self.upstream.open()
         except asyncio.CancelledError:
-            self._openers.pop(connection_id, None)
-            self._perform(self.core.upstream_failed(connection_id, "the handshake was abandoned"))
-            self._note_idle()
-            return
+            failed = self.core.upstream_failed(connection_id, "the handshake was abandoned")
+            self._report(upstream, failed)
+            return None
         except UpstreamError as exc:
-            self._openers.pop(connection_id, None)
             logger.warning("[%s] upstream connect failed: %s", connection_id, exc)
-            self._perform(self.core.upstream_failed(connection_id, str(exc), exc.status))
-            self._note_idle()
-            return
-        self._openers.pop(connection_id, None)
+            self._report(upstream, self.core.upstream_failed(connection_id, str(exc), exc.status))
+            return None
         logger.info(
             "[%s] upstream open (%.0f ms)", connection_id, (time.monotonic() - started) * 1000
         )
-        self._connections[connection_id] = connection
-        self._runners[connection_id] = asyncio.create_task(
-            self._relay(connection_id, connection), name=f"bridge.relay[{connection_id}]"
-        )
+        upstream.socket = socket
         self._perform(self.core.upstream_opened(connection_id))
+        return socket
 
-    async def _relay(self, connection_id: str, connection: UpstreamConnection) -> None:
+    async def _relay(self, upstream: _Upstream, socket: UpstreamConnection) -> tuple[int, str]:
+        """Relay server events until the connection ends; its close code and reason."""
         try:
-            code, reason = await connection.run(
-                lambda raw: self._on_event(connection_id, raw),
-                lambda raw: self._on_full(connection_id, raw),
+            return await socket.run(
+                self._deliverer(upstream.connection_id),
+                functools.partial(self._room, upstream),
                 self.core.upstream_written,
             )
         except asyncio.CancelledError:
-            connection.abort()
-            code, reason = 1006, "the bridge stopped without a close handshake"
-        finally:
-            self._connections.pop(connection_id, None)
-            self._runners.pop(connection_id, None)
-        logger.info("[%s] upstream closed: %d %s", connection_id, code, reason)
-        self._perform(self.core.upstream_closed(connection_id, code, reason))
-        self._note_idle()
+            socket.abort()
+            return 1006, "the bridge stopped without a close handshake"
 
-    def _note_idle(self) -> None:
-        if self.core.idle:
-            self._idle.set()
+    def _report(self, upstream: _Upstream, actions: list[Action]) -> None:
+        """Perform what the core answered to how this upstream ended.
+
+        The upstream is forgotten first: those actions may open the id again.
+        """
+        upstream.reported = True
+        self._forget(upstream)
+        self._perform(actions)
+
+    def _forget(self, upstream: _Upstream) -> None:
+        if self._upstreams.get(upstream.connection_id) is upstream:
+            del self._upstreams[upstream.connection_id]
 
     # Shutdown --------------------------------------------------------------------------
 
@@ -293,9 +359,8 @@ class Service:
         self.link.stop(BROKER_FLUSH_GRACE)
 
     async def _cancel_all(self) -> None:
-        tasks = [*self._openers.values(), *self._runners.values()]
+        tasks = [upstream.task for upstream in self._upstreams.values() if upstream.task]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            await asyncio.wait(tasks)  # how each ended is _driven's business

@@ -16,14 +16,18 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Final
 
-from bridge.protocol.core import Publish
+from bridge.protocol.messages import Publish
 
 
 @dataclass(slots=True, eq=False)
 class Entry:
     publish: Publish
     acked: bool = field(default=False)
+
+
+LOW_WATER: Final = 0.9  # fraction of the bounds at which waiting readers go on
 
 
 class Outbox:
@@ -51,6 +55,19 @@ class Outbox:
         return self._bytes
 
     @property
+    def drained(self) -> bool:
+        """Below the low-water mark: waiting readers may go on.
+
+        Readers that found the buffer full wake here, not at the first freed
+        slot: with thousands of connections waiting, waking them all for each
+        message the broker acknowledges would cost more than the relay itself.
+        """
+        return (
+            self._count <= self.max_messages * LOW_WATER
+            and self._bytes <= self.max_bytes * LOW_WATER
+        )
+
+    @property
     def full(self) -> bool:
         return self._count >= self.max_messages or self._bytes >= self.max_bytes
 
@@ -67,6 +84,16 @@ class Outbox:
         if self.full:
             self._has_space.clear()
         return True
+
+    def put_first(self, publish: Publish) -> None:
+        """Queue a message of the bridge's own ahead of everything waiting (``online``)."""
+        self._pending.appendleft(Entry(publish))
+        self._count += 1
+        self._bytes += len(publish.payload)
+        self._has_pending.set()
+        self._empty.clear()
+        if self.full:
+            self._has_space.clear()
 
     async def wait_for_space(self) -> None:
         """Wait until relayed events are accepted again."""
@@ -101,7 +128,7 @@ class Outbox:
             gone = inflight.popleft()
             self._count -= 1
             self._bytes -= len(gone.publish.payload)
-        if not self.full:
+        if self.drained:
             self._has_space.set()
         if self._count == 0:
             self._empty.set()
@@ -117,7 +144,7 @@ class Outbox:
         self._pending.extendleft(reversed(unacked))
         if self._pending:
             self._has_pending.set()
-        if not self.full:
+        if self.drained:
             self._has_space.set()
         if self._count == 0:
             self._empty.set()

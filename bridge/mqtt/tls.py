@@ -57,7 +57,7 @@ def fatal_tls_problem(exc: BaseException) -> str | None:
             return f"the broker's TLS certificate failed verification: {seen.verify_message}"
         text += f" {seen}"
         seen = seen.__cause__ or seen.__context__
-    # aiomqtt re-raises paho's OSError as MqttError(str(exc)) "from None": read the text too.
+    # Some paths keep only the message of the SSL error: read the text too.
     if "CERTIFICATE_VERIFY_FAILED" in text:
         detail = text.split("certificate verify failed:", 1)[-1].split("(_ssl")[0].strip()
         return f"the broker's TLS certificate failed verification: {detail}"

@@ -113,6 +113,7 @@ def info_document(
     uptime: float,
     connections: int,
     broker_connects: int,
+    buffer_waits: int,
 ) -> dict[str, Any]:
     """The retained ``P/bridge/info`` object, every secret the bridge knows scrubbed from it."""
     config = settings.config
@@ -128,6 +129,7 @@ def info_document(
         "responses_completed": tally.responses_completed,
         "last_error": tally.last_error,
         "broker_connects": broker_connects,
+        "buffer_waits": buffer_waits,
         "config": {
             "mqtt": {
                 "host": config.mqtt.host,

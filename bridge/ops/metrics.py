@@ -1,11 +1,12 @@
 """Prometheus metrics (``metrics.enabled``; needs the ``[metrics]`` extra: prometheus-client).
 
 Counters that change per command or per response are kept here; values the
-bridge already holds (open connections, buffer depth, events relayed,
-broker state) are read when Prometheus scrapes, so relaying an event costs
-nothing extra. The only per-publish cost is timing it for
-``publish_latency_seconds``. ``/metrics`` is served by a small asyncio HTTP
-server in the bridge's own event loop: no thread, nothing else exposed.
+bridge already holds (open connections, buffer depth, events relayed, waits
+for room in the buffer, broker state) are read from the service when
+Prometheus scrapes, so relaying an event costs nothing extra. The only
+per-publish cost is timing it for ``publish_latency_seconds``. ``/metrics``
+is served by a small asyncio HTTP server in the bridge's own event loop: no
+thread, nothing else exposed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from bridge import __version__
 from bridge.ops.info import Usage
+from bridge.protocol.contract import ACTIONS
 
 if TYPE_CHECKING:
     from bridge.daemon.service import Service
@@ -40,7 +42,7 @@ REQUEST_TIMEOUT: Final = 5.0
 class Metrics:
     """The bridge's metrics in a registry of their own, and the HTTP endpoint that serves them."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
         self.commands = Counter(
@@ -85,11 +87,12 @@ class Metrics:
             registry=registry,
         )
         build.labels(__version__).set(1)
-        registry.register(_Live(service))
+        self._live: _Live | None = None
         self._server: asyncio.Server | None = None
 
     def command(self, action: str, result: str) -> None:
-        self.commands.labels(action, result).inc()
+        # A client names the action: only the known ones become label values.
+        self.commands.labels(action if action in ACTIONS else "unknown", result).inc()
 
     def upstream_closed(self, code: int) -> None:
         self.upstream_closes.labels(str(code)).inc()
@@ -104,12 +107,17 @@ class Metrics:
         """The text Prometheus scrapes."""
         return generate_latest(self.registry)
 
-    async def serve(self, host: str, port: int) -> asyncio.Server:
-        """Listen for scrapes on ``host:port``; raise OSError if that address is taken."""
+    async def serve(self, service: Service, host: str, port: int) -> asyncio.Server:
+        """Serve the metrics of ``service`` on ``host:port``; OSError if that address is taken."""
         self._server = await asyncio.start_server(self._handle, host, port)
+        self._live = _Live(service)
+        self.registry.register(self._live)
         return self._server
 
     async def close(self) -> None:
+        if self._live is not None:
+            self.registry.unregister(self._live)
+            self._live = None
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -157,7 +165,7 @@ class _Live(Collector):
         yield GaugeMetricFamily(
             f"{NAMESPACE}_connections",
             "Upstream connections open (in any phase)",
-            value=service.core.connection_count,
+            value=service.connection_count,
         )
         yield GaugeMetricFamily(
             f"{NAMESPACE}_broker_connected",
@@ -174,13 +182,18 @@ class _Live(Collector):
             "Server events handed to the broker link",
             value=service.events_relayed,
         )
+        yield CounterMetricFamily(
+            f"{NAMESPACE}_buffer_waits",
+            "Times a reader waited for room in the event buffer (back-pressure)",
+            value=service.buffer_waits,
+        )
         yield GaugeMetricFamily(
             f"{NAMESPACE}_buffer_messages",
             "Messages waiting for the broker or its acknowledgement",
-            value=len(link.outbox),
+            value=link.buffered_messages,
         )
         yield GaugeMetricFamily(
             f"{NAMESPACE}_buffer_bytes",
             "Payload bytes waiting for the broker or its acknowledgement",
-            value=link.outbox.size_bytes,
+            value=link.buffered_bytes,
         )

@@ -1,21 +1,22 @@
 """The public MQTT contract: topics, connection ids, commands and what we publish.
 
 Everything here is pure: no I/O, no clock, no asyncio. Raw JSON becomes typed
-commands here and nowhere else, and every object the bridge itself publishes
-is built here, so the README's contract section and this module describe the
-same thing.
+commands (or a :class:`Rejection` saying why not) here and nowhere else. With
+:mod:`bridge.protocol.replies` (every object the bridge itself publishes),
+:mod:`bridge.protocol.strict_json` (what JSON a command may be) and
+:mod:`bridge.protocol.response_topics` (where a v5 reply may go), this is the
+README's contract section in code.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from bridge.errors import CommandError
+from bridge.protocol.strict_json import elide, load_json
 
 # Topic layout ---------------------------------------------------------------
 
@@ -23,8 +24,6 @@ RESERVED_ID: Final = "bridge"
 MAX_CONNECTION_ID_LENGTH: Final = 128
 MAX_REQUEST_ID_LENGTH: Final = 256
 MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455 §5.5: a control frame payload is at most 125 bytes
-MAX_JSON_DEPTH: Final = 64  # nesting levels a command may have; Responses events need a handful
-MAX_TOPIC_BYTES: Final = 65535  # MQTT: a topic name is a UTF-8 string of at most 65,535 bytes
 
 # Actions and the `object` of everything the bridge itself says -----------------
 
@@ -42,6 +41,8 @@ DEFAULT_CLOSE_CODE: Final = 1000
 DEFAULT_CLOSE_REASON: Final = "OK"
 SHUTDOWN_CLOSE_CODE: Final = 1001
 SHUTDOWN_CLOSE_REASON: Final = "bridge shutting down"
+INTERNAL_ERROR_CLOSE_CODE: Final = 1011  # RFC 6455: the endpoint hit an unexpected condition
+INTERNAL_ERROR_REASON: Final = "internal error of the bridge (logged); connect again"
 
 # Stable error codes (error.code); the README documents each one ----------------
 
@@ -111,26 +112,27 @@ class Topics:
 
 
 def check_connection_id(connection_id: str) -> None:
-    """Raise ``CommandError(invalid_connection_id)`` unless the id is usable.
+    """Raise ``CommandError(invalid_connection_id)`` unless the id is usable."""
+    problem = connection_id_problem(connection_id)
+    if problem is not None:
+        raise CommandError(INVALID_CONNECTION_ID, problem)
+
+
+def connection_id_problem(connection_id: str) -> str | None:
+    """Why the id is not usable, or None.
 
     An id is 1-128 characters with no ``/``, ``+``, ``#``, NUL, control
     characters or whitespace, and is not the reserved ``bridge``.
     """
-    problem = _connection_id_problem(connection_id)
-    if problem is not None:
-        raise CommandError(INVALID_CONNECTION_ID, f"connection id {problem}")
-
-
-def _connection_id_problem(connection_id: str) -> str | None:
     if not connection_id:
-        return "is empty"
+        return "connection id is empty"
     if len(connection_id) > MAX_CONNECTION_ID_LENGTH:
-        return f"is longer than {MAX_CONNECTION_ID_LENGTH} characters"
+        return f"connection id is longer than {MAX_CONNECTION_ID_LENGTH} characters"
     if connection_id == RESERVED_ID:
-        return f"'{RESERVED_ID}' is reserved"
+        return f"connection id '{RESERVED_ID}' is reserved"
     for char in connection_id:
         if char in "/+#" or char.isspace() or unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
-            return f"contains the forbidden character {char!r}"
+            return f"connection id contains the forbidden character {char!r}"
     return None
 
 
@@ -139,133 +141,19 @@ def _connection_id_problem(connection_id: str) -> str | None:
 _FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cs", "Cf"})
 
 
-# Client JSON ------------------------------------------------------------------
-
-
-def load_json(payload: bytes) -> Any:
-    """Parse a client's UTF-8 JSON, refusing what costs more than its size or is not JSON.
-
-    Refused (``ValueError``): invalid UTF-8 or JSON; nesting deeper than
-    :data:`MAX_JSON_DEPTH`; ``NaN``, ``Infinity`` and numbers too large for a
-    float (Python would write them back as non-JSON tokens); integers of more
-    than 4,300 digits (Python's own limit, which keeps parsing linear).
-    """
-    text = payload.decode("utf-8")
-    try:
-        document = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
-    # Fewer brackets than the limit cannot nest deeper: most commands stop here.
-    if payload.count(b"[") + payload.count(b"{") > MAX_JSON_DEPTH and _too_deep(payload):
-        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-    return document
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {_elide(text, 24)} is out of range")
-    return value
-
-
-def _too_deep(payload: bytes) -> bool:
-    """Whether the containers of valid JSON nest deeper than MAX_JSON_DEPTH.
-
-    Strings out, brackets of both kinds as ``[]``: each pass removes the
-    innermost pairs, one level. Linear passes in C, for valid JSON only (the
-    string pattern could backtrack on unterminated strings).
-    """
-    brackets = _JSON_STRING.sub(b"", payload).translate(_AS_SQUARE, _NOT_A_BRACKET)
-    for _ in range(MAX_JSON_DEPTH):
-        if not brackets:
-            return False
-        brackets = brackets.replace(b"[]", b"")
-    return bool(brackets)
-
-
-_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_AS_SQUARE: Final = bytes.maketrans(b"{}", b"[]")
-_NOT_A_BRACKET: Final = bytes(byte for byte in range(256) if byte not in b"[]{}")
-
-
-# Response topics (MQTT v5) ---------------------------------------------------------
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """Whether ``topic`` matches the MQTT filter (``+`` one level, ``#`` the rest).
-
-    As MQTT says, a filter starting with a wildcard does not match ``$`` topics.
-    """
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    wanted, levels = topic_filter.split("/"), topic.split("/")
-    for index, part in enumerate(wanted):
-        if part == "#":
-            return True
-        if index >= len(levels) or (part != "+" and part != levels[index]):
-            return False
-    return len(wanted) == len(levels)
-
-
-def topic_name_problem(topic: str) -> str | None:
-    """Why ``topic`` cannot be published to, or None."""
-    if not topic:
-        return "is empty"
-    if any(char in topic for char in "+#\x00"):
-        return "contains a wildcard or NUL"
-    try:
-        size = len(topic.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "is not valid UTF-8"
-    if size > MAX_TOPIC_BYTES:
-        return f"is longer than {MAX_TOPIC_BYTES} bytes"
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseTopicPolicy:
-    """Where a command's MQTT v5 Response Topic may send its ack.
-
-    ``allowed`` are the owner's filters (config ``mqtt.response_topics``);
-    ``refused`` always win: the bridge's own topics (``P/#``), Home
-    Assistant's discovery prefix, and every ``$`` topic. Without this, a client
-    could make the bridge publish, under its own account, where the client
-    itself may not.
-    """
-
-    allowed: tuple[str, ...] = ("#",)
-    refused: tuple[str, ...] = ()
-
-    def problem(self, topic: str) -> str | None:
-        """Why an ack may not go to ``topic``, or None if it may."""
-        problem = topic_name_problem(topic)
-        if problem is not None:
-            return f"the response topic {problem}"
-        if topic.startswith("$"):
-            return "the response topic is a $ topic"
-        for refused in self.refused:
-            if topic_matches(refused, topic):
-                return f"the response topic is under {refused}, which the bridge keeps for itself"
-        if not any(topic_matches(allowed, topic) for allowed in self.allowed):
-            return "the response topic is not in mqtt.response_topics"
-        return None
-
-
 # Commands -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Connect:
+    action: ClassVar[str] = CONNECT
     connection_id: str
     request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Send:
+    action: ClassVar[str] = SEND
     connection_id: str
     event_type: str
     event: str  # the client event as compact JSON text, ready for the WebSocket
@@ -274,6 +162,7 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Close:
+    action: ClassVar[str] = CLOSE
     connection_id: str
     code: int = DEFAULT_CLOSE_CODE
     reason: str = DEFAULT_CLOSE_REASON
@@ -283,57 +172,76 @@ class Close:
 Command = Connect | Send | Close
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why something is not carried out, as its error event says it.
+
+    ``code`` is the stable word of ``error.code``; ``action`` and
+    ``request_id`` are the command's when they could be read (None
+    otherwise), so the error event can echo them; ``status`` is the HTTP
+    status of a refused upstream handshake.
+    """
+
+    code: str
+    message: str
+    action: str | None = None
+    request_id: str | None = None
+    status: int | None = None
+
+
+def rejection_of(refused: Command | Rejection, code: str, message: str) -> Rejection:
+    """A rejection of this command (or of the command ``refused`` already rejects),
+    echoing its action and request_id."""
+    return Rejection(code, message, refused.action, refused.request_id)
+
+
 def parse_command(
     connection_id: str,
     payload: bytes,
     *,
     max_bytes: int,
     allowed_event_types: frozenset[str],
-) -> Command:
-    """Turn the payload of ``P/<connection_id>/cmd`` into a command.
+) -> Command | Rejection:
+    """Turn the payload of ``P/<connection_id>/cmd`` into a command, or say why not.
 
-    Raises:
-        CommandError: with the stable code of the first problem found, and the
-            command's ``action`` and ``request_id`` when they could be read.
+    The rejection carries the stable code of the first problem found, and the
+    command's ``action`` and ``request_id`` when they could be read.
     """
     if len(payload) > max_bytes:
-        raise CommandError(
+        return Rejection(
             PAYLOAD_TOO_LARGE, f"command is {len(payload)} bytes, the limit is {max_bytes}"
         )
     try:
         document = load_json(payload)
     except ValueError as exc:  # UnicodeDecodeError is one
-        raise CommandError(INVALID_JSON, f"command is not UTF-8 JSON: {exc}") from None
+        return Rejection(INVALID_JSON, f"command is not UTF-8 JSON: {exc}")
     if not isinstance(document, dict):
-        raise CommandError(INVALID_COMMAND, "command must be a JSON object")
+        return Rejection(INVALID_COMMAND, "command must be a JSON object")
 
     request_id = document.get("request_id")
     if request_id is not None and not (
         isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_LENGTH
     ):
-        raise CommandError(
+        return Rejection(
             INVALID_COMMAND,
             f"request_id must be a string of at most {MAX_REQUEST_ID_LENGTH} characters",
         )
     action = document.get("action")
     if not isinstance(action, str):
-        raise CommandError(
-            INVALID_COMMAND,
-            "action must be a string: connect, send or close",
-            request_id=request_id,
+        return Rejection(
+            INVALID_COMMAND, "action must be a string: connect, send or close", None, request_id
         )
     if action not in ACTIONS:
-        raise CommandError(
+        return Rejection(
             UNKNOWN_ACTION,
-            f"unknown action {_elide(action)!r}: expected connect, send or close",
-            action=_elide(action),
-            request_id=request_id,
+            f"unknown action {elide(action)!r}: expected connect, send or close",
+            elide(action),
+            request_id,
         )
     try:
         return _parse_action(connection_id, action, document, request_id, allowed_event_types)
-    except CommandError as exc:
-        exc.action, exc.request_id = action, request_id
-        raise
+    except CommandError as exc:  # raised by the helpers below, handed out as a value
+        return Rejection(exc.code, exc.message, action, request_id)
 
 
 def peek(payload: bytes, *, max_bytes: int) -> tuple[str | None, str | None]:
@@ -373,7 +281,7 @@ def _parse_action(
         if claimed != connection_id:
             raise CommandError(
                 CONNECTION_ID_MISMATCH,
-                f"connection_id {_elide(claimed)!r} does not match the topic's {connection_id!r}",
+                f"connection_id {elide(claimed)!r} does not match the topic's {connection_id!r}",
             )
     check_connection_id(connection_id)
     if action == CONNECT:
@@ -399,7 +307,7 @@ def _parse_send(
         allowed = ", ".join(sorted(allowed_event_types))
         raise CommandError(
             EVENT_TYPE_NOT_ALLOWED,
-            f"event type {_elide(event_type)!r} is not allowed (allowed: {allowed})",
+            f"event type {elide(event_type)!r} is not allowed (allowed: {allowed})",
         )
     text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
     return Send(connection_id, event_type, text, request_id)
@@ -425,90 +333,7 @@ def _parse_close(connection_id: str, document: dict[str, Any], request_id: str |
     return Close(connection_id, code, reason, request_id)
 
 
-def _elide(text: str, limit: int = 64) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# What the bridge publishes ---------------------------------------------------------
-
-
-def connect_ack(connection_id: str, url: str, request_id: str | None) -> dict[str, Any]:
-    return _with_request_id(
-        {
-            "object": OBJECT_CONNECTION,
-            "action": CONNECT,
-            "connection_id": connection_id,
-            "url": url,
-        },
-        request_id,
-    )
-
-
-def send_ack(connection_id: str, event_type: str, request_id: str | None) -> dict[str, Any]:
-    return _with_request_id(
-        {
-            "object": OBJECT_CLIENT_EVENT,
-            "action": SEND,
-            "connection_id": connection_id,
-            "event_type": event_type,
-        },
-        request_id,
-    )
-
-
-def close_ack(connection_id: str, code: int, reason: str, request_id: str | None) -> dict[str, Any]:
-    return _with_request_id(
-        {
-            "object": OBJECT_CONNECTION,
-            "action": CLOSE,
-            "connection_id": connection_id,
-            "code": code,
-            "reason": reason,
-        },
-        request_id,
-    )
-
-
-def disconnected_notice(connection_id: str, code: int, reason: str) -> dict[str, Any]:
-    return {
-        "object": OBJECT_CONNECTION,
-        "action": DISCONNECTED,
-        "connection_id": connection_id,
-        "code": code,
-        "reason": reason,
-    }
-
-
-def error_event(
-    connection_id: str,
-    code: str,
-    message: str,
-    *,
-    action: str | None,
-    request_id: str | None = None,
-    status: int | None = None,
-) -> dict[str, Any]:
-    """The error event answering one rejected command (``action`` null if unreadable)."""
-    error: dict[str, Any] = {"code": code, "message": message}
-    if status is not None:
-        error["status"] = status
-    return _with_request_id(
-        {"object": OBJECT_ERROR, "action": action, "connection_id": connection_id, "error": error},
-        request_id,
-    )
-
-
-def _with_request_id(message: dict[str, Any], request_id: str | None) -> dict[str, Any]:
-    if request_id is not None:
-        message["request_id"] = request_id
-    return message
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON, the form of every message the bridge publishes."""
-    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
-    # A lone surrogate (only from a caller's bug or a hostile id) becomes a JSON escape.
-    return text.encode("utf-8", "backslashreplace")
+# MQTT v5 user properties -----------------------------------------------------------
 
 
 UserProperties = tuple[tuple[str, str], ...]
@@ -527,6 +352,7 @@ def user_properties(connection_id: str, direction: str, event_type: str) -> User
 # Server events -------------------------------------------------------------------
 
 _TYPE_PREFIX: Final = b'{"type":"'
+_TYPE_START: Final = len(_TYPE_PREFIX)
 
 
 def server_event_type(raw: bytes) -> str | None:
@@ -537,9 +363,11 @@ def server_event_type(raw: bytes) -> str | None:
     megabytes); anything else is parsed in full.
     """
     if raw.startswith(_TYPE_PREFIX):
-        end = raw.find(b'"', len(_TYPE_PREFIX))
-        if end > 0 and b"\\" not in raw[len(_TYPE_PREFIX) : end]:
-            return raw[len(_TYPE_PREFIX) : end].decode("utf-8", "replace")
+        end = raw.find(b'"', _TYPE_START)
+        if end > 0:
+            name = raw[_TYPE_START:end]
+            if b"\\" not in name:
+                return name.decode("utf-8", "replace")
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError):

@@ -13,121 +13,35 @@ Per connection id the life is::
 
 Commands for an id that is OPENING or CLOSING wait in that id's backlog and
 run, in arrival order, once the transition ends. Ids never wait on each other.
+What a command goes through first is :mod:`bridge.protocol.intake`; the
+messages the bridge says are built by :mod:`bridge.protocol.replies`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-from bridge.errors import CommandError, InvalidState
+from bridge.errors import InvalidState
 from bridge.protocol import contract
-from bridge.protocol.contract import (
-    Close,
-    Command,
-    Connect,
-    ResponseTopicPolicy,
-    Send,
-    Topics,
-    UserProperties,
-)
-from bridge.protocol.limits import RateLimiter, RecentCommands
+from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream, OpenUpstream, SendUpstream
+from bridge.protocol.backlogs import Backlogs
+from bridge.protocol.contract import Close, Command, Connect, Rejection, Send, Topics, rejection_of
+from bridge.protocol.intake import CommandIntake
+from bridge.protocol.limits import LimitsConfig
+from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted
 from bridge.protocol.redaction import Redactor
+from bridge.protocol.replies import Replies
+from bridge.protocol.response_topics import ResponseTopicPolicy
 
-MAX_BACKLOG: Final = 100  # commands waiting behind one connect/close; more are refused
-# What a waiting command that is not a `send` is counted as (its fields are small).
-_SMALL_ENTRY_BYTES: Final = 256
-
+RESPONSE_COMPLETED: Final = "response.completed"
 # Server events that carry an error message: the only ones scrubbed of the
 # bridge's secrets (a server could echo a credential it was sent); every other
 # event is relayed byte for byte, unread.
 _SCRUBBED_EVENT_TYPES: Final = frozenset({"error", "response.failed"})
-
-# Rejections that do not depend on a connection's state, answered without
-# waiting in its backlog.
-_ANSWERED_AT_ONCE: Final = frozenset(
-    {
-        contract.RETAINED_COMMAND,
-        contract.INVALID_CONNECTION_ID,
-        contract.SHUTTING_DOWN,
-        contract.RATE_LIMITED,
-        contract.RESPONSE_TOPIC_NOT_ALLOWED,
-    }
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyTo:
-    """Where an MQTT v5 command asked for its acknowledgement to go as well."""
-
-    topic: str
-    correlation_data: bytes | None = None
-
-
-# Actions: what the driver must do, in the order returned -----------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    """Publish one message. ``relayed`` marks a server event (the hot path);
-    ``retain`` is for the adapter's own announcements (the core never retains)."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    properties: UserProperties = ()
-    correlation_data: bytes | None = None
-    relayed: bool = False
-    retain: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class OpenUpstream:
-    connection_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SendUpstream:
-    """Send a client event; report :meth:`BridgeCore.upstream_written` with ``len(data)``
-    once it is written or dropped (the waiting-bytes budget counts it until then)."""
-
-    connection_id: str
-    data: str
-
-
-@dataclass(frozen=True, slots=True)
-class CloseUpstream:
-    connection_id: str
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class AbortUpstream:
-    """Give up a handshake in progress (it then fails), or drop an open connection at once."""
-
-    connection_id: str
-
-
-Action = Publish | OpenUpstream | SendUpstream | CloseUpstream | AbortUpstream
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What clients may ask; None switches a limit off (the core's unit-test default)."""
-
-    max_connections: int = 100
-    max_command_bytes: int = 1024 * 1024
-    allowed_event_types: frozenset[str] = frozenset({"response.create"})
-    commands_per_second: float | None = None
-    command_burst: int = 20
-    dedupe_seconds: float | None = None
-    # Characters of commands waiting across the bridge: in backlogs, and sends
-    # not yet written upstream. Past it commands get `limit_reached`.
-    max_waiting_bytes: int = 16 * 1024 * 1024
+# Server events that need more than relaying: one set lookup per event finds them.
+_NOTABLE_EVENT_TYPES: Final = _SCRUBBED_EVENT_TYPES | {RESPONSE_COMPLETED}
 
 
 class Phase(enum.Enum):
@@ -144,17 +58,8 @@ class _Connection:
     phase: Phase = Phase.OPENING
     close: Close | None = None
     close_reply: ReplyTo | None = None
+    closed_by_bridge: bool = False  # the close is the bridge's stop: it answers no command
     notice: tuple[int, str] | None = None  # a bridge-decided end: reported as `disconnected`
-
-
-_Entry = tuple[Command | CommandError, ReplyTo | None, int]  # ..., its size in the budget
-
-
-@dataclass(slots=True)
-class _Stats:
-    commands: int = 0
-    rejected: int = 0
-    duplicates: int = 0
 
 
 class BridgeCore:
@@ -171,7 +76,7 @@ class BridgeCore:
         *,
         url: str,
         qos: int = 1,
-        limits: Limits = Limits(),
+        limits: LimitsConfig | None = None,
         v5: bool = True,
         response_topics: ResponseTopicPolicy | None = None,
         redactor: Redactor | None = None,
@@ -179,29 +84,28 @@ class BridgeCore:
         self.topics = topics
         self.url = url
         self.qos = qos
-        self.limits = limits
+        self.limits = limits or LimitsConfig()
         self.v5 = v5
-        self.response_topics = response_topics or ResponseTopicPolicy(
-            refused=(f"{topics.prefix}/#",)
+        self.intake = CommandIntake(
+            self.limits, response_topics or ResponseTopicPolicy(refused=(f"{topics.prefix}/#",))
         )
-        self.waiting_bytes = 0  # see Limits.max_waiting_bytes
+        self.replies = Replies(topics, url=url, qos=qos, v5=v5)
+        self.stats = self.intake.stats
         self.redactor = redactor or Redactor()
         self.draining = False
-        self.stats = _Stats()
         self._connections: dict[str, _Connection] = {}
-        self._backlogs: dict[str, deque[_Entry]] = {}
-        self._rate = (
-            RateLimiter(limits.commands_per_second, limits.command_burst)
-            if limits.commands_per_second
-            else None
-        )
-        self._recent = RecentCommands(limits.dedupe_seconds) if limits.dedupe_seconds else None
+        self._backlogs = Backlogs(self.limits.max_waiting_bytes)
 
     # Introspection ----------------------------------------------------------
 
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    @property
+    def waiting_bytes(self) -> int:
+        """What waiting commands and unwritten sends hold (``limits.max_waiting_bytes``)."""
+        return self._backlogs.waiting_bytes
 
     @property
     def idle(self) -> bool:
@@ -224,110 +128,46 @@ class BridgeCore:
         now: float = 0.0,
     ) -> list[Action]:
         """A message arrived on ``P/<connection_id>/cmd`` at monotonic time ``now``."""
-        if not payload:
-            return []  # an empty payload deletes a retained message: not a command
-        self.stats.commands += 1
-        refused_topic: str | None = None
-        if reply_to is not None:
-            # Checked first: no reply at all, not even an error, may go there.
-            refused_topic = self.response_topics.problem(reply_to.topic)
-            if refused_topic is not None:
-                reply_to = None
-        try:
-            if self._rate is not None and not self._rate.allow(connection_id, now):
-                action, request_id = contract.peek(payload, max_bytes=self.limits.max_command_bytes)
-                raise CommandError(
-                    contract.RATE_LIMITED,
-                    f"more than {self.limits.commands_per_second:g} commands per second "
-                    "for this connection id; this one was not carried out",
-                    action=action,
-                    request_id=request_id,
-                )
-            if retained:
-                action, request_id = contract.peek(payload, max_bytes=self.limits.max_command_bytes)
-                raise CommandError(
-                    contract.RETAINED_COMMAND,
-                    "retained commands are never carried out: publish with retain=false "
-                    "and clear the retained message with an empty retained payload",
-                    action=action,
-                    request_id=request_id,
-                )
-            contract.check_connection_id(connection_id)
-            if self.draining:
-                raise CommandError(contract.SHUTTING_DOWN, "the bridge is shutting down")
-            if refused_topic is not None:
-                action, request_id = contract.peek(payload, max_bytes=self.limits.max_command_bytes)
-                raise CommandError(
-                    contract.RESPONSE_TOPIC_NOT_ALLOWED,
-                    f"{refused_topic}; the command was not carried out",
-                    action=action,
-                    request_id=request_id,
-                )
-            parsed: Command | CommandError = contract.parse_command(
-                connection_id,
-                payload,
-                max_bytes=self.limits.max_command_bytes,
-                allowed_event_types=self.limits.allowed_event_types,
-            )
-        except CommandError as exc:
-            if exc.code in _ANSWERED_AT_ONCE:
-                return self._reject(connection_id, exc, reply_to)
-            parsed = exc
-        if (
-            self._recent is not None
-            and parsed.request_id is not None
-            and (self._recent.seen_before(connection_id, parsed.request_id, payload, now))
+        arrival = self.intake.take(
+            connection_id,
+            payload,
+            retained=retained,
+            reply_to=reply_to,
+            now=now,
+            draining=self.draining,
+        )
+        if arrival is None:
+            return []
+        parsed, reply_to = arrival.parsed, arrival.reply_to
+        if arrival.at_once or (
+            connection_id not in self._backlogs and not self._busy(connection_id)
         ):
-            self.stats.duplicates += 1
-            return []  # a QoS 1 redelivery: it was carried out (or answered) already
-
-        backlog = self._backlogs.get(connection_id)
-        if backlog is None and not self._busy(connection_id):
             return self._execute(connection_id, parsed, reply_to)
-        if backlog is None:
-            backlog = self._backlogs[connection_id] = deque()
-        size = _entry_size(parsed, reply_to)
-        problem = None
-        if len(backlog) >= MAX_BACKLOG:
-            problem = f"more than {MAX_BACKLOG} commands are waiting for this connection"
-        elif self._over_budget(size):
-            problem = self._budget_problem()
+        problem = self._backlogs.add(connection_id, parsed, reply_to)
         if problem is not None:
-            if not backlog:
-                del self._backlogs[connection_id]
-            error = CommandError(contract.LIMIT_REACHED, problem)
-            if isinstance(parsed, CommandError):
-                error.action, error.request_id = parsed.action, parsed.request_id
-            else:
-                error.action = _action_of(parsed)
-                error.request_id = parsed.request_id
-            return self._reject(connection_id, error, reply_to)
-        backlog.append((parsed, reply_to, size))
-        self.waiting_bytes += size
+            rejection = rejection_of(parsed, contract.LIMIT_REACHED, problem)
+            return self._refuse(connection_id, rejection, reply_to)
         return []
 
     def internal_error(self, connection_id: str, payload: bytes) -> list[Action]:
         """Handling this command failed unexpectedly (a bug): answer it with ``internal_error``."""
-        action, request_id = contract.peek(payload, max_bytes=self.limits.max_command_bytes)
-        error = CommandError(
+        rejection = self.intake.peeked(
+            payload,
             contract.INTERNAL_ERROR,
             "the bridge failed while handling this command (logged); "
             "it may not have been carried out",
-            action=action,
-            request_id=request_id,
         )
-        return self._reject(connection_id, error, None)
+        return self._refuse(connection_id, rejection, None)
 
     def upstream_written(self, size: int) -> None:
         """A :class:`SendUpstream` of ``size`` characters was written upstream, or dropped."""
-        self.waiting_bytes -= size
+        self._backlogs.release(size)
 
     def upstream_opened(self, connection_id: str) -> list[Action]:
         """The handshake of an OPENING connection succeeded."""
         connection = self._expect(connection_id, Phase.OPENING)
         connection.phase = Phase.OPEN
-        ack = contract.connect_ack(connection_id, self.url, connection.connect.request_id)
-        actions = self._reply(connection_id, ack, connection.connect_reply, contract.CONNECT)
+        actions = self.replies.connected(connection.connect, connection.connect_reply)
         return actions + self._pump(connection_id)
 
     def upstream_failed(
@@ -340,16 +180,9 @@ class BridgeCore:
             code, message, status = contract.SHUTTING_DOWN, "the bridge is shutting down", None
         else:
             code = contract.UPSTREAM_CONNECT_FAILED
-        error = contract.error_event(
-            connection_id,
-            code,
-            message,
-            action=contract.CONNECT,
-            request_id=connection.connect.request_id,
-            status=status,
-        )
-        self.stats.rejected += 1
-        actions = self._reply(connection_id, error, connection.connect_reply, "error")
+        request_id = connection.connect.request_id
+        rejection = Rejection(code, message, contract.CONNECT, request_id, status)
+        actions = self._refuse(connection_id, rejection, connection.connect_reply)
         return actions + self._pump(connection_id)
 
     def upstream_event(self, connection_id: str, raw: bytes) -> Publish:
@@ -359,21 +192,21 @@ class BridgeCore:
             raise InvalidState(f"event for unknown connection {connection_id!r}")
         event_type = contract.server_event_type(raw)
         if event_type is None:
-            error = contract.error_event(
-                connection_id,
-                contract.INVALID_SERVER_EVENT,
-                f"the upstream sent a frame that is not a JSON object with a type: {raw[:120]!r}",
-                action=None,
-            )
-            return self._publish(connection.events_topic, error, connection_id, "error")
-        if event_type in _SCRUBBED_EVENT_TYPES:
-            raw = self.redactor.redact_bytes(raw)
+            return self.replies.invalid_server_event(connection_id, raw)
+        outcome = None
+        if event_type in _NOTABLE_EVENT_TYPES:
+            if event_type == RESPONSE_COMPLETED:
+                outcome = ResponseCompleted(connection_id, raw)
+            else:
+                raw = self.redactor.redact_bytes(raw)
         properties = (
             contract.user_properties(connection_id, contract.DIRECTION_SERVER, event_type)
             if self.v5
             else ()
         )
-        return Publish(connection.events_topic, raw, self.qos, properties, relayed=True)
+        return Publish(
+            connection.events_topic, raw, self.qos, properties, relayed=True, outcome=outcome
+        )
 
     def upstream_closed(self, connection_id: str, code: int, reason: str) -> list[Action]:
         """An OPEN or CLOSING connection ended: after our close, or not."""
@@ -381,16 +214,38 @@ class BridgeCore:
         if connection is None or connection.phase is Phase.OPENING:
             raise InvalidState(f"close of a connection that is not open: {connection_id!r}")
         if connection.notice is not None:
-            code, reason = connection.notice
-            message = contract.disconnected_notice(connection_id, code, reason)
-            actions = self._reply(connection_id, message, None, contract.DISCONNECTED)
+            actions = self.replies.disconnected(connection_id, *connection.notice)
         elif connection.close is not None:
-            close = connection.close
-            message = contract.close_ack(connection_id, close.code, close.reason, close.request_id)
-            actions = self._reply(connection_id, message, connection.close_reply, contract.CLOSE)
+            actions = self.replies.closed(
+                connection.close,
+                connection.close_reply,
+                answered_command=not connection.closed_by_bridge,
+            )
         else:
-            message = contract.disconnected_notice(connection_id, code, reason)
-            actions = self._reply(connection_id, message, None, contract.DISCONNECTED)
+            actions = self.replies.disconnected(connection_id, code, reason)
+        return actions + self._pump(connection_id)
+
+    def connection_failed(self, connection_id: str) -> list[Action]:
+        """What drives this connection failed unexpectedly (a bug): forget the connection.
+
+        A handshake in progress answers its ``connect`` with ``internal_error``;
+        a connection that was open is reported ``disconnected`` with code 1011.
+        Either way the id can ``connect`` again. The driver drops the socket.
+        """
+        connection = self._connections.pop(connection_id, None)
+        if connection is None:
+            return []
+        if connection.phase is Phase.OPENING:
+            rejection = rejection_of(
+                connection.connect,
+                contract.INTERNAL_ERROR,
+                "the bridge failed while opening this connection (logged)",
+            )
+            actions = self._refuse(connection_id, rejection, connection.connect_reply)
+        else:
+            actions = self.replies.disconnected(
+                connection_id, contract.INTERNAL_ERROR_CLOSE_CODE, contract.INTERNAL_ERROR_REASON
+            )
         return actions + self._pump(connection_id)
 
     def end_connection(self, connection_id: str, code: int, reason: str) -> list[Action]:
@@ -412,21 +267,17 @@ class BridgeCore:
         if self.draining:
             return []
         self.draining = True
+        code, reason = contract.SHUTDOWN_CLOSE_CODE, contract.SHUTDOWN_CLOSE_REASON
         actions: list[Action] = []
         for connection_id, connection in self._connections.items():
             if connection.phase is Phase.OPENING:
                 actions.append(AbortUpstream(connection_id))
             elif connection.phase is Phase.OPEN:
                 connection.phase = Phase.CLOSING
-                connection.close = Close(
-                    connection_id, contract.SHUTDOWN_CLOSE_CODE, contract.SHUTDOWN_CLOSE_REASON
-                )
-                actions.append(
-                    CloseUpstream(
-                        connection_id, contract.SHUTDOWN_CLOSE_CODE, contract.SHUTDOWN_CLOSE_REASON
-                    )
-                )
-        for connection_id in list(self._backlogs):
+                connection.close = Close(connection_id, code, reason)
+                connection.closed_by_bridge = True
+                actions.append(CloseUpstream(connection_id, code, reason))
+        for connection_id in self._backlogs.ids():
             actions.extend(self._pump(connection_id))
         return actions
 
@@ -444,24 +295,23 @@ class BridgeCore:
 
     def _pump(self, connection_id: str) -> list[Action]:
         """Run waiting commands of one id until it is busy again or none wait."""
-        backlog = self._backlogs.get(connection_id)
         actions: list[Action] = []
-        while backlog and (self.draining or not self._busy(connection_id)):
-            parsed, reply_to, size = backlog.popleft()
-            self.waiting_bytes -= size
-            if self.draining:
-                parsed = _shutting_down(parsed)
+        while self.draining or not self._busy(connection_id):
+            waiting = self._backlogs.pop(connection_id)
+            if waiting is None:
+                break
+            parsed, reply_to = waiting
+            if self.draining and not isinstance(parsed, Rejection):
+                parsed = rejection_of(parsed, contract.SHUTTING_DOWN, "the bridge is shutting down")
             actions.extend(self._execute(connection_id, parsed, reply_to))
-        if not backlog:
-            self._backlogs.pop(connection_id, None)
         return actions
 
     def _execute(
-        self, connection_id: str, parsed: Command | CommandError, reply_to: ReplyTo | None
+        self, connection_id: str, parsed: Command | Rejection, reply_to: ReplyTo | None
     ) -> list[Action]:
         match parsed:
-            case CommandError():
-                return self._reject(connection_id, parsed, reply_to)
+            case Rejection():
+                return self._refuse(connection_id, parsed, reply_to)
             case Connect():
                 return self._connect(parsed, reply_to)
             case Send():
@@ -472,11 +322,11 @@ class BridgeCore:
     def _connect(self, command: Connect, reply_to: ReplyTo | None) -> list[Action]:
         connection_id = command.connection_id
         if connection_id in self._connections:
-            return self._refuse(
+            return self._refuse_command(
                 command, contract.ALREADY_OPEN, "the connection is already open", reply_to
             )
         if len(self._connections) >= self.limits.max_connections:
-            return self._refuse(
+            return self._refuse_command(
                 command,
                 contract.LIMIT_REACHED,
                 f"the bridge holds its limit of {self.limits.max_connections} connections",
@@ -488,126 +338,45 @@ class BridgeCore:
         return [OpenUpstream(connection_id)]
 
     def _send(self, command: Send, reply_to: ReplyTo | None) -> list[Action]:
-        if command.connection_id not in self._connections:
-            return self._refuse(
+        connection_id = command.connection_id
+        if connection_id not in self._connections:
+            return self._refuse_command(
                 command,
                 contract.NOT_OPEN,
                 "the connection is not open; publish a connect command first",
                 reply_to,
             )
-        if self._over_budget(len(command.event)):
-            return self._refuse(command, contract.LIMIT_REACHED, self._budget_problem(), reply_to)
-        self.waiting_bytes += len(command.event)
-        ack = contract.send_ack(command.connection_id, command.event_type, command.request_id)
+        if not self._backlogs.fits(len(command.event)):
+            return self._refuse_command(
+                command, contract.LIMIT_REACHED, self._backlogs.budget_problem(), reply_to
+            )
+        self._backlogs.hold(len(command.event))
         # The acknowledgement is queued before the event goes upstream, so it
         # always comes before the server events the event causes.
-        actions = self._reply(command.connection_id, ack, reply_to, contract.SEND)
-        actions.append(SendUpstream(command.connection_id, command.event))
+        actions = self.replies.sent(command, reply_to)
+        actions.append(SendUpstream(connection_id, command.event))
         return actions
 
     def _close(self, command: Close, reply_to: ReplyTo | None) -> list[Action]:
         connection = self._connections.get(command.connection_id)
         if connection is None:
-            return self._refuse(command, contract.NOT_OPEN, "the connection is not open", reply_to)
+            return self._refuse_command(
+                command, contract.NOT_OPEN, "the connection is not open", reply_to
+            )
         connection.phase = Phase.CLOSING
         connection.close, connection.close_reply = command, reply_to
         return [CloseUpstream(command.connection_id, command.code, command.reason)]
 
-    def _over_budget(self, size: int) -> bool:
-        return self.waiting_bytes + size > self.limits.max_waiting_bytes
-
-    def _budget_problem(self) -> str:
-        return (
-            f"commands waiting across the bridge already hold {self.waiting_bytes} of "
-            f"{self.limits.max_waiting_bytes} bytes (limits.max_waiting_bytes)"
-        )
-
-    def _refuse(
+    def _refuse_command(
         self, command: Command, code: str, message: str, reply_to: ReplyTo | None
     ) -> list[Action]:
-        error = CommandError(
-            code, message, action=_action_of(command), request_id=command.request_id
-        )
-        return self._reject(command.connection_id, error, reply_to)
+        return self._refuse(command.connection_id, rejection_of(command, code, message), reply_to)
 
-    def _reject(
-        self, connection_id: str, error: CommandError, reply_to: ReplyTo | None
+    def _refuse(
+        self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
     ) -> list[Action]:
         self.stats.rejected += 1
-        message = contract.error_event(
-            connection_id,
-            error.code,
-            error.message,
-            action=error.action,
-            request_id=error.request_id,
-        )
-        return self._reply(connection_id, message, reply_to, "error")
-
-    def _reply(
-        self,
-        connection_id: str,
-        message: dict[str, Any],
-        reply_to: ReplyTo | None,
-        event_type: str,
-    ) -> list[Action]:
-        """The bridge's own message on the events topic, and on the v5 response topic."""
-        connection = self._connections.get(connection_id)
-        topic = connection.events_topic if connection else self.topics.events(connection_id)
-        publish = self._publish(topic, message, connection_id, event_type)
-        if reply_to is None:
-            return [publish]
-        copy = Publish(
-            reply_to.topic,
-            publish.payload,
-            publish.qos,
-            publish.properties,
-            reply_to.correlation_data,
-        )
-        return [publish, copy]
-
-    def _publish(
-        self, topic: str, message: dict[str, Any], connection_id: str, event_type: str
-    ) -> Publish:
-        properties = (
-            contract.user_properties(connection_id, contract.DIRECTION_BRIDGE, event_type)
-            if self.v5
-            else ()
-        )
-        return Publish(topic, contract.encode(message), self.qos, properties)
-
-
-def _entry_size(parsed: Command | CommandError, reply_to: ReplyTo | None) -> int:
-    """What a waiting command holds in memory, as counted against the budget."""
-    size = len(parsed.event) if isinstance(parsed, Send) else _SMALL_ENTRY_BYTES
-    if reply_to is not None:
-        size += len(reply_to.topic) + len(reply_to.correlation_data or b"")
-    return size
-
-
-def _action_of(command: Command) -> str:
-    match command:
-        case Connect():
-            return contract.CONNECT
-        case Send():
-            return contract.SEND
-        case Close():
-            return contract.CLOSE
-
-
-def _shutting_down(parsed: Command | CommandError) -> CommandError:
-    if isinstance(parsed, CommandError):
-        return parsed
-    return CommandError(
-        contract.SHUTTING_DOWN,
-        "the bridge is shutting down",
-        action=_action_of(parsed),
-        request_id=parsed.request_id,
-    )
-
-
-def publishes(actions: Iterable[Action]) -> list[Publish]:
-    """The Publish actions among ``actions``, in order (a convenience for callers)."""
-    return [action for action in actions if isinstance(action, Publish)]
+        return self.replies.refuse(connection_id, rejection, reply_to)
 
 
 __all__ = [
@@ -615,11 +384,9 @@ __all__ = [
     "Action",
     "BridgeCore",
     "CloseUpstream",
-    "Limits",
     "OpenUpstream",
     "Phase",
-    "Publish",
-    "ReplyTo",
+    "Publish",  # re-exported for the MQTT side until it imports bridge.protocol.messages
+    "ReplyTo",  # likewise
     "SendUpstream",
-    "publishes",
 ]

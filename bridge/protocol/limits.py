@@ -1,8 +1,11 @@
-"""Per connection id bookkeeping for hostile or repeated input, with no I/O.
+"""What clients may ask of the bridge, and the per-id bookkeeping that holds them to it.
 
-Time is passed in (``now``, monotonic seconds), so the core stays pure and
-tests never sleep. Both structures forget ids that have been quiet, so a
-flood of random ids cannot grow them without bound.
+:class:`LimitsConfig` is the config section ``limits``, defined once: the
+daemon's config reads it from YAML, and the core takes it as it is (a frozen,
+validated object). :class:`RateLimiter` and :class:`RecentCommands` keep the
+per connection id state, with no I/O: time is passed in (``now``, monotonic
+seconds), so the core stays pure and tests never sleep. Both forget ids that
+have been quiet, so a flood of random ids cannot grow them without bound.
 """
 
 from __future__ import annotations
@@ -12,7 +15,34 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MIB: Final = 1024 * 1024
 MAX_TRACKED_IDS: Final = 10_000  # beyond this the quietest ids are forgotten first
+
+
+class LimitsConfig(BaseModel):
+    """What one client may ask of the bridge (config section ``limits``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_connections: int = Field(100, ge=1)
+    max_command_bytes: int = Field(MIB, ge=1024)
+    allowed_event_types: tuple[str, ...] = ("response.create",)
+    commands_per_second: float = Field(10.0, gt=0)
+    command_burst: int = Field(20, ge=1)
+    dedupe_seconds: float = Field(30.0, ge=0)  # 0: no redelivery window
+    # Seconds a reader may wait for room in the event buffer before its connection ends (1013).
+    event_buffer_wait: float = Field(30.0, gt=0)
+    # Characters of commands waiting across the bridge: in backlogs, and sends
+    # not yet written upstream. Past it commands get `limit_reached`.
+    max_waiting_bytes: int = Field(16 * MIB, ge=64 * 1024)
+
+    @model_validator(mode="after")
+    def _one_command_fits(self) -> LimitsConfig:
+        if self.max_waiting_bytes < self.max_command_bytes:
+            raise ValueError("max_waiting_bytes must be at least max_command_bytes")
+        return self
 
 
 @dataclass(slots=True)

@@ -153,21 +153,23 @@ class UpstreamConnection:
 
     async def run(
         self,
-        on_event: Callable[[bytes], bool],
-        on_full: Callable[[bytes], Awaitable[None]],
+        deliver: Callable[[bytes], bool],
+        room: Callable[[], Awaitable[None]],
         on_written: Callable[[int], None],
     ) -> tuple[int, str]:
         """Relay server events until the connection ends; return its close code and reason.
 
-        ``on_event`` takes each event without waiting and returns False when
-        it cannot take more now; the reader then awaits ``on_full`` with that
-        event before reading on, which pushes back on the upstream.
+        ``deliver`` takes each event without waiting, or returns False when
+        it cannot take more now; the reader then awaits ``room()`` and
+        delivers the same event again, reading nothing meanwhile: that pushes
+        back on the upstream. ``room`` decides how long that may take (it
+        ends the connection with :meth:`abort` when it is too long).
         ``on_written(len(data))`` is called once for every :meth:`send`, when
         its data is written or, the connection having ended, dropped.
         """
         writer = asyncio.create_task(self._write(on_written), name="bridge.ws_out")
         try:
-            await self._read(on_event, on_full)
+            await self._read(deliver, room)
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -189,20 +191,16 @@ class UpstreamConnection:
             transport.abort()
 
     async def _read(
-        self,
-        on_event: Callable[[bytes], bool],
-        on_full: Callable[[bytes], Awaitable[None]],
+        self, deliver: Callable[[bytes], bool], room: Callable[[], Awaitable[None]]
     ) -> None:
         websocket = self._websocket
         try:
             while not self._aborted:
                 raw = await websocket.recv(decode=False)
-                if self._aborted:
-                    break
                 if not isinstance(raw, bytes):  # decode=False gives bytes; keep mypy honest
                     raw = raw.encode()
-                if not on_event(raw):
-                    await on_full(raw)
+                while not self._aborted and not deliver(raw):
+                    await room()
         except ConnectionClosed as exc:
             self._closed = exc
 

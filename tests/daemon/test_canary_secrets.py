@@ -192,7 +192,13 @@ def test_the_retained_info_never_holds_a_secret_value() -> None:
     tally = Tally()
     tally.note_error("upstream_connect_failed", f"echoed {PASSWORD}", "c1", "2026-01-01T00:00:00Z")
     document = info_document(
-        settings, tally, started_at=0.0, uptime=1.0, connections=0, broker_connects=1
+        settings,
+        tally,
+        started_at=0.0,
+        uptime=1.0,
+        connections=0,
+        broker_connects=1,
+        buffer_waits=0,
     )
     payload = json.dumps(document, separators=(",", ":"))
     for secret in (KEY, USERINFO_PASSWORD, PASSWORD):

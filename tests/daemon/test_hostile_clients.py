@@ -19,7 +19,8 @@ from paho.mqtt.properties import Properties
 from bridge.daemon.service import Service
 from bridge.errors import BrokerError
 from bridge.mqtt import link as mqtt_link
-from bridge.mqtt.pipeline import PublishPipeline
+from bridge.mqtt.client import BrokerConnection
+from bridge.mqtt.properties import cached_properties
 from bridge.protocol.core import BridgeCore
 from bridge_tools.simulator import Simulator
 from tests.conftest import Broker, Client, RunningBridge, body, bridge_settings
@@ -218,10 +219,10 @@ async def test_a_failing_link_leaves_offline(
     task = asyncio.create_task(service.run(asyncio.Event()))
     await until_state(watcher, b"online")
 
-    def fail(self: PublishPipeline, entry: Any) -> None:
+    def fail(self: BrokerConnection, entry: Any) -> None:
         raise failure
 
-    monkeypatch.setattr(PublishPipeline, "_hand", fail)
+    monkeypatch.setattr(BrokerConnection, "_hand", fail)
     await client.command("c1", {"action": "connect"})  # its ack is the publish that fails
     with pytest.raises(type(failure)):
         await asyncio.wait_for(task, 10 * SECOND)
@@ -256,11 +257,9 @@ async def test_correlation_data_is_not_cached(
     broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
 ) -> None:
     """Replies carrying distinct 64 KiB correlation data leave nothing behind."""
-    from bridge.mqtt.pipeline import _cached_properties
-
     await start_bridge(broker, simulator, limits={"commands_per_second": 1000})
     await client.subscribe("replies/#")
-    _cached_properties.cache_clear()
+    cached_properties.cache_clear()
     for number in range(50):
         correlation = (uuid.uuid4().bytes * 4096)[:65_000]  # about 64 KiB, distinct
         await client.command(
@@ -269,7 +268,7 @@ async def test_correlation_data_is_not_cached(
     for _ in range(100):
         await client.next()
     # The cache holds one entry per (id, message kind): nothing per correlation.
-    assert _cached_properties.cache_info().currsize <= 5
+    assert cached_properties.cache_info().currsize <= 5
 
 
 async def test_reconnect_backoff_resets_after_a_connection_that_held(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from bridge.mqtt.outbox import Entry, Outbox
-from bridge.protocol.core import Publish
+from bridge.protocol.messages import Publish
 from tests.helpers import SECOND
 
 
@@ -78,3 +78,21 @@ async def test_wait_for_space_wakes_on_ack() -> None:
     assert not waiter.done()
     box.done(take(box))
     await asyncio.wait_for(waiter, 1 * SECOND)
+
+
+async def test_waiting_readers_go_on_at_the_low_water_mark() -> None:
+    """A full buffer wakes its waiting readers once it is down to 90%, not at each freed slot."""
+    box = Outbox(max_messages=100, max_bytes=1_000_000)
+    for n in range(100):
+        assert box.put(event(n))
+    assert not box.put(event(100))
+    waiting = asyncio.ensure_future(box.wait_for_space())
+    taken = [take(box) for _ in range(100)]
+    for entry in taken[:9]:
+        box.done(entry)
+        await asyncio.sleep(0)
+        assert not waiting.done()  # 91..99 held: still above the mark
+    assert box.put(event(200))  # there is room, for a reader that was not waiting
+    box.done(taken[9])
+    box.done(taken[10])
+    await asyncio.wait_for(waiting, 1 * SECOND)  # 90 held: the waiting readers go on

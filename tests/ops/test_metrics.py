@@ -52,9 +52,10 @@ def test_metrics_are_off_by_default(tmp_path: Path) -> None:
     """Without metrics.enabled nothing is created, imported into the hot path, or served."""
     settings = load_settings(None, {})
     assert settings.config.metrics.enabled is False
-    service = Service(settings)
-    assert Operations(service, {}).metrics is None
-    assert service.link.on_published is None  # publishes are not timed
+    operations = Operations(settings, {})
+    Service(settings, observer=operations)
+    assert operations.metrics is None
+    assert operations.publish_latency is None  # what the service hands its link: not timed
 
 
 @pytest.mark.integration

@@ -10,27 +10,32 @@ from typing import Any
 import pytest
 
 from bridge.errors import InvalidState
-from bridge.protocol import contract
+from bridge.protocol import replies
 from bridge.protocol.contract import Topics
 from bridge.protocol.core import (
     AbortUpstream,
     Action,
     BridgeCore,
     CloseUpstream,
-    Limits,
     OpenUpstream,
     Phase,
-    Publish,
-    ReplyTo,
     SendUpstream,
 )
+from bridge.protocol.limits import LimitsConfig
+from bridge.protocol.messages import Publish, ReplyTo
+from bridge.protocol.response_topics import ResponseTopicPolicy
 
 URL = "wss://api.example/v1/responses"
 CREATE = {"type": "response.create", "model": "m", "input": "hi"}
 
 
+# The core's unit tests send many commands at one `now`: no rate limit, no redelivery
+# window unless a test asks for one.
+UNLIMITED: dict[str, Any] = {"command_burst": 1_000_000, "dedupe_seconds": 0}
+
+
 def make_core(**limits: Any) -> BridgeCore:
-    return BridgeCore(Topics("ai"), url=URL, qos=1, limits=Limits(**limits))
+    return BridgeCore(Topics("ai"), url=URL, qos=1, limits=LimitsConfig(**{**UNLIMITED, **limits}))
 
 
 def cmd(action: str, **fields: Any) -> bytes:
@@ -65,10 +70,10 @@ def test_seed_flow() -> None:
     assert core.phase("c1") is Phase.OPENING
 
     actions = core.upstream_opened("c1")
-    assert messages(actions) == [contract.connect_ack("c1", URL, None)]
+    assert messages(actions) == [replies.connect_ack("c1", URL, None)]
 
     actions = core.receive_command("c1", cmd("send", event=CREATE))
-    assert messages(actions) == [contract.send_ack("c1", "response.create", None)]
+    assert messages(actions) == [replies.send_ack("c1", "response.create", None)]
     assert isinstance(actions[0], Publish)
     assert isinstance(actions[-1], SendUpstream)
     assert json.loads(actions[-1].data) == CREATE
@@ -76,7 +81,7 @@ def test_seed_flow() -> None:
     actions = core.receive_command("c1", cmd("close", reason="Example flow complete"))
     assert actions == [CloseUpstream("c1", 1000, "Example flow complete")]
     actions = core.upstream_closed("c1", 1000, "Example flow complete")
-    assert messages(actions) == [contract.close_ack("c1", 1000, "Example flow complete", None)]
+    assert messages(actions) == [replies.close_ack("c1", 1000, "Example flow complete", None)]
     assert core.idle
 
 
@@ -246,7 +251,7 @@ def test_upstream_drop_is_reported_and_forgotten() -> None:
     """A close we did not ask for publishes `disconnected` with the real code."""
     core = open_core()
     actions = core.upstream_closed("c1", 1006, "connection lost")
-    assert messages(actions) == [contract.disconnected_notice("c1", 1006, "connection lost")]
+    assert messages(actions) == [replies.disconnected_notice("c1", 1006, "connection lost")]
     assert core.idle
     assert core.receive_command("c1", cmd("connect")) == [OpenUpstream("c1")]
 
@@ -388,7 +393,7 @@ def test_refused_response_topic_gets_one_error_on_the_events_topic_only(topic: s
     core = BridgeCore(
         Topics("ai"),
         url=URL,
-        response_topics=contract.ResponseTopicPolicy(refused=("ai/#", "homeassistant/#")),
+        response_topics=ResponseTopicPolicy(refused=("ai/#", "homeassistant/#")),
     )
     reply = ReplyTo(topic, b"corr")
     for retained in (False, True):
@@ -406,7 +411,7 @@ def test_refused_response_topic_gets_one_error_on_the_events_topic_only(topic: s
 
 def test_allowed_response_topic_still_gets_its_copy() -> None:
     core = BridgeCore(
-        Topics("ai"), url=URL, response_topics=contract.ResponseTopicPolicy(allowed=("replies/#",))
+        Topics("ai"), url=URL, response_topics=ResponseTopicPolicy(allowed=("replies/#",))
     )
     core.receive_command("c1", cmd("connect"), reply_to=ReplyTo("replies/me", b"x"))
     assert [a.topic for a in core.upstream_opened("c1") if isinstance(a, Publish)] == [
@@ -419,7 +424,8 @@ def test_allowed_response_topic_still_gets_its_copy() -> None:
 
 def test_waiting_bytes_are_bounded_across_the_bridge() -> None:
     """Big sends queued behind handshakes on many ids are refused past the budget."""
-    core = make_core(max_waiting_bytes=300_000)
+    # (a valid config: one command of at most max_command_bytes fits the budget)
+    core = make_core(max_waiting_bytes=300_000, max_command_bytes=100_000)
     big = cmd("send", event={**CREATE, "input": "x" * 60_000})
     answers: list[str] = []
     for connection_id in ("a", "b", "c"):

@@ -22,11 +22,11 @@ from bridge.protocol.core import (
     AbortUpstream,
     BridgeCore,
     CloseUpstream,
-    Limits,
     OpenUpstream,
-    Publish,
     SendUpstream,
 )
+from bridge.protocol.limits import LimitsConfig
+from bridge.protocol.messages import Publish
 from bridge_tools.simulator import Simulator, SimulatorOptions
 from tests.conftest import KEY, Broker, Client, body, bridge_settings
 from tests.helpers import SECOND
@@ -97,7 +97,7 @@ ids = st.sampled_from(["c1", "c2", "bridge", "", "a b", "x" * 129]) | st.text(
 
 
 def open_core() -> BridgeCore:
-    core = BridgeCore(Topics("ai"), url="wss://x/v1/responses", limits=Limits())
+    core = BridgeCore(Topics("ai"), url="wss://x/v1/responses", limits=LimitsConfig())
     core.receive_command("c1", b'{"action":"connect"}')
     core.upstream_opened("c1")
     return core

@@ -110,7 +110,7 @@ def test_a_redactor_is_immutable_and_never_shows_its_secrets() -> None:
     """No attribute can be set; repr counts the secrets; bool says whether it looks for any."""
     redactor = Redactor([SECRET, SECRET, ""])
     with pytest.raises(AttributeError):
-        redactor._secrets = ()
+        redactor.secrets = ()
     assert SECRET not in repr(redactor)
     assert repr(redactor) == "Redactor(1 secrets)"
     assert redactor

@@ -1,4 +1,5 @@
-"""The publish pipeline against a real Mosquitto: order, window, paho's callbacks."""
+"""The one paho owner against a real Mosquitto: the publish path's order, window and
+callbacks, receiving, and the connection's own life."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from paho.mqtt.client import MQTTv5
 
-from bridge.errors import BrokerError
+from bridge.daemon.config import MqttConfig
+from bridge.mqtt.client import BrokerConnection, BrokerRefusedConnection
 from bridge.mqtt.outbox import Outbox
-from bridge.mqtt.pipeline import PublishPipeline, paho_of
 from bridge.protocol.contract import DIRECTION_SERVER, user_properties
-from bridge.protocol.core import Publish
+from bridge.protocol.messages import Publish
 from tests.conftest import Broker, prop
 from tests.helpers import SECOND
 
@@ -27,7 +27,8 @@ async def relay(
     expect: int | None = None,
     hooks: list[bool] | None = None,
 ) -> tuple[list[aiomqtt.Message], list[int]]:
-    """Run a pipeline over ``publishes``; what a subscriber got, and the in-flight counts seen.
+    """Publish ``publishes`` through a BrokerConnection; what a subscriber got, and the
+    in-flight counts seen.
 
     The subscriber waits for ``expect`` messages (all of them by default).
     ``hooks`` collects, as the messages go, whether paho's on_publish was set.
@@ -36,19 +37,18 @@ async def relay(
     outbox = Outbox(max_messages=100_000, max_bytes=1 << 26)
     received: list[aiomqtt.Message] = []
     seen: list[int] = []
-    async with (
-        aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as sub,
-        aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as pub,
-    ):
+    async with aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5) as sub:
         await sub.subscribe("pipe/#", qos=qos)
-        pipeline = PublishPipeline(pub, outbox, window=window, on_published=lambda _: None)
-        task = asyncio.create_task(pipeline.run())
+        connection = await connected(broker)
+        task = asyncio.create_task(
+            connection.publish_outbox(outbox, window=window, on_published=lambda _: None)
+        )
 
         async def watch() -> None:
             while True:
-                seen.append(pipeline.in_flight)
+                seen.append(connection.in_flight)
                 if hooks is not None:
-                    hooks.append(paho_of(pub).on_publish is not None)
+                    hooks.append(connection.awaits_acknowledgements)
                 await asyncio.sleep(0)
 
         watcher = asyncio.create_task(watch())
@@ -60,14 +60,27 @@ async def relay(
                 received.append(message)
                 if len(received) == expect:
                     break
-        assert not task.done()  # the pipeline only ends when cancelled (or the link fails)
+        assert not task.done()  # the publish path only ends when cancelled (or the link fails)
         task.cancel()
         watcher.cancel()
         await asyncio.gather(task, watcher, return_exceptions=True)
-        pipeline.close()
-        # Closed, it gives paho's callbacks back: aiomqtt's own publishes complete again.
-        await pub.publish("pipe/own", b"x", qos=1, timeout=5 * SECOND)
+        await connection.close()
     return received, seen
+
+
+def mqtt_config(broker: Broker, **fields: Any) -> MqttConfig:
+    return MqttConfig(host=broker.host, port=broker.port, client_id="conn-test", **fields)
+
+
+async def connected(broker: Broker, on_message: Any = None, **fields: Any) -> BrokerConnection:
+    connection = BrokerConnection(
+        mqtt_config(broker, **fields),
+        clean_start=True,
+        will=None,
+        on_message=on_message or (lambda *_: None),
+    )
+    await connection.open()
+    return connection
 
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
@@ -95,16 +108,46 @@ async def test_a_topic_mqtt_cannot_carry_is_dropped_alone(broker: Broker) -> Non
     assert [m.payload for m in received] == [b"1", b"2"]
 
 
-async def test_paho_of_refuses_what_is_not_aiomqtt_2(broker: Broker) -> None:
-    """If aiomqtt stops wrapping paho as 2.x does, the link fails loudly, not silently."""
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_commands_are_handled_as_read_and_a_failing_handler_costs_one(
+    broker: Broker, protocol: str
+) -> None:
+    """on_message runs for each message in order; one that raises is logged and acked, the
+    next still arrives (and nothing waits in a queue)."""
+    seen: list[tuple[str, bytes, bool]] = []
+    three = asyncio.Event()
 
-    class Elsewhere:
-        _client: Any = object()
+    def handle(topic: str, payload: bytes, retained: bool, reply_to: Any) -> None:
+        if payload == b"boom":
+            raise RuntimeError("a bug")
+        seen.append((topic, payload, retained))
+        if len(seen) == 3:
+            three.set()
 
-    with pytest.raises(BrokerError, match="aiomqtt"):
-        paho_of(Elsewhere())  # type: ignore[arg-type]
-    client = aiomqtt.Client(broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5)
-    assert paho_of(client).protocol == MQTTv5
+    connection = await connected(broker, handle, protocol=protocol)
+    await connection.subscribe("in/#", retain_as_published=protocol == "5")
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        for payload in (b"1", b"boom", b"2"):
+            await client.publish("in/x", payload, qos=1)
+        await client.publish("in/r", b"3", qos=1, retain=True)
+        await asyncio.wait_for(three.wait(), 10 * SECOND)
+    # Retain As Published (MQTT 5) keeps the flag of a live delivery; 3.1.1 clears it.
+    assert seen == [("in/x", b"1", False), ("in/x", b"2", False), ("in/r", b"3", protocol == "5")]
+    await connection.close()
+
+
+async def test_a_refused_login_is_a_refusal_with_its_code(tmp_path: Any) -> None:
+    """A CONNACK failure comes back as BrokerRefusedConnection (what classify reads)."""
+    broker = Broker(tmp_path)
+    text = broker.config.read_text().replace("allow_anonymous true", "allow_anonymous false")
+    broker.config.write_text(text)
+    broker.start()
+    try:
+        with pytest.raises(BrokerRefusedConnection) as refused:
+            await connected(broker)
+        assert refused.value.code == 135  # not authorized
+    finally:
+        broker.stop()
 
 
 async def test_mixed_qos_keeps_order_and_drops_on_publish_when_no_ack_is_awaited(

@@ -1,0 +1,421 @@
+"""The one owner of the paho client: paho driven from the event loop, with no thread.
+
+:class:`BrokerConnection` is one connection to the broker. It creates the
+paho client, opens the socket (in an executor: DNS, TCP and TLS block), then
+drives it the way Home Assistant's MQTT client does: paho's socket callbacks
+register ``loop.add_reader``/``add_writer``, so paho reads and writes on the
+event loop thread, and a one-second timer runs ``loop_misc`` (keepalive).
+The paho client and its callbacks stay in this module
+(:mod:`bridge.mqtt.properties` builds the MQTT 5 properties of what it publishes).
+
+Inbound: each message is handled in ``on_message`` as paho reads it and
+acknowledged once handled (manual acks), so no queue of commands builds up
+however fast a client publishes (README, Security).
+
+Outbound: :meth:`BrokerConnection.publish_outbox` hands the outbox to paho,
+up to :data:`PUBLISH_WINDOW` messages in flight, awaiting nothing per
+message. Two callbacks complete them:
+
+- ``on_publish``: the broker acknowledged a QoS 1 or 2 message. It is set
+  only while such a message is in flight, because paho builds a reason code
+  and a properties object for every QoS 0 message it writes whenever the
+  callback is set (a fifth of the CPU time of a QoS 0 relay).
+- ``on_socket_unregister_write``: paho wrote out everything it held, so every
+  QoS 0 message handed to it is on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final, Literal
+
+from paho.mqtt import client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from bridge.daemon.config import MqttConfig
+from bridge.errors import BrokerError
+from bridge.mqtt.outbox import Entry, Outbox
+from bridge.mqtt.properties import properties_of
+from bridge.protocol.messages import ReplyTo
+
+logger = logging.getLogger(__name__)
+PAHO_LOGGER: Final = logging.getLogger("bridge.paho")
+
+# Messages handed to paho and not yet completed. Enough to keep the broker's
+# in-flight window full (Mosquitto's Receive Maximum is 20) and writes
+# batched; not more, because paho scans every message it holds on every
+# acknowledgement (Client._update_inflight): bench.relay_throughput measured
+# 52-55 us of CPU per QoS 1 event with 256, 45-51 with 64, worse again with 16.
+PUBLISH_WINDOW: Final = 64
+MISC_INTERVAL: Final = 1.0  # seconds between paho's keepalive checks
+_SOCKET_ERRORS: Final = (OSError, ssl.SSLError, socket.gaierror)
+
+OnMessage = Callable[[str, bytes, bool, ReplyTo | None], None]
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be used now (lost, refused, not answering): reconnecting may help."""
+
+
+class BrokerRefusedConnection(BrokerUnavailable):
+    """The broker answered CONNECT with a failure reason code (``code``, v5 numbering)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"the broker refused the connection: {reason} ({code})")
+        self.code = code
+
+
+class LinkLost(BrokerUnavailable):
+    """The connection to the broker ended (``reason`` says how)."""
+
+
+class BrokerConnection:
+    """One connection to the broker, through one paho client that nothing else touches."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        clean_start: bool,
+        will: tuple[str, bytes] | None,
+        on_message: OnMessage,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        connect_properties: dict[str, int] | None = None,
+    ) -> None:
+        self.config = config
+        self._v5 = config.protocol == "5"
+        self._clean_start = clean_start
+        self._on_message = on_message
+        self._loop = asyncio.get_running_loop()
+        self._connack: asyncio.Future[ReasonCode] = self._loop.create_future()
+        self._lost: asyncio.Future[str] = self._loop.create_future()
+        self._subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
+        self._misc: asyncio.TimerHandle | None = None
+        self._client = client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            # 3.1.1 decides here; v5 at connect (clean_start).
+            clean_session=None if self._v5 else clean_start,
+            reconnect_on_failure=False,
+            manual_ack=True,
+        )
+        client.enable_logger(PAHO_LOGGER)
+        client.connect_timeout = config.connect_timeout
+        client.max_inflight_messages_set(config.max_inflight)
+        if config.username is not None:
+            client.username_pw_set(config.username, password)
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=True)
+        if tls is not None:
+            client.tls_set_context(tls)
+        self._connect_properties: Properties | None = None
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = config.session_expiry
+            for name, value in (connect_properties or {}).items():
+                setattr(properties, name, value)
+            self._connect_properties = properties
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_paho_message
+        client.on_socket_close = self._on_socket_close
+        # The publish path (see the module docstring).
+        self._outbox: Outbox | None = None
+        self._observe: Callable[[float], None] | None = None
+        self._acknowledged: dict[int, tuple[Entry, float]] = {}  # QoS 1-2, by message id
+        self._unwritten: deque[tuple[Entry, paho.MQTTMessageInfo, float]] = deque()
+        self._room = asyncio.Event()
+
+    # Connecting and disconnecting -----------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and wait for the CONNACK; raise BrokerError, OSError or TimeoutError."""
+        client = self._client
+        # While paho connects in the executor, its socket callbacks come from that thread.
+        client.on_socket_open = self._from_thread(self._on_socket_open)
+        client.on_socket_register_write = self._from_thread(self._on_socket_register_write)
+        client.on_socket_unregister_write = self._from_thread(self._on_socket_unregister_write)
+        try:
+            clean: bool | Literal[3] = (
+                self._clean_start if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
+            )
+            rc = await self._loop.run_in_executor(
+                None,
+                functools.partial(
+                    client.connect,
+                    self.config.host,
+                    self.config.port,
+                    self.config.keepalive,
+                    clean_start=clean,
+                    properties=self._connect_properties,
+                ),
+            )
+        finally:
+            client.on_socket_open = self._on_socket_open
+            client.on_socket_register_write = self._on_socket_register_write
+            client.on_socket_unregister_write = self._on_socket_unregister_write
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise LinkLost(f"cannot connect: {paho.error_string(rc)}")
+        async with asyncio.timeout(self.config.connect_timeout):
+            waits: list[asyncio.Future[Any]] = [self._connack, self._lost]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not self._connack.done():
+            raise LinkLost(f"the broker closed the connection first: {self._lost.result()}")
+        reason = self._connack.result()
+        if reason.is_failure:
+            raise BrokerRefusedConnection(_v5_code(reason, self._v5), str(reason))
+
+    async def subscribe(self, topic: str, *, retain_as_published: bool = False) -> None:
+        """Subscribe at QoS 1 and wait for the SUBACK; raise BrokerError if refused."""
+        if self._v5:
+            options = SubscribeOptions(qos=1, retainAsPublished=retain_as_published)
+            rc, mid = self._client.subscribe(topic, options=options)
+        else:
+            rc, mid = self._client.subscribe(topic, qos=1)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise LinkLost(f"cannot subscribe to {topic}: {paho.error_string(rc)}")
+        future = self._subscribes[mid] = self._loop.create_future()
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                waits: list[asyncio.Future[Any]] = [future, self._lost]
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._subscribes.pop(mid, None)
+        if future not in done:
+            raise LinkLost(f"lost the broker while subscribing: {self._lost.result()}")
+        if any(code.is_failure for code in future.result()):
+            raise BrokerUnavailable(f"the broker refused the subscription to {topic}")
+
+    async def lost(self) -> str:
+        """Wait until the connection ends; how it ended."""
+        return await asyncio.shield(self._lost)
+
+    async def close(self, *, say: tuple[str, bytes] | None = None, grace: float = 5.0) -> None:
+        """Publish ``say`` (retained, QoS 0: written ahead of the DISCONNECT), then disconnect.
+
+        Waits up to ``grace`` seconds for the DISCONNECT to be written; then
+        drops the socket. Safe to call on a connection that is already lost.
+        """
+        client = self._client
+        if not self._lost.done() and client.socket() is not None:
+            if say is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    client.publish(say[0], say[1], qos=0, retain=True)
+            if client.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await asyncio.shield(self._lost)
+        self._stop_misc()
+        sock = client.socket()
+        if sock is not None:  # the broker never answered: let go of it
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # The publish path ------------------------------------------------------------------
+
+    async def publish_outbox(
+        self,
+        outbox: Outbox,
+        *,
+        window: int = PUBLISH_WINDOW,
+        on_published: Callable[[float], None] | None = None,
+    ) -> None:
+        """Hand ``outbox`` to paho until cancelled, in order; raise LinkLost when the link ends."""
+        self._outbox, self._observe = outbox, on_published
+        try:
+            while not self._lost.done():
+                if self.in_flight >= window:
+                    self._room.clear()
+                    await self._until(self._room.wait())
+                elif (entry := outbox.take_nowait()) is not None:
+                    self._hand(entry)
+                else:
+                    await self._until(outbox.wait_pending())
+            raise LinkLost(self._lost.result())
+        finally:
+            self._client.on_publish = None
+            self._acknowledged.clear()
+            self._unwritten.clear()
+            self._outbox = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._acknowledged) + len(self._unwritten)
+
+    @property
+    def awaits_acknowledgements(self) -> bool:
+        """Whether paho's on_publish is set (only while a QoS 1-2 ack is awaited)."""
+        return self._client.on_publish is not None
+
+    async def _until(self, waiting: Any) -> None:
+        """Await ``waiting``, or until the link is lost (then return)."""
+        task = asyncio.ensure_future(waiting)
+        try:
+            waits: list[asyncio.Future[Any]] = [task, self._lost]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            task.cancel()
+
+    def _hand(self, entry: Entry) -> None:
+        publish = entry.publish
+        assert self._outbox is not None
+        # Under MQTT 3.1.1 the core gives no properties, so this is None.
+        properties = properties_of(publish.properties, publish.correlation_data)
+        if publish.qos and not self._acknowledged:
+            self._client.on_publish = self._on_publish
+        try:
+            info = self._client.publish(
+                publish.topic, publish.payload, publish.qos, publish.retain, properties
+            )
+        except (ValueError, UnicodeError) as exc:
+            # A topic MQTT cannot carry (wildcards, bad UTF-8): drop this message only.
+            logger.warning("cannot publish to %r: %s", publish.topic[:200], exc)
+            self._outbox.done(entry)
+            self._settle()
+            return
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return  # the link is gone; the entry stays unacknowledged and is sent again
+        started = time.monotonic() if self._observe else 0.0
+        if publish.qos:
+            self._acknowledged[info.mid] = (entry, started)
+        else:
+            self._unwritten.append((entry, info, started))
+            if info.is_published():  # written at once
+                self._written()
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, *args: Any) -> None:
+        found = self._acknowledged.pop(mid, None)
+        if found is None:
+            return  # a QoS 0 message written while an ack is awaited: _written has it
+        entry, started = found
+        self._complete(entry, started)
+        self._settle()
+
+    def _written(self) -> None:
+        unwritten = self._unwritten
+        while unwritten and unwritten[0][1].is_published():
+            entry, _, started = unwritten.popleft()
+            self._complete(entry, started)
+
+    def _complete(self, entry: Entry, started: float) -> None:
+        if self._outbox is not None:
+            self._outbox.done(entry)
+        if self._observe is not None:
+            self._observe(time.monotonic() - started)
+        self._room.set()
+
+    def _settle(self) -> None:
+        """No acknowledgement awaited: stop paying for paho's on_publish on every write."""
+        if not self._acknowledged:
+            self._client.on_publish = None
+
+    # paho's callbacks, on the event loop ---------------------------------------------
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, *args: Any
+    ) -> None:
+        if not self._connack.done():
+            self._connack.set_result(reason)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, *args: Any
+    ) -> None:
+        if not self._lost.done():
+            self._lost.set_result(str(reason))
+        self._room.set()
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], *args: Any
+    ) -> None:
+        future = self._subscribes.get(mid)
+        if future is not None and not future.done():
+            future.set_result(list(codes))
+
+    def _on_paho_message(self, client: paho.Client, userdata: Any, message: Any) -> None:
+        try:
+            self._on_message(
+                message.topic, bytes(message.payload), bool(message.retain), _reply_to(message)
+            )
+        except Exception:
+            # No message may end the link, and with it the daemon.
+            logger.exception("failed to handle a message (mid %d)", message.mid)
+        client.ack(message.mid, message.qos)
+
+    def _from_thread(self, callback: Callable[..., None]) -> Callable[..., None]:
+        def in_loop(*args: Any) -> None:
+            self._loop.call_soon_threadsafe(callback, *args)
+
+        return in_loop
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if sock.fileno() > -1:
+            self._loop.add_reader(sock, self._read, client)
+        if self._misc is None:
+            self._misc = self._loop.call_later(MISC_INTERVAL, self._run_misc)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if sock.fileno() > -1:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        self._stop_misc()
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if sock.fileno() > -1:
+            self._loop.add_writer(sock, self._write, client)
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if sock.fileno() > -1:
+            self._loop.remove_writer(sock)
+        self._written()  # paho wrote out everything: every QoS 0 message handed to it
+
+    def _read(self, client: paho.Client) -> None:
+        # A failure closes the socket and calls on_disconnect. TLS may hold decrypted
+        # bytes the selector cannot see: read on while it does.
+        while client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            sock = client.socket()
+            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                return
+
+    def _write(self, client: paho.Client) -> None:
+        client.loop_write()
+
+    def _run_misc(self) -> None:
+        self._misc = None
+        if self._client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._misc = self._loop.call_later(MISC_INTERVAL, self._run_misc)
+
+    def _stop_misc(self) -> None:
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+
+
+def _v5_code(reason: ReasonCode, v5: bool) -> int:
+    """The reason code in MQTT 5 numbering (paho maps 3.1.1 CONNACK codes to v5 ones)."""
+    return int(reason.value)
+
+
+def _reply_to(message: paho.MQTTMessage) -> ReplyTo | None:
+    properties = message.properties
+    topic = getattr(properties, "ResponseTopic", None) if properties else None
+    if not topic:
+        return None
+    correlation = getattr(properties, "CorrelationData", None)
+    return ReplyTo(str(topic), bytes(correlation) if correlation is not None else None)

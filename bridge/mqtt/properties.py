@@ -1,0 +1,54 @@
+"""The MQTT 5 properties of what the bridge publishes, packed once and cached where safe."""
+
+from __future__ import annotations
+
+import functools
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.protocol.contract import UserProperties
+
+
+class _PackedOnce(Properties):
+    """Properties that encode themselves once: paho packs them again for every publish,
+    and relayed events share them (the cache below), so this saves most of the cost."""
+
+    def pack(self) -> bytes:
+        packed: bytes | None = self.__dict__.get("_packed")
+        if packed is None:
+            packed = bytes(super().pack())  # type: ignore[no-untyped-call]  # paho
+            # paho's __setattr__ only admits MQTT property names
+            object.__setattr__(self, "_packed", packed)
+        return packed
+
+
+def properties_of(user: UserProperties, correlation: bytes | None) -> Properties | None:
+    """paho properties for a publish.
+
+    Only those without Correlation Data are cached: relayed events repeat
+    them, while correlation data is a client's choice, and a cache keyed by
+    it would let clients pin memory (up to 64 KiB an entry).
+    """
+    if correlation is None:
+        return cached_properties(user)
+    properties = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho
+    _fill(properties, user)
+    properties.CorrelationData = correlation
+    return properties
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_properties(user: UserProperties) -> Properties | None:
+    """The properties of messages without correlation data, one object per distinct set."""
+    if not user:
+        return None
+    properties = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho
+    _fill(properties, user)
+    return properties
+
+
+def _fill(properties: Properties, user: UserProperties) -> None:
+    if user:
+        properties.UserProperty = list(user)
+        properties.ContentType = "application/json"

@@ -1,0 +1,43 @@
+"""What the core asks its drivers to do: publish, or open, send to, close or abort an upstream.
+
+:class:`BridgeCore` returns a list of these for every fact it is given; the
+supervisor performs them in order. :class:`~bridge.protocol.messages.Publish`
+goes to the broker; the others go to the upstream connection of their id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bridge.protocol.messages import Publish
+
+
+@dataclass(frozen=True, slots=True)
+class OpenUpstream:
+    connection_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendUpstream:
+    """Send a client event; report :meth:`BridgeCore.upstream_written` with ``len(data)``
+    once it is written or dropped (the waiting-bytes budget counts it until then)."""
+
+    connection_id: str
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseUpstream:
+    connection_id: str
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AbortUpstream:
+    """Give up a handshake in progress (it then fails), or drop an open connection at once."""
+
+    connection_id: str
+
+
+Action = Publish | OpenUpstream | SendUpstream | CloseUpstream | AbortUpstream

@@ -1,0 +1,102 @@
+"""The messages the core hands to the adapters, and what each one means.
+
+:class:`Publish` is one MQTT message to send, :class:`ReplyTo` where an MQTT v5
+command asked for its answer to go as well. A Publish the bridge says
+something with (an ack, an error, a notice) and a relayed
+``response.completed`` carry an :data:`Outcome`: what happened, in typed form,
+for the operations side (metrics, ``P/bridge/info``), which never parses the
+payload. Ordinary relayed events, and the copies sent to response topics,
+carry none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bridge.protocol.contract import Rejection, UserProperties
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTo:
+    """Where an MQTT v5 command asked for its acknowledgement to go as well."""
+
+    topic: str
+    correlation_data: bytes | None = None
+
+
+# What a message means ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """A ``connect`` or ``send`` was carried out and acknowledged (``close``: UpstreamClosed)."""
+
+    connection_id: str
+    action: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An error event was published: a command refused, or (``action`` None,
+    ``invalid_server_event``) a server frame that could not be relayed."""
+
+    connection_id: str
+    rejection: Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamClosed:
+    """An upstream connection ended, and the message saying so was published.
+
+    That is the ``close`` ack when a close was asked for (``answered_command``
+    when a client's ``close`` asked, not the bridge's stop), else a
+    ``disconnected`` notice (``disconnected``).
+    """
+
+    connection_id: str
+    code: int
+    reason: str
+    answered_command: bool = False
+    disconnected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCompleted:
+    """A ``response.completed`` server event was relayed (``raw`` as sent: it holds the usage)."""
+
+    connection_id: str
+    raw: bytes
+
+
+Outcome = Acknowledged | Refused | UpstreamClosed | ResponseCompleted
+
+
+# The message -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish one message. ``relayed`` marks a server event (the hot path);
+    ``retain`` is for the adapter's own announcements (the core never retains);
+    ``outcome`` says what the message means, for the operations side."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    properties: UserProperties = ()
+    correlation_data: bytes | None = None
+    relayed: bool = False
+    retain: bool = False
+    outcome: Outcome | None = None
+
+
+__all__ = [
+    "Acknowledged",
+    "Outcome",
+    "Publish",
+    "Refused",
+    "ReplyTo",
+    "ResponseCompleted",
+    "UpstreamClosed",
+    "UserProperties",
+]

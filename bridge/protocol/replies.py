@@ -1,0 +1,217 @@
+"""What the bridge itself says: acks, errors and notices.
+
+The JSON objects the contract promises (``connect_ack`` ... ``error_event``),
+and :class:`Replies`, which turns one into the Publish actions that carry it:
+on the id's events topic with the MQTT v5 user properties, a copy to the
+command's response topic, and the :data:`~bridge.protocol.messages.Outcome`
+the operations side reads instead of the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bridge.protocol.actions import Action
+from bridge.protocol.contract import (
+    CLOSE,
+    CONNECT,
+    DIRECTION_BRIDGE,
+    DISCONNECTED,
+    INVALID_SERVER_EVENT,
+    OBJECT_CLIENT_EVENT,
+    OBJECT_CONNECTION,
+    OBJECT_ERROR,
+    SEND,
+    Close,
+    Connect,
+    Rejection,
+    Send,
+    Topics,
+    user_properties,
+)
+from bridge.protocol.messages import (
+    Acknowledged,
+    Outcome,
+    Publish,
+    Refused,
+    ReplyTo,
+    UpstreamClosed,
+)
+
+
+class Replies:
+    """Builds the Publish actions of the bridge's own messages, each with its outcome.
+
+    The message goes to the id's events topic; when the command asked for an
+    MQTT v5 response topic, a copy goes there too (without an outcome: the
+    operations side counts each answer once).
+    """
+
+    def __init__(self, topics: Topics, *, url: str, qos: int, v5: bool) -> None:
+        self.topics = topics
+        self.url = url  # the upstream URL the connect ack shows (redacted)
+        self.qos = qos
+        self.v5 = v5
+
+    def connected(self, connect: Connect, reply_to: ReplyTo | None) -> list[Action]:
+        connection_id = connect.connection_id
+        ack = connect_ack(connection_id, self.url, connect.request_id)
+        return self._say(
+            connection_id, ack, CONNECT, Acknowledged(connection_id, CONNECT), reply_to
+        )
+
+    def sent(self, send: Send, reply_to: ReplyTo | None) -> list[Action]:
+        connection_id = send.connection_id
+        ack = send_ack(connection_id, send.event_type, send.request_id)
+        return self._say(connection_id, ack, SEND, Acknowledged(connection_id, SEND), reply_to)
+
+    def closed(
+        self, close: Close, reply_to: ReplyTo | None, *, answered_command: bool
+    ) -> list[Action]:
+        """The close ack; ``answered_command`` is False for the bridge's own stop."""
+        connection_id = close.connection_id
+        ack = close_ack(connection_id, close.code, close.reason, close.request_id)
+        outcome = UpstreamClosed(
+            connection_id, close.code, close.reason, answered_command=answered_command
+        )
+        return self._say(connection_id, ack, CLOSE, outcome, reply_to)
+
+    def disconnected(self, connection_id: str, code: int, reason: str) -> list[Action]:
+        notice = disconnected_notice(connection_id, code, reason)
+        outcome = UpstreamClosed(connection_id, code, reason, disconnected=True)
+        return self._say(connection_id, notice, DISCONNECTED, outcome, None)
+
+    def refuse(
+        self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
+    ) -> list[Action]:
+        """The error event that says ``rejection``."""
+        error = rejection_event(connection_id, rejection)
+        return self._say(connection_id, error, "error", Refused(connection_id, rejection), reply_to)
+
+    def invalid_server_event(self, connection_id: str, raw: bytes) -> Publish:
+        """The error event that stands for a server frame that cannot be relayed."""
+        rejection = Rejection(
+            INVALID_SERVER_EVENT,
+            f"the upstream sent a frame that is not a JSON object with a type: {raw[:120]!r}",
+        )
+        error = rejection_event(connection_id, rejection)
+        return self._publish(connection_id, error, "error", Refused(connection_id, rejection))
+
+    def _say(
+        self,
+        connection_id: str,
+        message: dict[str, Any],
+        event_type: str,
+        outcome: Outcome,
+        reply_to: ReplyTo | None,
+    ) -> list[Action]:
+        publish = self._publish(connection_id, message, event_type, outcome)
+        if reply_to is None:
+            return [publish]
+        copy = Publish(
+            reply_to.topic, publish.payload, self.qos, publish.properties, reply_to.correlation_data
+        )
+        return [publish, copy]
+
+    def _publish(
+        self, connection_id: str, message: dict[str, Any], event_type: str, outcome: Outcome
+    ) -> Publish:
+        """``message`` on the events topic; ``event_type`` is the user property of that name."""
+        properties = user_properties(connection_id, DIRECTION_BRIDGE, event_type) if self.v5 else ()
+        topic = self.topics.events(connection_id)
+        return Publish(topic, encode(message), self.qos, properties, outcome=outcome)
+
+
+# The objects, as the README's contract shows them --------------------------------------
+
+
+def connect_ack(connection_id: str, url: str, request_id: str | None) -> dict[str, Any]:
+    return _with_request_id(
+        {
+            "object": OBJECT_CONNECTION,
+            "action": CONNECT,
+            "connection_id": connection_id,
+            "url": url,
+        },
+        request_id,
+    )
+
+
+def send_ack(connection_id: str, event_type: str, request_id: str | None) -> dict[str, Any]:
+    return _with_request_id(
+        {
+            "object": OBJECT_CLIENT_EVENT,
+            "action": SEND,
+            "connection_id": connection_id,
+            "event_type": event_type,
+        },
+        request_id,
+    )
+
+
+def close_ack(connection_id: str, code: int, reason: str, request_id: str | None) -> dict[str, Any]:
+    return _with_request_id(
+        {
+            "object": OBJECT_CONNECTION,
+            "action": CLOSE,
+            "connection_id": connection_id,
+            "code": code,
+            "reason": reason,
+        },
+        request_id,
+    )
+
+
+def disconnected_notice(connection_id: str, code: int, reason: str) -> dict[str, Any]:
+    return {
+        "object": OBJECT_CONNECTION,
+        "action": DISCONNECTED,
+        "connection_id": connection_id,
+        "code": code,
+        "reason": reason,
+    }
+
+
+def error_event(
+    connection_id: str,
+    code: str,
+    message: str,
+    *,
+    action: str | None,
+    request_id: str | None = None,
+    status: int | None = None,
+) -> dict[str, Any]:
+    """The error event answering one rejected command (``action`` null if unreadable)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if status is not None:
+        error["status"] = status
+    return _with_request_id(
+        {"object": OBJECT_ERROR, "action": action, "connection_id": connection_id, "error": error},
+        request_id,
+    )
+
+
+def rejection_event(connection_id: str, rejection: Rejection) -> dict[str, Any]:
+    """The error event that says ``rejection``."""
+    return error_event(
+        connection_id,
+        rejection.code,
+        rejection.message,
+        action=rejection.action,
+        request_id=rejection.request_id,
+        status=rejection.status,
+    )
+
+
+def _with_request_id(message: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+    if request_id is not None:
+        message["request_id"] = request_id
+    return message
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, the form of every message the bridge publishes."""
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    # A lone surrogate (only from a caller's bug or a hostile id) becomes a JSON escape.
+    return text.encode("utf-8", "backslashreplace")
