@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from bridge.backoff import backoff_delays
 from bridge.daemon.config import MqttConfig
 from bridge.errors import BrokerError, BrokerRefused
 from bridge.mqtt.client import (
@@ -62,8 +62,8 @@ class Inbound:
     reply_to: ReplyTo | None
 
 
-def classify(exc: BaseException, *, ever_connected: bool) -> BrokerError | None:
-    """The retry policy: None if reconnecting may help, else the error to stop with.
+def fatal_error(exc: BaseException, *, ever_connected: bool) -> BrokerError | None:
+    """The broker retry policy: None if reconnecting may help, else the error to stop with.
 
     A refused login at the very first connect is a configuration mistake and
     stops the daemon; once we were connected, the broker may be restarting
@@ -82,19 +82,6 @@ def classify(exc: BaseException, *, ever_connected: bool) -> BrokerError | None:
     if isinstance(exc, BrokerError):
         return exc
     return BrokerError(f"unexpected broker error: {exc!r}")
-
-
-def backoff_delays(initial: float, maximum: float) -> Callable[[], float]:
-    """Exponential backoff with jitter: ``initial`` doubling up to ``maximum``."""
-    attempt = 0
-
-    def next_delay() -> float:
-        nonlocal attempt
-        delay = min(maximum, initial * float(2**attempt))
-        attempt += 1
-        return delay * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not cryptography)
-
-    return next_delay
 
 
 class _PahoLevels(logging.Filter):
@@ -190,7 +177,7 @@ class MqttLink:
                     await connection.close(say=offline)
                 return
             except (BrokerError, OSError, TimeoutError) as exc:
-                fatal = classify(exc, ever_connected=self.connects > 0)
+                fatal = fatal_error(exc, ever_connected=self.connects > 0)
                 if fatal is not None:
                     raise fatal from exc
                 self._lost(exc, was_up=connected_at is not None)

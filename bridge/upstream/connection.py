@@ -1,7 +1,7 @@
 """The upstream side: Responses WebSockets through the `websockets` library.
 
 :class:`Upstream` opens connections to the configured endpoint (with its one
-retry policy, :func:`classify`); :class:`UpstreamConnection` is one open
+retry policy, :func:`upstream_error` and :func:`retryable`); :class:`UpstreamConnection` is one open
 socket, with an ordered writer and a reader that hands each server event, as
 the raw bytes of its text frame, to a callback. Nothing above this module sees
 a websockets object, and no error leaving it contains a secret.
@@ -21,6 +21,7 @@ from typing import Final
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from bridge.backoff import backoff_delays
 from bridge.daemon.config import OpenAIConfig
 from bridge.errors import UpstreamError
 from bridge.protocol.redaction import Redactor
@@ -30,11 +31,12 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS: Final = frozenset({500, 502, 503, 504})
 RETRY_DELAY: Final = 0.5  # doubled per attempt; short, a person is waiting for the ack
+RETRY_MAX_DELAY: Final = 4.0
 ABNORMAL_CLOSURE: Final = 1006
 _BODY_EXCERPT: Final = 300
 
 
-def classify(exc: Exception, endpoint: Endpoint, redactor: Redactor) -> UpstreamError:
+def upstream_error(exc: Exception, endpoint: Endpoint, redactor: Redactor) -> UpstreamError:
     """Turn a failed handshake into an UpstreamError with nothing secret in it.
 
     The server's words and the exception's text go through ``redactor``.
@@ -106,6 +108,7 @@ class Upstream:
     async def open(self) -> UpstreamConnection:
         """Open one connection, retrying what may pass; raise UpstreamError otherwise."""
         attempts = self.config.connect_attempts
+        next_delay = backoff_delays(RETRY_DELAY, RETRY_MAX_DELAY)
         for attempt in range(1, attempts + 1):
             try:
                 websocket = await connect(
@@ -124,11 +127,11 @@ class Upstream:
                     logger=logging.getLogger("bridge.websockets"),
                 )
             except Exception as exc:
-                error = classify(exc, self.endpoint, self.redactor)
+                error = upstream_error(exc, self.endpoint, self.redactor)
                 if attempt == attempts or not retryable(error):
                     raise error from None
                 logger.warning("upstream attempt %d/%d failed: %s", attempt, attempts, error)
-                await asyncio.sleep(RETRY_DELAY * 2 ** (attempt - 1))
+                await asyncio.sleep(next_delay())
             else:
                 return UpstreamConnection(websocket)
         raise AssertionError("unreachable")  # the loop returns or raises

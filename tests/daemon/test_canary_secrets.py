@@ -26,7 +26,7 @@ from bridge.daemon import logs
 from bridge.daemon.config import Settings, load_settings
 from bridge.errors import ConfigError
 from bridge.ops.info import Tally, info_document
-from bridge.upstream.connection import Upstream, classify
+from bridge.upstream.connection import Upstream, upstream_error
 from bridge.upstream.endpoint import build_endpoint
 from bridge_tools.simulator import Simulator, SimulatorOptions
 from tests.conftest import KEY as BRIDGE_KEY
@@ -210,11 +210,11 @@ def test_the_retained_info_never_holds_a_secret_value() -> None:
 
 
 def test_an_upstream_error_never_holds_a_secret_value() -> None:
-    """classify scrubs an exception's text with the endpoint's redactor (and what it adds)."""
+    """upstream_error scrubs an exception's text with the endpoint's redactor (and what it adds)."""
     settings = settings_for(f"http://u:{USERINFO_PASSWORD}@gw.example/v1")
     upstream = Upstream(settings.endpoint, settings.config.openai, (PASSWORD,))
     failure = OSError(f"cannot reach u:{USERINFO_PASSWORD}@gw.example with {PASSWORD}")
-    error = classify(failure, settings.endpoint, upstream.redactor)
+    error = upstream_error(failure, settings.endpoint, upstream.redactor)
     for secret in (USERINFO_PASSWORD, PASSWORD):
         assert secret not in str(error)
     assert str(error).startswith("ws://REDACTED@gw.example/v1/responses: OSError: ")

@@ -137,7 +137,7 @@ async def test_commands_are_handled_as_read_and_a_failing_handler_costs_one(
 
 
 async def test_a_refused_login_is_a_refusal_with_its_code(tmp_path: Any) -> None:
-    """A CONNACK failure comes back as BrokerRefusedConnection (what classify reads)."""
+    """A CONNACK failure comes back as BrokerRefusedConnection (what fatal_error reads)."""
     broker = Broker(tmp_path)
     text = broker.config.read_text().replace("allow_anonymous true", "allow_anonymous false")
     broker.config.write_text(text)
