@@ -181,6 +181,14 @@ class ShutdownConfig(_Section):
     grace_seconds: float = Field(10.0, gt=0)
 
 
+class SessionsConfig(_Section):
+    """How the bridge looks after connections (section ``sessions``)."""
+
+    # Seconds with no command and no request in flight after which a connection
+    # is closed (1000, `disconnected` "idle timeout"); 0 switches it off.
+    idle_timeout: float = Field(600.0, ge=0)
+
+
 class LoggingConfig(_Section):
     """Log output (section ``logging``)."""
 
@@ -220,6 +228,7 @@ class Config(_Section):
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)

@@ -47,6 +47,7 @@ BUFFER_FULL_CODE: Final = 1013  # "try again later": the broker side cannot take
 BROKER_FLUSH_GRACE: Final = 5.0  # seconds to deliver what is buffered once upstreams are closed
 # Room in an inbound packet for its topic and properties besides the payload.
 PACKET_OVERHEAD_BYTES: Final = 256 * 1024
+IDLE_SWEEP_INTERVAL: Final = 1.0  # seconds between looks for idle connections, at most
 
 
 @dataclass(eq=False, slots=True)
@@ -78,6 +79,7 @@ class Service:
             limits=config.limits,
             v5=config.mqtt.protocol == "5",
             redactor=settings.redactor,
+            idle_timeout=config.sessions.idle_timeout or None,
             response_topics=ResponseTopicPolicy(
                 allowed=config.mqtt.response_topics,
                 refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),
@@ -126,6 +128,7 @@ class Service:
         link = asyncio.create_task(self.link.run(), name="bridge.mqtt_link")
         ready = asyncio.create_task(self.link.connected.wait(), name="bridge.ready")
         stopping = asyncio.create_task(stop.wait(), name="bridge.stop")
+        sweeper = asyncio.create_task(self._sweep_idle(), name="bridge.idle_sweep")
         try:
             done, _ = await asyncio.wait(
                 [link, ready, stopping], return_when=asyncio.FIRST_COMPLETED
@@ -140,13 +143,23 @@ class Service:
             await self._shutdown()
             await link
         finally:
-            for task in (ready, stopping):
+            for task in (ready, stopping, sweeper):
                 task.cancel()
             await self._cancel_all()
             # However run ends (an error, a second signal), the link says `offline`
             # before it goes: give it the time to.
             link.cancel()
             await asyncio.wait([link], timeout=BROKER_FLUSH_GRACE)
+
+    async def _sweep_idle(self) -> None:
+        """Close connections idle for ``sessions.idle_timeout`` (checked every second or so)."""
+        timeout = self.core.idle_timeout
+        if timeout is None:
+            return
+        interval = min(IDLE_SWEEP_INTERVAL, timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self._perform(self.core.sweep(time.monotonic()))
 
     # Inbound facts ------------------------------------------------------------------
 

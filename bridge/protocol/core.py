@@ -28,6 +28,7 @@ from bridge.protocol import contract
 from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream, OpenUpstream, SendUpstream
 from bridge.protocol.backlogs import Backlogs
 from bridge.protocol.contract import Close, Command, Connect, Rejection, Send, Topics, rejection_of
+from bridge.protocol.idle import REQUEST_ENDING_EVENTS, IdleTracker
 from bridge.protocol.intake import CommandIntake
 from bridge.protocol.limits import LimitsConfig
 from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted
@@ -41,7 +42,9 @@ RESPONSE_COMPLETED: Final = "response.completed"
 # event is relayed byte for byte, unread.
 _SCRUBBED_EVENT_TYPES: Final = frozenset({"error", "response.failed"})
 # Server events that need more than relaying: one set lookup per event finds them.
-_NOTABLE_EVENT_TYPES: Final = _SCRUBBED_EVENT_TYPES | {RESPONSE_COMPLETED}
+_NOTABLE_EVENT_TYPES: Final = _SCRUBBED_EVENT_TYPES | {RESPONSE_COMPLETED} | REQUEST_ENDING_EVENTS
+IDLE_CLOSE_CODE: Final = 1000
+IDLE_CLOSE_REASON: Final = "idle timeout"
 
 
 class Phase(enum.Enum):
@@ -80,8 +83,11 @@ class BridgeCore:
         v5: bool = True,
         response_topics: ResponseTopicPolicy | None = None,
         redactor: Redactor | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.topics = topics
+        self.idle_timeout = idle_timeout  # seconds; None: connections are never closed as idle
+        self._idle = IdleTracker()
         self.url = url
         self.qos = qos
         self.limits = limits or LimitsConfig()
@@ -142,7 +148,10 @@ class BridgeCore:
         if arrival.at_once or (
             connection_id not in self._backlogs and not self._busy(connection_id)
         ):
-            return self._execute(connection_id, parsed, reply_to)
+            actions = self._execute(connection_id, parsed, reply_to)
+            self._idle.active(connection_id, now)
+            return actions
+        self._idle.active(connection_id, now)
         problem = self._backlogs.add(connection_id, parsed, reply_to)
         if problem is not None:
             rejection = rejection_of(parsed, contract.LIMIT_REACHED, problem)
@@ -176,6 +185,7 @@ class BridgeCore:
         """The handshake of an OPENING connection failed or was aborted."""
         connection = self._expect(connection_id, Phase.OPENING)
         del self._connections[connection_id]
+        self._idle.forget(connection_id)
         if self.draining:
             code, message, status = contract.SHUTTING_DOWN, "the bridge is shutting down", None
         else:
@@ -195,6 +205,8 @@ class BridgeCore:
             return self.replies.invalid_server_event(connection_id, raw)
         outcome = None
         if event_type in _NOTABLE_EVENT_TYPES:
+            if event_type in REQUEST_ENDING_EVENTS:
+                self._idle.request_ended(connection_id)
             if event_type == RESPONSE_COMPLETED:
                 outcome = ResponseCompleted(connection_id, raw)
             else:
@@ -213,6 +225,7 @@ class BridgeCore:
         connection = self._connections.pop(connection_id, None)
         if connection is None or connection.phase is Phase.OPENING:
             raise InvalidState(f"close of a connection that is not open: {connection_id!r}")
+        self._idle.forget(connection_id)
         if connection.notice is not None:
             actions = self.replies.disconnected(connection_id, *connection.notice)
         elif connection.close is not None:
@@ -235,6 +248,7 @@ class BridgeCore:
         connection = self._connections.pop(connection_id, None)
         if connection is None:
             return []
+        self._idle.forget(connection_id)
         if connection.phase is Phase.OPENING:
             rejection = rejection_of(
                 connection.connect,
@@ -261,6 +275,22 @@ class BridgeCore:
         connection.notice = (code, reason)
         connection.phase = Phase.CLOSING
         return [AbortUpstream(connection_id)]
+
+    def sweep(self, now: float) -> list[Action]:
+        """Close (code 1000) every open connection idle for ``idle_timeout`` at ``now``.
+
+        Each is then reported ``disconnected`` with reason ``idle timeout``.
+        """
+        if self.idle_timeout is None or self.draining:
+            return []
+        open_ids = [cid for cid, c in self._connections.items() if c.phase is Phase.OPEN]
+        actions: list[Action] = []
+        for connection_id in self._idle.due(open_ids, now, self.idle_timeout):
+            connection = self._connections[connection_id]
+            connection.phase = Phase.CLOSING
+            connection.notice = (IDLE_CLOSE_CODE, IDLE_CLOSE_REASON)
+            actions.append(CloseUpstream(connection_id, IDLE_CLOSE_CODE, IDLE_CLOSE_REASON))
+        return actions
 
     def begin_shutdown(self) -> list[Action]:
         """Stop taking commands and close every connection (code 1001)."""
@@ -335,6 +365,7 @@ class BridgeCore:
         self._connections[connection_id] = _Connection(
             self.topics.events(connection_id), command, reply_to
         )
+        self._idle.opened(connection_id)
         return [OpenUpstream(connection_id)]
 
     def _send(self, command: Send, reply_to: ReplyTo | None) -> list[Action]:
@@ -351,6 +382,7 @@ class BridgeCore:
                 command, contract.LIMIT_REACHED, self._backlogs.budget_problem(), reply_to
             )
         self._backlogs.hold(len(command.event))
+        self._idle.request_sent(connection_id)
         # The acknowledgement is queued before the event goes upstream, so it
         # always comes before the server events the event causes.
         actions = self.replies.sent(command, reply_to)
