@@ -29,6 +29,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from bridge.daemon.config_sources import (
@@ -45,6 +46,12 @@ from bridge.daemon.secrets import Secret, resolve_secret, resolve_tls
 from bridge.errors import ConfigError
 from bridge.protocol.limits import MIB, LimitsConfig
 from bridge.protocol.redaction import Redactor
+from bridge.protocol.sessions import (
+    DEFAULT_PROFILE,
+    ProfileConfig,
+    SessionsConfig,
+    default_profiles,
+)
 from bridge.upstream.endpoint import (
     REDACTED,
     Endpoint,
@@ -181,14 +188,6 @@ class ShutdownConfig(_Section):
     grace_seconds: float = Field(10.0, gt=0)
 
 
-class SessionsConfig(_Section):
-    """How the bridge looks after connections (section ``sessions``)."""
-
-    # Seconds with no command and no request in flight after which a connection
-    # is closed (1000, `disconnected` "idle timeout"); 0 switches it off.
-    idle_timeout: float = Field(600.0, ge=0)
-
-
 class LoggingConfig(_Section):
     """Log output (section ``logging``)."""
 
@@ -229,6 +228,20 @@ class Config(_Section):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    profiles: dict[str, ProfileConfig] = Field(default_factory=default_profiles)
+
+    @model_validator(mode="after")
+    def _profiles_known(self) -> Config:
+        if DEFAULT_PROFILE not in self.profiles:
+            raise ValueError(f"profiles needs a profile named {DEFAULT_PROFILE!r}")
+        for pattern, profile in self.sessions.profile_by_id.items():
+            if profile not in self.profiles:
+                raise ValueError(
+                    f"sessions.profile_by_id maps {pattern!r} to {profile!r}, "
+                    "which is not in profiles"
+                )
+        return self
+
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)

@@ -79,7 +79,8 @@ class Service:
             limits=config.limits,
             v5=config.mqtt.protocol == "5",
             redactor=settings.redactor,
-            idle_timeout=config.sessions.idle_timeout or None,
+            sessions=config.sessions,
+            profiles=config.profiles,
             response_topics=ResponseTopicPolicy(
                 allowed=config.mqtt.response_topics,
                 refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),

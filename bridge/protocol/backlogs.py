@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from bridge.protocol.contract import Command, Rejection, Send
+from bridge.protocol.contract import Ask, Command, Rejection, Send
 from bridge.protocol.messages import ReplyTo
 
 MAX_BACKLOG: Final = 100  # commands waiting behind one connect/close; more are refused
@@ -40,9 +40,15 @@ class Backlogs:
         return list(self._queues)
 
     def add(
-        self, connection_id: str, parsed: Command | Rejection, reply_to: ReplyTo | None
+        self,
+        connection_id: str,
+        parsed: Command | Rejection,
+        reply_to: ReplyTo | None,
+        *,
+        first: bool = False,
     ) -> str | None:
-        """Queue a command behind the id's others; or say why it cannot wait."""
+        """Queue a command behind the id's others (``first``: ahead of them); or say why
+        it cannot wait."""
         queue = self._queues.get(connection_id)
         if queue is not None and len(queue) >= MAX_BACKLOG:
             return f"more than {MAX_BACKLOG} commands are waiting for this connection"
@@ -51,7 +57,10 @@ class Backlogs:
             return self.budget_problem()
         if queue is None:
             queue = self._queues[connection_id] = deque()
-        queue.append((parsed, reply_to, size))
+        if first:
+            queue.appendleft((parsed, reply_to, size))
+        else:
+            queue.append((parsed, reply_to, size))
         self.waiting_bytes += size
         return None
 
@@ -87,7 +96,12 @@ class Backlogs:
 
 def _entry_size(parsed: Command | Rejection, reply_to: ReplyTo | None) -> int:
     """What a waiting command holds in memory, as counted against the budget."""
-    size = len(parsed.event) if isinstance(parsed, Send) else _SMALL_ENTRY_BYTES
+    if isinstance(parsed, Send):
+        size = len(parsed.event)
+    elif isinstance(parsed, Ask):
+        size = parsed.size
+    else:
+        size = _SMALL_ENTRY_BYTES
     if reply_to is not None:
         size += len(reply_to.topic) + len(reply_to.correlation_data or b"")
     return size

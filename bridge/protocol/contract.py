@@ -30,8 +30,11 @@ MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455 §5.5: a control frame payload i
 CONNECT: Final = "connect"
 SEND: Final = "send"
 CLOSE: Final = "close"
+ASK: Final = "ask"
 DISCONNECTED: Final = "disconnected"
-ACTIONS: Final = (CONNECT, SEND, CLOSE)
+MAX_PROFILE_NAME_LENGTH: Final = 64
+ACTIONS: Final = (CONNECT, SEND, CLOSE, ASK)
+_ACTION_NAMES: Final = "connect, send, close or ask"
 
 OBJECT_CONNECTION: Final = "response.websocket.connection"
 OBJECT_CLIENT_EVENT: Final = "response.websocket.client_event"
@@ -62,6 +65,7 @@ SHUTTING_DOWN: Final = "shutting_down"
 RETAINED_COMMAND: Final = "retained_command"
 RESPONSE_TOPIC_NOT_ALLOWED: Final = "response_topic_not_allowed"
 INTERNAL_ERROR: Final = "internal_error"
+UNKNOWN_PROFILE: Final = "unknown_profile"
 INVALID_SERVER_EVENT: Final = "invalid_server_event"
 EVENT_BUFFER_FULL: Final = "event_buffer_full"
 
@@ -149,6 +153,7 @@ class Connect:
     action: ClassVar[str] = CONNECT
     connection_id: str
     request_id: str | None = None
+    profile: str | None = None  # None: sessions.profile_by_id, else `default`
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +174,20 @@ class Close:
     request_id: str | None = None
 
 
-Command = Connect | Send | Close
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One turn of a conversation the bridge keeps: opens the connection if needed."""
+
+    action: ClassVar[str] = ASK
+    connection_id: str
+    input: str | tuple[Any, ...]  # text, or Responses input items
+    new_conversation: bool = False
+    request_id: str | None = None
+    size: int = 0  # bytes of the command: what the turn holds in memory
+    profile: str | None = None  # the profile of a connection this ask opens
+
+
+Command = Connect | Send | Close | Ask
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,16 +247,19 @@ def parse_command(
     action = document.get("action")
     if not isinstance(action, str):
         return Rejection(
-            INVALID_COMMAND, "action must be a string: connect, send or close", None, request_id
+            INVALID_COMMAND, f"action must be a string: {_ACTION_NAMES}", None, request_id
         )
     if action not in ACTIONS:
         return Rejection(
             UNKNOWN_ACTION,
-            f"unknown action {elide(action)!r}: expected connect, send or close",
+            f"unknown action {elide(action)!r}: expected {_ACTION_NAMES}",
             elide(action),
             request_id,
         )
     try:
+        if action == ASK:
+            check_claimed_id(connection_id, document)
+            return _parse_ask(connection_id, document, request_id, len(payload))
         return _parse_action(connection_id, action, document, request_id, allowed_event_types)
     except CommandError as exc:  # raised by the helpers below, handed out as a value
         return Rejection(exc.code, exc.message, action, request_id)
@@ -274,6 +295,16 @@ def _parse_action(
     request_id: str | None,
     allowed_event_types: frozenset[str],
 ) -> Command:
+    check_claimed_id(connection_id, document)
+    if action == CONNECT:
+        return Connect(connection_id, request_id, _profile_of(document))
+    if action == SEND:
+        return _parse_send(connection_id, document, request_id, allowed_event_types)
+    return _parse_close(connection_id, document, request_id)
+
+
+def check_claimed_id(connection_id: str, document: dict[str, Any]) -> None:
+    """The topic's id must be usable, and ``connection_id``, if given, must be it."""
     claimed = document.get("connection_id")
     if claimed is not None:
         if not isinstance(claimed, str):
@@ -284,11 +315,35 @@ def _parse_action(
                 f"connection_id {elide(claimed)!r} does not match the topic's {connection_id!r}",
             )
     check_connection_id(connection_id)
-    if action == CONNECT:
-        return Connect(connection_id, request_id)
-    if action == SEND:
-        return _parse_send(connection_id, document, request_id, allowed_event_types)
-    return _parse_close(connection_id, document, request_id)
+
+
+def _profile_of(document: dict[str, Any]) -> str | None:
+    profile = document.get("profile")
+    if profile is not None and not (
+        isinstance(profile, str) and 0 < len(profile) <= MAX_PROFILE_NAME_LENGTH
+    ):
+        raise CommandError(
+            INVALID_COMMAND, f"profile must be a name of 1-{MAX_PROFILE_NAME_LENGTH} characters"
+        )
+    return profile
+
+
+def _parse_ask(
+    connection_id: str, document: dict[str, Any], request_id: str | None, size: int
+) -> Ask:
+    text = document.get("input")
+    if isinstance(text, str) and text:
+        turn_input: str | tuple[Any, ...] = text
+    elif isinstance(text, list) and text and all(isinstance(item, dict) for item in text):
+        turn_input = tuple(text)
+    else:
+        raise CommandError(
+            INVALID_COMMAND, "ask needs an 'input': a non-empty string or array of input items"
+        )
+    new_conversation = document.get("new_conversation", False)
+    if not isinstance(new_conversation, bool):
+        raise CommandError(INVALID_COMMAND, "new_conversation must be true or false")
+    return Ask(connection_id, turn_input, new_conversation, request_id, size, _profile_of(document))
 
 
 def _parse_send(

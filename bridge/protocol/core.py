@@ -19,15 +19,25 @@ messages the bridge says are built by :mod:`bridge.protocol.replies`.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Final
 
 from bridge.errors import InvalidState
 from bridge.protocol import contract
 from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream, OpenUpstream, SendUpstream
 from bridge.protocol.backlogs import Backlogs
-from bridge.protocol.contract import Close, Command, Connect, Rejection, Send, Topics, rejection_of
+from bridge.protocol.connections import Connection, Phase
+from bridge.protocol.contract import (
+    Ask,
+    Close,
+    Command,
+    Connect,
+    Rejection,
+    Send,
+    Topics,
+    rejection_of,
+)
+from bridge.protocol.endings import ConnectionEndings
 from bridge.protocol.idle import REQUEST_ENDING_EVENTS, IdleTracker
 from bridge.protocol.intake import CommandIntake
 from bridge.protocol.limits import LimitsConfig
@@ -35,6 +45,13 @@ from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies
 from bridge.protocol.response_topics import ResponseTopicPolicy
+from bridge.protocol.sessions import (
+    Conversations,
+    ProfileConfig,
+    SessionsConfig,
+    default_profiles,
+)
+from bridge.protocol.turns import AskTurns
 
 RESPONSE_COMPLETED: Final = "response.completed"
 # Server events that carry an error message: the only ones scrubbed of the
@@ -43,29 +60,9 @@ RESPONSE_COMPLETED: Final = "response.completed"
 _SCRUBBED_EVENT_TYPES: Final = frozenset({"error", "response.failed"})
 # Server events that need more than relaying: one set lookup per event finds them.
 _NOTABLE_EVENT_TYPES: Final = _SCRUBBED_EVENT_TYPES | {RESPONSE_COMPLETED} | REQUEST_ENDING_EVENTS
-IDLE_CLOSE_CODE: Final = 1000
-IDLE_CLOSE_REASON: Final = "idle timeout"
 
 
-class Phase(enum.Enum):
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"
-
-
-@dataclass(slots=True)
-class _Connection:
-    events_topic: str
-    connect: Connect
-    connect_reply: ReplyTo | None
-    phase: Phase = Phase.OPENING
-    close: Close | None = None
-    close_reply: ReplyTo | None = None
-    closed_by_bridge: bool = False  # the close is the bridge's stop: it answers no command
-    notice: tuple[int, str] | None = None  # a bridge-decided end: reported as `disconnected`
-
-
-class BridgeCore:
+class BridgeCore(AskTurns, ConnectionEndings):
     """Protocol logic of the whole bridge, for every connection id, with no I/O.
 
     Every input method returns the actions to perform, in order. Perform
@@ -83,11 +80,16 @@ class BridgeCore:
         v5: bool = True,
         response_topics: ResponseTopicPolicy | None = None,
         redactor: Redactor | None = None,
-        idle_timeout: float | None = None,
+        sessions: SessionsConfig | None = None,
+        profiles: Mapping[str, ProfileConfig] | None = None,
     ) -> None:
         self.topics = topics
-        self.idle_timeout = idle_timeout  # seconds; None: connections are never closed as idle
+        sessions = sessions or SessionsConfig(idle_timeout=0)
+        # Seconds; None: connections are never closed as idle.
+        self.idle_timeout: float | None = sessions.idle_timeout or None
         self._idle = IdleTracker()
+        self.conversations = Conversations(profiles or default_profiles(), sessions)
+        self._clock = 0.0  # the latest `now` the core was given (for turns run from backlogs)
         self.url = url
         self.qos = qos
         self.limits = limits or LimitsConfig()
@@ -99,7 +101,7 @@ class BridgeCore:
         self.stats = self.intake.stats
         self.redactor = redactor or Redactor()
         self.draining = False
-        self._connections: dict[str, _Connection] = {}
+        self._connections: dict[str, Connection] = {}
         self._backlogs = Backlogs(self.limits.max_waiting_bytes)
 
     # Introspection ----------------------------------------------------------
@@ -144,6 +146,7 @@ class BridgeCore:
         )
         if arrival is None:
             return []
+        self._clock = now
         parsed, reply_to = arrival.parsed, arrival.reply_to
         if arrival.at_once or (
             connection_id not in self._backlogs and not self._busy(connection_id)
@@ -176,7 +179,9 @@ class BridgeCore:
         """The handshake of an OPENING connection succeeded."""
         connection = self._expect(connection_id, Phase.OPENING)
         connection.phase = Phase.OPEN
-        actions = self.replies.connected(connection.connect, connection.connect_reply)
+        connection.opened_at = self._clock
+        profile = connection.profile if connection.announce_profile else None
+        actions = self.replies.connected(connection.connect, connection.connect_reply, profile)
         return actions + self._pump(connection_id)
 
     def upstream_failed(
@@ -207,6 +212,8 @@ class BridgeCore:
         if event_type in _NOTABLE_EVENT_TYPES:
             if event_type in REQUEST_ENDING_EVENTS:
                 self._idle.request_ended(connection_id)
+                if connection_id in self.conversations:  # an `ask` session: its memory
+                    self._turn_ended(connection_id, event_type, raw)
             if event_type == RESPONSE_COMPLETED:
                 outcome = ResponseCompleted(connection_id, raw)
             else:
@@ -226,6 +233,7 @@ class BridgeCore:
         if connection is None or connection.phase is Phase.OPENING:
             raise InvalidState(f"close of a connection that is not open: {connection_id!r}")
         self._idle.forget(connection_id)
+        self.conversations.socket_ended(connection_id)
         if connection.notice is not None:
             actions = self.replies.disconnected(connection_id, *connection.notice)
         elif connection.close is not None:
@@ -237,60 +245,6 @@ class BridgeCore:
         else:
             actions = self.replies.disconnected(connection_id, code, reason)
         return actions + self._pump(connection_id)
-
-    def connection_failed(self, connection_id: str) -> list[Action]:
-        """What drives this connection failed unexpectedly (a bug): forget the connection.
-
-        A handshake in progress answers its ``connect`` with ``internal_error``;
-        a connection that was open is reported ``disconnected`` with code 1011.
-        Either way the id can ``connect`` again. The driver drops the socket.
-        """
-        connection = self._connections.pop(connection_id, None)
-        if connection is None:
-            return []
-        self._idle.forget(connection_id)
-        if connection.phase is Phase.OPENING:
-            rejection = rejection_of(
-                connection.connect,
-                contract.INTERNAL_ERROR,
-                "the bridge failed while opening this connection (logged)",
-            )
-            actions = self._refuse(connection_id, rejection, connection.connect_reply)
-        else:
-            actions = self.replies.disconnected(
-                connection_id, contract.INTERNAL_ERROR_CLOSE_CODE, contract.INTERNAL_ERROR_REASON
-            )
-        return actions + self._pump(connection_id)
-
-    def end_connection(self, connection_id: str, code: int, reason: str) -> list[Action]:
-        """The bridge itself must end an open connection (its events cannot be kept).
-
-        The connection is dropped at once and, once gone, reported with a
-        ``disconnected`` notice carrying ``code`` and ``reason``, even if a
-        close was under way.
-        """
-        connection = self._connections.get(connection_id)
-        if connection is None or connection.phase is Phase.OPENING or connection.notice:
-            return []
-        connection.notice = (code, reason)
-        connection.phase = Phase.CLOSING
-        return [AbortUpstream(connection_id)]
-
-    def sweep(self, now: float) -> list[Action]:
-        """Close (code 1000) every open connection idle for ``idle_timeout`` at ``now``.
-
-        Each is then reported ``disconnected`` with reason ``idle timeout``.
-        """
-        if self.idle_timeout is None or self.draining:
-            return []
-        open_ids = [cid for cid, c in self._connections.items() if c.phase is Phase.OPEN]
-        actions: list[Action] = []
-        for connection_id in self._idle.due(open_ids, now, self.idle_timeout):
-            connection = self._connections[connection_id]
-            connection.phase = Phase.CLOSING
-            connection.notice = (IDLE_CLOSE_CODE, IDLE_CLOSE_REASON)
-            actions.append(CloseUpstream(connection_id, IDLE_CLOSE_CODE, IDLE_CLOSE_REASON))
-        return actions
 
     def begin_shutdown(self) -> list[Action]:
         """Stop taking commands and close every connection (code 1001)."""
@@ -313,7 +267,7 @@ class BridgeCore:
 
     # Internals --------------------------------------------------------------
 
-    def _expect(self, connection_id: str, phase: Phase) -> _Connection:
+    def _expect(self, connection_id: str, phase: Phase) -> Connection:
         connection = self._connections.get(connection_id)
         if connection is None or connection.phase is not phase:
             raise InvalidState(f"connection {connection_id!r} is not {phase.value}")
@@ -348,22 +302,36 @@ class BridgeCore:
                 return self._send(parsed, reply_to)
             case Close():
                 return self._close(parsed, reply_to)
+            case Ask():
+                return self._ask(parsed, reply_to)
 
-    def _connect(self, command: Connect, reply_to: ReplyTo | None) -> list[Action]:
+    def _connect(
+        self, command: Connect, reply_to: ReplyTo | None, *, for_ask: Ask | None = None
+    ) -> list[Action]:
+        """Open a connection for ``command``, or for ``for_ask`` (then refusals are the ask's)."""
         connection_id = command.connection_id
+        refused: Command = for_ask or command
+        profile = self.conversations.profile_for(connection_id, command.profile)
+        if profile is None:
+            message = f"no profile named {command.profile!r} in the configuration"
+            return self._refuse_command(refused, contract.UNKNOWN_PROFILE, message, reply_to)
         if connection_id in self._connections:
             return self._refuse_command(
-                command, contract.ALREADY_OPEN, "the connection is already open", reply_to
+                refused, contract.ALREADY_OPEN, "the connection is already open", reply_to
             )
         if len(self._connections) >= self.limits.max_connections:
             return self._refuse_command(
-                command,
+                refused,
                 contract.LIMIT_REACHED,
                 f"the bridge holds its limit of {self.limits.max_connections} connections",
                 reply_to,
             )
-        self._connections[connection_id] = _Connection(
-            self.topics.events(connection_id), command, reply_to
+        self._connections[connection_id] = Connection(
+            self.topics.events(connection_id),
+            command,
+            None if for_ask else reply_to,
+            profile=profile,
+            announce_profile=for_ask is not None or command.profile is not None,
         )
         self._idle.opened(connection_id)
         return [OpenUpstream(connection_id)]
@@ -397,6 +365,7 @@ class BridgeCore:
             )
         connection.phase = Phase.CLOSING
         connection.close, connection.close_reply = command, reply_to
+        self.conversations.forget(command.connection_id)  # an explicit close ends the memory
         return [CloseUpstream(command.connection_id, command.code, command.reason)]
 
     def _refuse_command(

@@ -14,6 +14,7 @@ from typing import Any
 
 from bridge.protocol.actions import Action
 from bridge.protocol.contract import (
+    ASK,
     CLOSE,
     CONNECT,
     DIRECTION_BRIDGE,
@@ -23,6 +24,7 @@ from bridge.protocol.contract import (
     OBJECT_CONNECTION,
     OBJECT_ERROR,
     SEND,
+    Ask,
     Close,
     Connect,
     Rejection,
@@ -54,9 +56,14 @@ class Replies:
         self.qos = qos
         self.v5 = v5
 
-    def connected(self, connect: Connect, reply_to: ReplyTo | None) -> list[Action]:
+    def connected(
+        self, connect: Connect, reply_to: ReplyTo | None, profile: str | None = None
+    ) -> list[Action]:
+        """The connect ack; it names the ``profile`` when one was asked for (or by ``ask``)."""
         connection_id = connect.connection_id
         ack = connect_ack(connection_id, self.url, connect.request_id)
+        if profile is not None:
+            ack["profile"] = profile
         return self._say(
             connection_id, ack, CONNECT, Acknowledged(connection_id, CONNECT), reply_to
         )
@@ -65,6 +72,12 @@ class Replies:
         connection_id = send.connection_id
         ack = send_ack(connection_id, send.event_type, send.request_id)
         return self._say(connection_id, ack, SEND, Acknowledged(connection_id, SEND), reply_to)
+
+    def asked(self, ask: Ask, reply_to: ReplyTo | None) -> list[Action]:
+        connection_id = ask.connection_id
+        ack = send_ack(connection_id, "response.create", ask.request_id)
+        ack["action"] = ASK
+        return self._say(connection_id, ack, ASK, Acknowledged(connection_id, ASK), reply_to)
 
     def closed(
         self, close: Close, reply_to: ReplyTo | None, *, answered_command: bool

@@ -43,6 +43,7 @@ class CreateRequest:
     max_output_tokens: int | None = None
     include_obfuscation: bool = True
     prompt: str = ""
+    has_history: bool = False  # the input carries earlier turns (a replayed conversation)
     input_tokens: int = 0
     fault: Fault | None = None
     rejection: Rejection | None = None
@@ -129,6 +130,7 @@ def parse_create(frame: JSON, *, lanes: bool = True) -> CreateRequest | BadFrame
         max_output_tokens=_int_or_none(frame.get("max_output_tokens")),
         include_obfuscation=_include_obfuscation(frame),
         prompt=texts[-1] if texts else "",
+        has_history=len(texts) > 1,
         input_tokens=input_tokens,
         fault=fault,
         rejection=rejection or _field_errors(frame),

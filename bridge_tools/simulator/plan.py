@@ -234,7 +234,8 @@ def _answer_tokens(request: CreateRequest, parent: Parent | None, settings: Sett
         return tokenize(settings.fixed_reply)
     if request.fault is not None and request.fault.kind is FaultKind.HUGE_COMPLETED:
         return tokenize(long_text(request.prompt, settings.seed, HUGE_TEXT_CHARS))
-    return tokenize(generate_answer(request.prompt, settings.seed, follow_up=parent is not None))
+    follow_up = parent is not None or request.has_history
+    return tokenize(generate_answer(request.prompt, settings.seed, follow_up=follow_up))
 
 
 def _cut(tokens: list[str], request: CreateRequest) -> tuple[list[str], str | None]:

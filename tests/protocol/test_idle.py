@@ -8,6 +8,7 @@ from bridge.protocol.actions import Action, CloseUpstream, SendUpstream
 from bridge.protocol.contract import Topics
 from bridge.protocol.core import BridgeCore
 from bridge.protocol.messages import Publish
+from bridge.protocol.sessions import SessionsConfig
 
 URL = "wss://api.example/v1/responses"
 CREATE = {"type": "response.create", "model": "m", "input": "hi"}
@@ -20,7 +21,7 @@ def command(action: str, **fields: object) -> bytes:
 
 
 def opened(timeout: float = 10.0) -> BridgeCore:
-    core = BridgeCore(Topics("ai"), url=URL, idle_timeout=timeout)
+    core = BridgeCore(Topics("ai"), url=URL, sessions=SessionsConfig(idle_timeout=timeout))
     core.receive_command("c1", command("connect"), now=0.0)
     core.upstream_opened("c1")
     return core
@@ -82,7 +83,7 @@ def test_off_and_while_stopping_nothing_is_closed() -> None:
 
 def test_ids_that_never_open_are_not_tracked() -> None:
     """Commands for random ids leave nothing behind (no memory a client could pin)."""
-    core = BridgeCore(Topics("ai"), url=URL, idle_timeout=10.0)
+    core = BridgeCore(Topics("ai"), url=URL, sessions=SessionsConfig(idle_timeout=10.0))
     for number in range(1000):
         core.receive_command(f"x{number}", command("close"), now=float(number))
     assert core.sweep(2_000.0) == []

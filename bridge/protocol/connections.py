@@ -1,0 +1,31 @@
+"""The state of one connection id's upstream connection, as the core keeps it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from bridge.protocol.contract import Close, Connect
+from bridge.protocol.messages import ReplyTo
+from bridge.protocol.sessions import DEFAULT_PROFILE
+
+
+class Phase(enum.Enum):
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+@dataclass(slots=True)
+class Connection:
+    events_topic: str
+    connect: Connect
+    connect_reply: ReplyTo | None
+    phase: Phase = Phase.OPENING
+    close: Close | None = None
+    close_reply: ReplyTo | None = None
+    closed_by_bridge: bool = False  # the close is the bridge's stop: it answers no command
+    notice: tuple[int, str] | None = None  # a bridge-decided end: reported as `disconnected`
+    profile: str = DEFAULT_PROFILE
+    announce_profile: bool = False  # opened by `ask`, or a connect that named its profile
+    opened_at: float = 0.0  # the core's clock when the handshake succeeded

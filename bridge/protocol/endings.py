@@ -1,0 +1,97 @@
+"""Ends the bridge decides: a bug, a full buffer, an idle connection.
+
+A mixin of :class:`~bridge.protocol.core.BridgeCore`; what it uses of the
+core is declared here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from bridge.protocol import contract
+from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream
+from bridge.protocol.connections import Connection, Phase
+from bridge.protocol.contract import Rejection, rejection_of
+from bridge.protocol.idle import IdleTracker
+from bridge.protocol.messages import ReplyTo
+from bridge.protocol.replies import Replies
+from bridge.protocol.sessions import Conversations
+
+IDLE_CLOSE_CODE: Final = 1000
+IDLE_CLOSE_REASON: Final = "idle timeout"
+
+
+class ConnectionEndings:
+    """Ending connections on the bridge's own account."""
+
+    _connections: dict[str, Connection]
+    _idle: IdleTracker
+    _clock: float
+    conversations: Conversations
+    replies: Replies
+    draining: bool
+    idle_timeout: float | None
+
+    def _refuse(
+        self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
+    ) -> list[Action]:
+        raise NotImplementedError
+
+    def _pump(self, connection_id: str) -> list[Action]:
+        raise NotImplementedError
+
+    def connection_failed(self, connection_id: str) -> list[Action]:
+        """What drives this connection failed unexpectedly (a bug): forget the connection.
+
+        A handshake in progress answers its ``connect`` with ``internal_error``;
+        a connection that was open is reported ``disconnected`` with code 1011.
+        Either way the id can ``connect`` again. The driver drops the socket.
+        """
+        connection = self._connections.pop(connection_id, None)
+        if connection is None:
+            return []
+        self._idle.forget(connection_id)
+        if connection.phase is Phase.OPENING:
+            rejection = rejection_of(
+                connection.connect,
+                contract.INTERNAL_ERROR,
+                "the bridge failed while opening this connection (logged)",
+            )
+            actions = self._refuse(connection_id, rejection, connection.connect_reply)
+        else:
+            actions = self.replies.disconnected(
+                connection_id, contract.INTERNAL_ERROR_CLOSE_CODE, contract.INTERNAL_ERROR_REASON
+            )
+        return actions + self._pump(connection_id)
+
+    def end_connection(self, connection_id: str, code: int, reason: str) -> list[Action]:
+        """The bridge itself must end an open connection (its events cannot be kept).
+
+        The connection is dropped at once and, once gone, reported with a
+        ``disconnected`` notice carrying ``code`` and ``reason``, even if a
+        close was under way.
+        """
+        connection = self._connections.get(connection_id)
+        if connection is None or connection.phase is Phase.OPENING or connection.notice:
+            return []
+        connection.notice = (code, reason)
+        connection.phase = Phase.CLOSING
+        return [AbortUpstream(connection_id)]
+
+    def sweep(self, now: float) -> list[Action]:
+        """Close (code 1000) every open connection idle for ``idle_timeout`` at ``now``.
+
+        Each is then reported ``disconnected`` with reason ``idle timeout``.
+        """
+        self._clock = now
+        self.conversations.expire(now)
+        if self.idle_timeout is None or self.draining:
+            return []
+        open_ids = [cid for cid, c in self._connections.items() if c.phase is Phase.OPEN]
+        actions: list[Action] = []
+        for connection_id in self._idle.due(open_ids, now, self.idle_timeout):
+            connection = self._connections[connection_id]
+            connection.phase = Phase.CLOSING
+            connection.notice = (IDLE_CLOSE_CODE, IDLE_CLOSE_REASON)
+            actions.append(CloseUpstream(connection_id, IDLE_CLOSE_CODE, IDLE_CLOSE_REASON))
+        return actions

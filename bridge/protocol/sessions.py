@@ -1,0 +1,224 @@
+"""Conversations the bridge keeps for ``ask``: profiles, memory, and the request of a turn.
+
+Pure: time comes in as ``now``. A :class:`Conversations` book holds, per
+connection id that used ``ask``, the profile, the id of the last completed
+response (usable as ``previous_response_id`` while the socket that made it is
+open, or always when the profile stores responses), and a transcript of the
+finished turns (their input items and output items), bounded in bytes, to
+replay on a new socket when the profile does not store responses.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bridge.protocol.contract import Ask
+
+DEFAULT_PROFILE: Final = "default"
+DEFAULT_MODEL: Final = "gpt-5.4-nano"  # the small current model of the `default` profile
+# Most conversations kept at once (the least recently used go first).
+MAX_CONVERSATIONS: Final = 2_000
+# The bridge sets these in a turn's request; a profile may not.
+_SET_BY_THE_BRIDGE: Final = frozenset({"type", "input", "previous_response_id"})
+
+
+class ProfileConfig(BaseModel):
+    """The defaults of a conversation (one entry of ``profiles``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Fields of every response.create of an `ask` (model, instructions, store, ...).
+    request: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("request")
+    @classmethod
+    def _json_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(_SET_BY_THE_BRIDGE & value.keys())
+        if taken:
+            raise ValueError(f"{', '.join(taken)} are set by the bridge for each turn")
+        json.dumps(value, allow_nan=False)  # ValueError unless plain JSON
+        return value
+
+
+def default_profiles() -> dict[str, ProfileConfig]:
+    return {DEFAULT_PROFILE: ProfileConfig(request={"model": DEFAULT_MODEL, "store": False})}
+
+
+class SessionsConfig(BaseModel):
+    """How the bridge looks after connections and conversations (section ``sessions``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Seconds with no command and no request in flight after which a connection
+    # is closed (1000, `disconnected` "idle timeout"); 0 switches it off.
+    idle_timeout: float = Field(600.0, ge=0)
+    # Shell-style connection-id pattern → profile; the first match wins.
+    profile_by_id: dict[str, str] = Field(default_factory=dict)
+    max_transcript_bytes: int = Field(32 * 1024, ge=1024)
+    conversation_ttl: float = Field(3600.0, gt=0)
+    # An `ask` on a socket this old goes to a new one (the server ends sockets at 60 min).
+    max_socket_age: float = Field(3300.0, gt=0)
+
+
+def profile_for(
+    profiles: Mapping[str, ProfileConfig],
+    sessions: SessionsConfig,
+    connection_id: str,
+    named: str | None,
+) -> str | None:
+    """The profile a connection uses: ``named``, else the first pattern, else default.
+
+    None when ``named`` is not a profile.
+    """
+    if named is not None:
+        return named if named in profiles else None
+    for pattern, profile in sessions.profile_by_id.items():
+        if fnmatch.fnmatchcase(connection_id, pattern):
+            return profile
+    return DEFAULT_PROFILE
+
+
+@dataclass(slots=True)
+class _Turn:
+    items: list[Any]
+    size: int
+
+
+@dataclass(slots=True)
+class Conversation:
+    profile: str
+    last_response_id: str | None = None
+    on_this_socket: bool = False  # the last response lives on the open socket
+    transcript: deque[_Turn] = field(default_factory=deque)
+    transcript_bytes: int = 0
+    pending: list[Any] | None = None  # input items of the turn in flight
+    last_turn_at: float = 0.0
+
+
+class Conversations:
+    """The conversations of every id that used ``ask``."""
+
+    def __init__(self, profiles: Mapping[str, ProfileConfig], sessions: SessionsConfig) -> None:
+        self.profiles = profiles
+        self.sessions = sessions
+        self._book: OrderedDict[str, Conversation] = OrderedDict()
+
+    def profile_for(self, connection_id: str, named: str | None) -> str | None:
+        return profile_for(self.profiles, self.sessions, connection_id, named)
+
+    def __contains__(self, connection_id: str) -> bool:
+        return connection_id in self._book
+
+    def __len__(self) -> int:
+        return len(self._book)
+
+    def get(self, connection_id: str) -> Conversation | None:
+        return self._book.get(connection_id)
+
+    def request(self, ask: Ask, profile: str, now: float) -> str:
+        """The ``response.create`` of this turn, as compact JSON; the turn is now in flight."""
+        conversation = self._book.get(ask.connection_id)
+        if conversation is None or ask.new_conversation or conversation.profile != profile:
+            conversation = Conversation(profile)
+        self._book[ask.connection_id] = conversation
+        self._book.move_to_end(ask.connection_id)
+        if len(self._book) > MAX_CONVERSATIONS:
+            self._book.popitem(last=False)
+        items = input_items(ask.input)
+        known = self.profiles.get(profile)
+        fields = dict(known.request) if known is not None else {}
+        stored = fields.get("store") is True
+        event: dict[str, Any] = {"type": "response.create", **fields}
+        if conversation.last_response_id and (conversation.on_this_socket or stored):
+            event["previous_response_id"] = conversation.last_response_id
+            event["input"] = items
+        else:
+            history = [item for turn in conversation.transcript for item in turn.items]
+            event["input"] = history + items
+        conversation.pending = items
+        conversation.last_turn_at = now
+        return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+    def completed(self, connection_id: str, response: Mapping[str, Any], now: float) -> None:
+        """A response of this id completed: remember it, and its turn in the transcript."""
+        conversation = self._book.get(connection_id)
+        if conversation is None or conversation.pending is None:
+            return
+        response_id = response.get("id")
+        output = response.get("output")
+        items = conversation.pending + _replayable(output if isinstance(output, list) else [])
+        conversation.pending = None
+        conversation.last_response_id = response_id if isinstance(response_id, str) else None
+        conversation.on_this_socket = True
+        conversation.last_turn_at = now
+        size = len(json.dumps(items, ensure_ascii=False, separators=(",", ":")))
+        conversation.transcript.append(_Turn(items, size))
+        conversation.transcript_bytes += size
+        while (
+            conversation.transcript_bytes > self.sessions.max_transcript_bytes
+            and conversation.transcript
+        ):
+            conversation.transcript_bytes -= conversation.transcript.popleft().size
+
+    def ended(self, connection_id: str) -> None:
+        """The turn in flight ended without completing (failed, error): no transcript entry."""
+        conversation = self._book.get(connection_id)
+        if conversation is not None:
+            conversation.pending = None
+
+    def socket_ended(self, connection_id: str) -> None:
+        """The socket of this id is gone: its responses cannot be continued there."""
+        conversation = self._book.get(connection_id)
+        if conversation is not None:
+            conversation.on_this_socket = False
+            conversation.pending = None
+
+    def forget(self, connection_id: str) -> None:
+        self._book.pop(connection_id, None)
+
+    def expire(self, now: float) -> None:
+        """Forget conversations whose last turn is older than ``conversation_ttl``."""
+        ttl = self.sessions.conversation_ttl
+        for connection_id in [
+            cid for cid, c in self._book.items() if c.pending is None and now - c.last_turn_at > ttl
+        ]:
+            del self._book[connection_id]
+
+
+def response_of(raw: bytes) -> Mapping[str, Any]:
+    """The ``response`` object of a ``response.completed`` event ({} if it has none)."""
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    response = document.get("response") if isinstance(document, dict) else None
+    return response if isinstance(response, dict) else {}
+
+
+def input_items(turn_input: str | tuple[Any, ...]) -> list[Any]:
+    """A turn's input as Responses input items (text becomes one user message)."""
+    if isinstance(turn_input, str):
+        return [{"role": "user", "content": turn_input}]
+    return list(turn_input)
+
+
+def _replayable(output: list[Any]) -> list[Any]:
+    """The output items a later request can carry as input: messages, as assistant turns."""
+    replay: list[Any] = []
+    for item in output:
+        if not isinstance(item, dict) or item.get("type") != "message":
+            continue
+        texts = [
+            part.get("text", "")
+            for part in item.get("content") or []
+            if isinstance(part, dict) and part.get("type") in ("output_text", "refusal")
+        ]
+        replay.append({"role": "assistant", "content": "".join(texts)})
+    return replay

@@ -1,0 +1,96 @@
+"""Conversations, without I/O: the request of a turn, memory, transcript bound, expiry."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bridge.protocol import sessions
+from bridge.protocol.contract import Ask
+from bridge.protocol.sessions import Conversations, ProfileConfig, SessionsConfig
+
+PROFILES = {"default": ProfileConfig(request={"model": "m", "store": False})}
+
+
+def book(**fields: Any) -> Conversations:
+    return Conversations(PROFILES, SessionsConfig(**fields))
+
+
+def turn(conversations: Conversations, text: str, now: float = 0.0, **fields: Any) -> Any:
+    return json.loads(conversations.request(Ask("c1", text, **fields), "default", now))
+
+
+def complete(conversations: Conversations, response_id: str, answer: str) -> None:
+    output = [{"type": "message", "content": [{"type": "output_text", "text": answer}]}]
+    conversations.completed("c1", {"id": response_id, "output": output}, 0.0)
+
+
+def test_the_first_turn_is_the_profile_and_the_input() -> None:
+    assert turn(book(), "Hi") == {
+        "type": "response.create",
+        "model": "m",
+        "store": False,
+        "input": [{"role": "user", "content": "Hi"}],
+    }
+
+
+def test_same_socket_continues_new_socket_replays() -> None:
+    conversations = book()
+    turn(conversations, "Hi")
+    complete(conversations, "resp_1", "Hello!")
+    assert turn(conversations, "More")["previous_response_id"] == "resp_1"
+    complete(conversations, "resp_2", "Sure.")
+    conversations.socket_ended("c1")
+    replay = turn(conversations, "Again")
+    assert "previous_response_id" not in replay
+    assert replay["input"] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "More"},
+        {"role": "assistant", "content": "Sure."},
+        {"role": "user", "content": "Again"},
+    ]
+
+
+def test_a_stored_profile_continues_across_sockets() -> None:
+    stored = Conversations({"default": ProfileConfig(request={"store": True})}, SessionsConfig())
+    turn(stored, "Hi")
+    complete(stored, "resp_1", "Hello!")
+    stored.socket_ended("c1")
+    assert turn(stored, "More")["previous_response_id"] == "resp_1"
+
+
+def test_a_failed_turn_leaves_no_transcript_entry() -> None:
+    conversations = book()
+    turn(conversations, "Hi")
+    conversations.ended("c1")
+    conversations.socket_ended("c1")
+    assert turn(conversations, "Again")["input"] == [{"role": "user", "content": "Again"}]
+
+
+def test_the_transcript_keeps_the_newest_turns_within_its_bound() -> None:
+    conversations = book(max_transcript_bytes=1024)
+    for number in range(20):
+        turn(conversations, f"question {number} " + "x" * 100)
+        complete(conversations, f"resp_{number}", f"answer {number}")
+    conversations.socket_ended("c1")
+    replay = turn(conversations, "last")["input"]
+    kept = json.dumps(replay[:-1], separators=(",", ":"))
+    assert len(kept) <= 1024
+    assert replay[-2] == {"role": "assistant", "content": "answer 19"}
+    assert replay[0]["content"].startswith("question ")
+    assert not any("question 0 " in item["content"] for item in replay)
+
+
+def test_conversations_expire_and_are_bounded(monkeypatch: Any) -> None:
+    conversations = book(conversation_ttl=60)
+    turn(conversations, "Hi", now=0.0)
+    complete(conversations, "resp_1", "Hello!")
+    conversations.expire(59.0)
+    assert "c1" in conversations
+    conversations.expire(61.0)
+    assert "c1" not in conversations
+    monkeypatch.setattr(sessions, "MAX_CONVERSATIONS", 3)
+    for number in range(10):
+        conversations.request(Ask(f"id{number}", "Hi"), "default", 0.0)
+    assert len(conversations) == 3
