@@ -1,10 +1,11 @@
-"""Scale: C connections in one bridge process, idle then all streaming.
+"""Scale: C connections in one bridge process, idle, all streaming, then as `ask` sessions.
 
     .venv/bin/python -m bench.scale [--connections 2000] [--words 20]
 
 The daemon and the simulator run as processes of their own. Reports the
 daemon's RSS per open connection, the connect rate, and the relay throughput
-with every connection streaming at once.
+with every connection streaming at once; then one `ask` of 4 KiB on every
+connection, and the RSS with C conversations holding a 4 KiB transcript each.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Counter:
 
 GOAL_CONNECTIONS = 2000
 GOAL_RSS_MB = 150
+TRANSCRIPT_BYTES = 4096
 
 
 def main() -> None:
@@ -137,7 +139,15 @@ def main() -> None:
                 publisher.publish(f"ai/s{n}/cmd", create, qos=1)
             counter.wait("completed", count, 600)
             stream_seconds = time.perf_counter() - started
+            streamed_events = counter.events
             busy_rss = rss_mb(daemon.pid)
+            question = "Describe " + "x" * (TRANSCRIPT_BYTES - 60 - args.words * 5)
+            ask = json.dumps({"action": "ask", "input": question}).encode()
+            for n in range(count):
+                publisher.publish(f"ai/s{n}/cmd", ask, qos=1)
+            counter.wait("completed", 2 * count, 600)
+            time.sleep(2)
+            ask_rss = rss_mb(daemon.pid)
             publisher.loop_stop()
             counter.client.loop_stop()
         finally:
@@ -153,11 +163,22 @@ def main() -> None:
     )
     print(f"  connect rate: {count / connect_seconds:.0f} connections/s")
     print(
-        f"  all streaming: {counter.events} events in {stream_seconds:.1f}s = "
-        f"{counter.events / stream_seconds:.0f} events/s"
+        f"  all streaming: {streamed_events} events in {stream_seconds:.1f}s = "
+        f"{streamed_events / stream_seconds:.0f} events/s"
+    )
+    transcripts = count * TRANSCRIPT_BYTES / 1024 / 1024
+    print(
+        f"  ask sessions: {ask_rss:.1f} MB with {count} conversations of about "
+        f"{TRANSCRIPT_BYTES // 1024} KiB each ({transcripts:.1f} MB of transcripts)"
     )
     if count >= GOAL_CONNECTIONS:
         print(goal(f"{count} idle connections under {GOAL_RSS_MB} MB RSS", idle_rss < GOAL_RSS_MB))
+        print(
+            goal(
+                f"{count} ask sessions within the streamed figure plus their transcripts",
+                ask_rss <= busy_rss + 2 * transcripts,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -306,11 +306,12 @@ class BridgeCore(AskTurns, ConnectionEndings):
                 return self._ask(parsed, reply_to)
 
     def _connect(
-        self, command: Connect, reply_to: ReplyTo | None, *, for_ask: Ask | None = None
+        self, command: Connect, reply_to: ReplyTo | None, *, on_behalf_of: Ask | Send | None = None
     ) -> list[Action]:
-        """Open a connection for ``command``, or for ``for_ask`` (then refusals are the ask's)."""
+        """Open a connection for ``command``, or on behalf of an ``ask`` or auto-connecting
+        ``send`` (then refusals are that command's, and it is acknowledged instead)."""
         connection_id = command.connection_id
-        refused: Command = for_ask or command
+        refused: Command = on_behalf_of or command
         profile = self.conversations.profile_for(connection_id, command.profile)
         if profile is None:
             message = f"no profile named {command.profile!r} in the configuration"
@@ -329,15 +330,17 @@ class BridgeCore(AskTurns, ConnectionEndings):
         self._connections[connection_id] = Connection(
             self.topics.events(connection_id),
             command,
-            None if for_ask else reply_to,
+            None if on_behalf_of else reply_to,
             profile=profile,
-            announce_profile=for_ask is not None or command.profile is not None,
+            announce_profile=on_behalf_of is not None or command.profile is not None,
         )
         self._idle.opened(connection_id)
         return [OpenUpstream(connection_id)]
 
     def _send(self, command: Send, reply_to: ReplyTo | None) -> list[Action]:
         connection_id = command.connection_id
+        if connection_id not in self._connections and self.conversations.sessions.auto_connect:
+            return self._open_for(command, reply_to)
         if connection_id not in self._connections:
             return self._refuse_command(
                 command,

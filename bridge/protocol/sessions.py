@@ -65,6 +65,8 @@ class SessionsConfig(BaseModel):
     conversation_ttl: float = Field(3600.0, gt=0)
     # An `ask` on a socket this old goes to a new one (the server ends sockets at 60 min).
     max_socket_age: float = Field(3300.0, gt=0)
+    # A `send` for an id that is not open opens it (as `ask` does) instead of `not_open`.
+    auto_connect: bool = False
 
 
 def profile_for(
@@ -87,8 +89,10 @@ def profile_for(
 
 @dataclass(slots=True)
 class _Turn:
-    items: list[Any]
-    size: int
+    """A finished turn as compact JSON: its input items and answer, comma-separated
+    (kept as text: a third of the memory of the same items as Python objects)."""
+
+    json: str
 
 
 @dataclass(slots=True)
@@ -136,15 +140,16 @@ class Conversations:
         fields = dict(known.request) if known is not None else {}
         stored = fields.get("store") is True
         event: dict[str, Any] = {"type": "response.create", **fields}
-        if conversation.last_response_id and (conversation.on_this_socket or stored):
-            event["previous_response_id"] = conversation.last_response_id
-            event["input"] = items
-        else:
-            history = [item for turn in conversation.transcript for item in turn.items]
-            event["input"] = history + items
         conversation.pending = items
         conversation.last_turn_at = now
-        return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        if conversation.last_response_id and (conversation.on_this_socket or stored):
+            event["previous_response_id"] = conversation.last_response_id
+        elif conversation.transcript:
+            history = ",".join(turn.json for turn in conversation.transcript)
+            head = _compact(event)[:-1]  # the object without its closing brace
+            return f'{head},"input":[{history},{_compact(items)[1:-1]}]}}'
+        event["input"] = items
+        return _compact(event)
 
     def completed(self, connection_id: str, response: Mapping[str, Any], now: float) -> None:
         """A response of this id completed: remember it, and its turn in the transcript."""
@@ -158,14 +163,14 @@ class Conversations:
         conversation.last_response_id = response_id if isinstance(response_id, str) else None
         conversation.on_this_socket = True
         conversation.last_turn_at = now
-        size = len(json.dumps(items, ensure_ascii=False, separators=(",", ":")))
-        conversation.transcript.append(_Turn(items, size))
-        conversation.transcript_bytes += size
+        turn = _Turn(_compact(items)[1:-1])
+        conversation.transcript.append(turn)
+        conversation.transcript_bytes += len(turn.json)
         while (
             conversation.transcript_bytes > self.sessions.max_transcript_bytes
             and conversation.transcript
         ):
-            conversation.transcript_bytes -= conversation.transcript.popleft().size
+            conversation.transcript_bytes -= len(conversation.transcript.popleft().json)
 
     def ended(self, connection_id: str) -> None:
         """The turn in flight ended without completing (failed, error): no transcript entry."""
@@ -190,6 +195,10 @@ class Conversations:
             cid for cid, c in self._book.items() if c.pending is None and now - c.last_turn_at > ttl
         ]:
             del self._book[connection_id]
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def response_of(raw: bytes) -> Mapping[str, Any]:

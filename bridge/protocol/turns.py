@@ -13,7 +13,7 @@ from bridge.protocol import contract
 from bridge.protocol.actions import Action, CloseUpstream, SendUpstream
 from bridge.protocol.backlogs import Backlogs
 from bridge.protocol.connections import Connection, Phase
-from bridge.protocol.contract import Ask, Command, Connect, Rejection, rejection_of
+from bridge.protocol.contract import Ask, Command, Connect, Rejection, Send, rejection_of
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.replies import Replies
@@ -35,7 +35,7 @@ class AskTurns:
     replies: Replies
 
     def _connect(
-        self, command: Connect, reply_to: ReplyTo | None, *, for_ask: Ask | None = None
+        self, command: Connect, reply_to: ReplyTo | None, *, on_behalf_of: Ask | Send | None = None
     ) -> list[Action]:
         raise NotImplementedError
 
@@ -54,14 +54,7 @@ class AskTurns:
         connection_id = command.connection_id
         connection = self._connections.get(connection_id)
         if connection is None:
-            opening = Connect(connection_id, command.request_id, command.profile)
-            actions = self._connect(opening, reply_to, for_ask=command)
-            if connection_id in self._connections:  # opening: the turn waits for it
-                problem = self._backlogs.add(connection_id, command, reply_to)
-                if problem is not None:
-                    rejection = rejection_of(command, contract.LIMIT_REACHED, problem)
-                    actions += self._refuse(connection_id, rejection, reply_to)
-            return actions
+            return self._open_for(command, reply_to)
         if self._clock - connection.opened_at >= self.conversations.sessions.max_socket_age:
             return self._replace_socket(command, reply_to)
         data = self.conversations.request(command, connection.profile, self._clock)
@@ -74,6 +67,19 @@ class AskTurns:
         self._idle.request_sent(connection_id)
         actions = self.replies.asked(command, reply_to)
         actions.append(SendUpstream(connection_id, data))
+        return actions
+
+    def _open_for(self, command: Ask | Send, reply_to: ReplyTo | None) -> list[Action]:
+        """Open the id for a command that needs a connection; the command waits for it."""
+        connection_id = command.connection_id
+        profile = command.profile if isinstance(command, Ask) else None
+        opening = Connect(connection_id, command.request_id, profile)
+        actions = self._connect(opening, reply_to, on_behalf_of=command)
+        if connection_id in self._connections:  # opening: the command waits for it
+            problem = self._backlogs.add(connection_id, command, reply_to)
+            if problem is not None:
+                rejection = rejection_of(command, contract.LIMIT_REACHED, problem)
+                actions += self._refuse(connection_id, rejection, reply_to)
         return actions
 
     def _replace_socket(self, command: Ask, reply_to: ReplyTo | None) -> list[Action]:

@@ -160,3 +160,20 @@ async def test_a_socket_near_the_age_limit_is_replaced_before_the_turn(
     assert "previous_response_id" not in replay
     assert [item["role"] for item in replay["input"]] == ["user", "assistant", "user"]
     assert response_id(first) != response_id(second)
+
+
+async def test_auto_connect_opens_for_a_send(
+    broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
+) -> None:
+    """sessions.auto_connect: a send for an id that is not open opens it; off, not_open."""
+    create = {"type": "response.create", "model": "m", "input": "Describe tulips."}
+    await start_bridge(broker, simulator, sessions={"auto_connect": True})
+    await client.command("c1", {"action": "send", "event": create, "request_id": "s1"})
+    seen = await client.until(lambda m: m.get("type") == "response.completed")
+    assert (seen[0]["action"], seen[0]["profile"], seen[0]["request_id"]) == (
+        "connect",
+        "default",
+        "s1",
+    )
+    assert (seen[1]["action"], seen[1]["request_id"]) == ("send", "s1")
+    assert requests(simulator) == [create]
