@@ -197,6 +197,9 @@ class Service:
 
         def deliver(raw: bytes) -> bool:
             message = upstream_event(connection_id, raw)
+            if message is None:  # held back: an `ask` turn goes to a new socket
+                self._perform(self.core.take_deferred())
+                return True
             if not publish(message):
                 return False  # the buffer is full: the reader awaits _room, then delivers again
             self.events_relayed += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from bridge.protocol.contract import Close, Connect
+from bridge.protocol.contract import Ask, Close, Connect
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.sessions import DEFAULT_PROFILE
 
@@ -29,3 +29,10 @@ class Connection:
     profile: str = DEFAULT_PROFILE
     announce_profile: bool = False  # opened by `ask`, or a connect that named its profile
     opened_at: float = 0.0  # the core's clock when the handshake succeeded
+    # The `ask` turn in flight on this socket, and whether its output has been relayed
+    # (before that, a failure sends it again on a new socket; after, it is upstream_lost).
+    turn: Ask | None = None
+    turn_reply: ReplyTo | None = None
+    turn_output: bool = False
+    retrying: bool = False  # closing to send its turn again: reported to nobody
+    quiet: bool = False  # opened to send a turn again: no connect ack

@@ -66,6 +66,7 @@ RETAINED_COMMAND: Final = "retained_command"
 RESPONSE_TOPIC_NOT_ALLOWED: Final = "response_topic_not_allowed"
 INTERNAL_ERROR: Final = "internal_error"
 UNKNOWN_PROFILE: Final = "unknown_profile"
+UPSTREAM_LOST: Final = "upstream_lost"
 INVALID_SERVER_EVENT: Final = "invalid_server_event"
 EVENT_BUFFER_FULL: Final = "event_buffer_full"
 
@@ -185,6 +186,7 @@ class Ask:
     request_id: str | None = None
     size: int = 0  # bytes of the command: what the turn holds in memory
     profile: str | None = None  # the profile of a connection this ask opens
+    retry: bool = False  # the bridge sends this turn again on a new socket (no second ack)
 
 
 Command = Connect | Send | Close | Ask

@@ -90,6 +90,7 @@ class BridgeCore(AskTurns, ConnectionEndings):
         self._idle = IdleTracker()
         self.conversations = Conversations(profiles or default_profiles(), sessions)
         self._clock = 0.0  # the latest `now` the core was given (for turns run from backlogs)
+        self._deferred: list[Action] = []  # see take_deferred
         self.url = url
         self.qos = qos
         self.limits = limits or LimitsConfig()
@@ -180,6 +181,8 @@ class BridgeCore(AskTurns, ConnectionEndings):
         connection = self._expect(connection_id, Phase.OPENING)
         connection.phase = Phase.OPEN
         connection.opened_at = self._clock
+        if connection.quiet:  # opened to send a turn again: the client already has its acks
+            return self._pump(connection_id)
         profile = connection.profile if connection.announce_profile else None
         actions = self.replies.connected(connection.connect, connection.connect_reply, profile)
         return actions + self._pump(connection_id)
@@ -200,18 +203,30 @@ class BridgeCore(AskTurns, ConnectionEndings):
         actions = self._refuse(connection_id, rejection, connection.connect_reply)
         return actions + self._pump(connection_id)
 
-    def upstream_event(self, connection_id: str, raw: bytes) -> Publish:
-        """A server event arrived: the hot path. Returns the one message to publish."""
+    def upstream_event(self, connection_id: str, raw: bytes) -> Publish | None:
+        """A server event arrived: the hot path. Returns the one message to publish.
+
+        None: the event is held back (an ``ask`` turn is sent again); perform
+        :meth:`take_deferred`.
+        """
         connection = self._connections.get(connection_id)
         if connection is None:
             raise InvalidState(f"event for unknown connection {connection_id!r}")
         event_type = contract.server_event_type(raw)
         if event_type is None:
             return self.replies.invalid_server_event(connection_id, raw)
+        if (
+            connection.turn is not None
+            and not connection.turn_output
+            and self._watch_turn(connection, event_type, raw)
+        ):
+            self._idle.request_ended(connection_id)
+            return None
         outcome = None
         if event_type in _NOTABLE_EVENT_TYPES:
             if event_type in REQUEST_ENDING_EVENTS:
                 self._idle.request_ended(connection_id)
+                connection.turn = None
                 if connection_id in self.conversations:  # an `ask` session: its memory
                     self._turn_ended(connection_id, event_type, raw)
             if event_type == RESPONSE_COMPLETED:
@@ -234,6 +249,9 @@ class BridgeCore(AskTurns, ConnectionEndings):
             raise InvalidState(f"close of a connection that is not open: {connection_id!r}")
         self._idle.forget(connection_id)
         self.conversations.socket_ended(connection_id)
+        lost = [] if connection.retrying else self._turn_cut(connection, connection_id)
+        if connection.retrying:  # the bridge closed it to send its turn again
+            return self._pump(connection_id)
         if connection.notice is not None:
             actions = self.replies.disconnected(connection_id, *connection.notice)
         elif connection.close is not None:
@@ -244,7 +262,7 @@ class BridgeCore(AskTurns, ConnectionEndings):
             )
         else:
             actions = self.replies.disconnected(connection_id, code, reason)
-        return actions + self._pump(connection_id)
+        return lost + actions + self._pump(connection_id)
 
     def begin_shutdown(self) -> list[Action]:
         """Stop taking commands and close every connection (code 1001)."""
@@ -333,6 +351,7 @@ class BridgeCore(AskTurns, ConnectionEndings):
             None if on_behalf_of else reply_to,
             profile=profile,
             announce_profile=on_behalf_of is not None or command.profile is not None,
+            quiet=isinstance(on_behalf_of, Ask) and on_behalf_of.retry,
         )
         self._idle.opened(connection_id)
         return [OpenUpstream(connection_id)]

@@ -7,6 +7,8 @@ sends, and what the conversation remembers, is :mod:`bridge.protocol.sessions`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Final
 
 from bridge.protocol import contract
@@ -22,6 +24,19 @@ from bridge.protocol.sessions import Conversations, response_of
 RESPONSE_COMPLETED: Final = "response.completed"
 REPLACED_CLOSE_CODE: Final = 1000
 SOCKET_REPLACED_REASON: Final = "replaced before the server's 60-minute limit"
+RETRY_CLOSE_REASON: Final = "the turn is sent again on a new socket"
+# Server errors after which a turn with no output yet is sent again on a new socket.
+RETRYABLE_ERRORS: Final = frozenset(
+    {"websocket_connection_limit_reached", "previous_response_not_found"}
+)
+# Server events that carry part of an answer: once one is relayed, never retry
+# (an empty output item or content part announced is not yet an answer).
+_OUTPUT_EVENT_PREFIXES: Final = (
+    "response.output_text.",
+    "response.refusal.",
+    "response.function_call_arguments.",
+    "response.reasoning",
+)
 
 
 class AskTurns:
@@ -31,6 +46,7 @@ class AskTurns:
     _backlogs: Backlogs
     _idle: IdleTracker
     _clock: float
+    _deferred: list[Action]
     conversations: Conversations
     replies: Replies
 
@@ -65,9 +81,59 @@ class AskTurns:
             )
         self._backlogs.hold(len(data))
         self._idle.request_sent(connection_id)
-        actions = self.replies.asked(command, reply_to)
+        connection.turn, connection.turn_reply, connection.turn_output = command, reply_to, False
+        actions = [] if command.retry else self.replies.asked(command, reply_to)
         actions.append(SendUpstream(connection_id, data))
         return actions
+
+    def take_deferred(self) -> list[Action]:
+        """What the last :meth:`upstream_event` that returned None asks the driver to do."""
+        deferred, self._deferred = self._deferred, []
+        return deferred
+
+    def _watch_turn(self, connection: Connection, event_type: str, raw: bytes) -> bool:
+        """An event of a turn with no output yet; True if it is held back for a retry."""
+        if event_type.startswith(_OUTPUT_EVENT_PREFIXES):
+            connection.turn_output = True
+            return False
+        turn = connection.turn
+        if event_type != "error" or turn is None or turn.retry:
+            return False
+        error = json.loads(raw).get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        if code not in RETRYABLE_ERRORS:
+            return False
+        self._deferred.extend(self._retry(connection, turn))
+        return True
+
+    def _retry(self, connection: Connection, turn: Ask) -> list[Action]:
+        """Close the socket quietly; the turn is then sent again, once, on a new one."""
+        connection_id = turn.connection_id
+        again = dataclasses.replace(turn, retry=True)
+        if self._backlogs.add(connection_id, again, connection.turn_reply, first=True) is not None:
+            return []  # no room to wait: the server's error stands (it was held back, though)
+        connection.turn = None
+        connection.phase = Phase.CLOSING
+        connection.retrying = True
+        self.conversations.socket_ended(connection_id)
+        return [CloseUpstream(connection_id, REPLACED_CLOSE_CODE, RETRY_CLOSE_REASON)]
+
+    def _turn_cut(self, connection: Connection, connection_id: str) -> list[Action]:
+        """The socket ended with a turn in flight: send it again, or say it was lost."""
+        turn = connection.turn
+        if turn is None:
+            return []
+        if not connection.turn_output and not turn.retry:
+            again = dataclasses.replace(turn, retry=True)
+            if self._backlogs.add(connection_id, again, connection.turn_reply, first=True) is None:
+                connection.retrying = True
+                return []
+        rejection = rejection_of(
+            turn,
+            contract.UPSTREAM_LOST,
+            "the upstream connection ended during this turn, after part of its answer; ask again",
+        )
+        return self._refuse(connection_id, rejection, connection.turn_reply)
 
     def _open_for(self, command: Ask | Send, reply_to: ReplyTo | None) -> list[Action]:
         """Open the id for a command that needs a connection; the command waits for it."""

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from bridge_tools.simulator import Simulator
-from tests.conftest import Broker, Client
+from bridge_tools.simulator import Simulator, SimulatorOptions
+from tests.conftest import KEY, Broker, Client
 from tests.helpers import SECOND
 
 pytestmark = pytest.mark.integration
@@ -177,3 +177,47 @@ async def test_auto_connect_opens_for_a_send(
     )
     assert (seen[1]["action"], seen[1]["request_id"]) == ("send", "s1")
     assert requests(simulator) == [create]
+
+
+async def test_a_turn_refused_for_the_socket_age_is_sent_again_on_a_new_socket(
+    broker: Broker, start_bridge: Any, client: Client
+) -> None:
+    """websocket_connection_limit_reached before any output: retried once, quietly, replayed."""
+    async with Simulator(SimulatorOptions(api_key=KEY, max_connection_age=0.5 * SECOND)) as aged:
+        await start_bridge(broker, aged)
+        await ask(client, "c1", "Describe tulips.")
+        await client.quiet(0.7)  # older than the server allows
+        second = await ask(client, "c1", "And roses?")
+        assert second[0]["action"] == "ask"
+        assert not any(m.get("type") == "error" for m in second)  # held back
+        assert not any("action" in m for m in second[1:])  # no second ack, notice or connect
+        sent = requests(aged)
+        assert len(sent) == 3  # the first turn, the refused one, the retry
+        assert "previous_response_id" not in sent[2]
+        assert [item["role"] for item in sent[2]["input"]] == ["user", "assistant", "user"]
+
+
+async def test_a_drop_before_output_is_retried_and_after_output_is_upstream_lost(
+    broker: Broker, start_bridge: Any, client: Client
+) -> None:
+    async with Simulator(SimulatorOptions(api_key=KEY, first_token_delay=1.0 * SECOND)) as slow:
+        await start_bridge(broker, slow)
+        await client.command("c1", {"action": "ask", "input": "Describe tulips."})
+        await client.until(lambda m: m.get("type") == "response.content_part.added")
+        await slow.disconnect_all(None)  # TCP dropped before the first token
+        seen = await client.until(lambda m: m.get("type") == "response.completed")
+        assert not any(m.get("action") == "disconnected" for m in seen)
+        assert [r["input"] for r in requests(slow)] == [
+            [{"role": "user", "content": "Describe tulips."}]
+        ] * 2
+        # Now a drop after part of the answer: never retried.
+        await client.command(
+            "c1", {"action": "ask", "input": "More [[fault:drop_mid_stream]]", "request_id": "q2"}
+        )
+        seen = await client.until(lambda m: m.get("action") == "disconnected", wait=20)
+        lost = [m for m in seen if m.get("object") == "response.websocket.error"]
+        assert [(m["action"], m["error"]["code"], m["request_id"]) for m in lost] == [
+            ("ask", "upstream_lost", "q2")
+        ]
+        assert len(requests(slow)) == 3
+        assert (await ask(client, "c1", "Still there?"))[0]["action"] == "connect"

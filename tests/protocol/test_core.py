@@ -55,6 +55,13 @@ def error_codes(actions: list[Action]) -> list[str]:
     return [m["error"]["code"] for m in messages(actions) if "error" in m]
 
 
+def relayed(core: BridgeCore, raw: bytes, connection_id: str = "c1") -> Publish:
+    """What the core publishes for a server event (never held back outside `ask` turns)."""
+    publish = core.upstream_event(connection_id, raw)
+    assert publish is not None
+    return publish
+
+
 def open_core(connection_id: str = "c1") -> BridgeCore:
     core = make_core()
     core.receive_command(connection_id, cmd("connect"))
@@ -89,7 +96,7 @@ def test_server_events_are_relayed_unchanged() -> None:
     """A server event is published byte for byte on the events topic, marked relayed."""
     core = open_core()
     raw = b'{"type":"response.output_text.delta","sequence_number":4,"delta":"Hel"}'
-    publish = core.upstream_event("c1", raw)
+    publish = relayed(core, raw)
     assert (publish.topic, publish.payload, publish.qos, publish.relayed) == (
         "ai/c1/events",
         raw,
@@ -119,7 +126,7 @@ def test_v311_publishes_carry_no_properties() -> None:
     core = BridgeCore(Topics("ai"), url=URL, v5=False)
     core.receive_command("c1", cmd("connect"))
     core.upstream_opened("c1")
-    assert core.upstream_event("c1", b'{"type":"x"}').properties == ()
+    assert relayed(core, b'{"type":"x"}').properties == ()
 
 
 def test_commands_wait_while_connecting() -> None:
@@ -259,7 +266,7 @@ def test_upstream_drop_is_reported_and_forgotten() -> None:
 def test_invalid_server_event_becomes_an_error() -> None:
     """A frame that is not a JSON object with a type is reported, not relayed raw."""
     core = open_core()
-    publish = core.upstream_event("c1", b"\x00garbage")
+    publish = relayed(core, b"\x00garbage")
     body = json.loads(publish.payload)
     assert body["error"]["code"] == "invalid_server_event"
     assert not publish.relayed
