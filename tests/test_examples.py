@@ -90,12 +90,12 @@ def test_home_assistant_script_speaks_the_contract() -> None:
         for payload in published
         if not payload.lstrip().startswith("{{")
     ]
-    assert [type(command) for command in static] == [Connect, Close]
-    assert all(command.request_id for command in static)
+    assert static == []  # one command, built from the question
     templated = [payload for payload in published if payload.lstrip().startswith("{{")]
     assert len(templated) == 1
-    assert '"action": "send"' in templated[0]
-    assert '"type": "response.create"' in templated[0]
+    assert '"action": "ask"' in templated[0]
+    assert '"input": question' in templated[0]
+    assert '"request_id": run' in templated[0]
     waits = [trigger for step in script["sequence"] for trigger in step.get("wait_for_trigger", [])]
     assert waits
     assert {trigger["topic"] for trigger in waits} == {events}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -221,3 +222,21 @@ async def test_a_drop_before_output_is_retried_and_after_output_is_upstream_lost
         ]
         assert len(requests(slow)) == 3
         assert (await ask(client, "c1", "Still there?"))[0]["action"] == "connect"
+
+
+async def test_the_replayed_transcript_keeps_within_its_bound(
+    broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
+) -> None:
+    """sessions.max_transcript_bytes: the oldest turns are dropped from what is replayed."""
+    await start_bridge(broker, simulator, sessions={"max_transcript_bytes": 1024})
+    for number in range(6):
+        await ask(client, "c1", f"Question {number}: " + "tulips " * 40)
+    await simulator.disconnect_all(1012, "service restart")
+    await client.until(lambda m: m.get("action") == "disconnected")
+    await ask(client, "c1", "Last question.")
+    replay = requests(simulator)[-1]["input"]
+    history = replay[:-1]
+    assert len(json.dumps(history, separators=(",", ":"))) <= 1024 + 2 * len(history)
+    assert history[0]["content"].startswith("Question ")
+    assert not history[0]["content"].startswith("Question 0:")  # the oldest turns went first
+    assert history[-2]["content"].startswith("Question 5:")
