@@ -178,7 +178,8 @@ class BrokerConnection:
             raise LinkLost(f"the broker closed the connection first: {self._lost.result()}")
         reason = self._connack.result()
         if reason.is_failure:
-            raise BrokerRefusedConnection(_v5_code(reason, self._v5), str(reason))
+            # paho gives 3.1.1's CONNACK codes in MQTT 5 numbering too.
+            raise BrokerRefusedConnection(int(reason.value), str(reason))
 
     async def subscribe(self, topic: str, *, retain_as_published: bool = False) -> None:
         """Subscribe at QoS 1 and wait for the SUBACK; raise BrokerError if refused."""
@@ -243,11 +244,11 @@ class BrokerConnection:
             while not self._lost.done():
                 if self.in_flight >= window:
                     self._room.clear()
-                    await self._until(self._room.wait())
+                    await self._room.wait()  # set by an acknowledgement, or the link's end
                 elif (entry := outbox.take_nowait()) is not None:
                     self._hand(entry)
                 else:
-                    await self._until(outbox.wait_pending())
+                    await outbox.wait_pending()  # woken by a message, or the link's end
             raise LinkLost(self._lost.result())
         finally:
             self._client.on_publish = None
@@ -263,15 +264,6 @@ class BrokerConnection:
     def awaits_acknowledgements(self) -> bool:
         """Whether paho's on_publish is set (only while a QoS 1-2 ack is awaited)."""
         return self._client.on_publish is not None
-
-    async def _until(self, waiting: Any) -> None:
-        """Await ``waiting``, or until the link is lost (then return)."""
-        task = asyncio.ensure_future(waiting)
-        try:
-            waits: list[asyncio.Future[Any]] = [task, self._lost]
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            task.cancel()
 
     def _hand(self, entry: Entry) -> None:
         publish = entry.publish
@@ -339,7 +331,9 @@ class BrokerConnection:
     ) -> None:
         if not self._lost.done():
             self._lost.set_result(str(reason))
-        self._room.set()
+        self._room.set()  # a publish path waiting for room or for a message sees the end
+        if self._outbox is not None:
+            self._outbox.wake()
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, codes: list[ReasonCode], *args: Any
@@ -405,11 +399,6 @@ class BrokerConnection:
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
-
-
-def _v5_code(reason: ReasonCode, v5: bool) -> int:
-    """The reason code in MQTT 5 numbering (paho maps 3.1.1 CONNACK codes to v5 ones)."""
-    return int(reason.value)
 
 
 def _reply_to(message: paho.MQTTMessage) -> ReplyTo | None:

@@ -115,10 +115,14 @@ class Outbox:
         return entry
 
     async def wait_pending(self) -> None:
-        """Wait until a message waits to be sent."""
-        while not self._pending:
+        """Wait until a message waits to be sent, or :meth:`wake` is called (check again)."""
+        if not self._pending:
             self._has_pending.clear()
             await self._has_pending.wait()
+
+    def wake(self) -> None:
+        """Make :meth:`wait_pending` return now (the link it publishes on is gone)."""
+        self._has_pending.set()
 
     def done(self, entry: Entry) -> None:
         """The broker acknowledged ``entry``: forget it, and any acknowledged run before it."""

@@ -409,7 +409,5 @@ __all__ = [
     "CloseUpstream",
     "OpenUpstream",
     "Phase",
-    "Publish",  # re-exported for the MQTT side until it imports bridge.protocol.messages
-    "ReplyTo",  # likewise
     "SendUpstream",
 ]
