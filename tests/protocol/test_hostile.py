@@ -41,7 +41,7 @@ json_values = st.recursive(
 fields = st.fixed_dictionaries(
     {},
     optional={
-        "action": st.sampled_from(["connect", "send", "close", "open", "", "CONNECT"])
+        "action": st.sampled_from(["connect", "send", "close", "ask", "open", "", "CONNECT"])
         | json_values,
         "connection_id": st.sampled_from(["c1", "c2", "x"]) | json_values,
         "event": st.fixed_dictionaries(
@@ -55,6 +55,10 @@ fields = st.fixed_dictionaries(
         "code": st.sampled_from([1000, 1001, 1006, 3000, 4999, 5000]) | json_values,
         "reason": st.text(max_size=130) | json_values,
         "request_id": st.text(max_size=300) | json_values,
+        # `ask` and profiles: text or items, a profile name, the flag
+        "input": st.text(max_size=50) | json_values,
+        "profile": st.sampled_from(["default", "nope", "", "x" * 65]) | json_values,
+        "new_conversation": st.booleans() | json_values,
     },
 )
 # Deep nesting: it used to raise RecursionError out of json.loads and stop the daemon.
