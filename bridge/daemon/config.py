@@ -44,6 +44,7 @@ from bridge.daemon.config_sources import (
 )
 from bridge.daemon.secrets import Secret, resolve_secret, resolve_tls
 from bridge.errors import ConfigError
+from bridge.protocol.contract import connection_id_problem
 from bridge.protocol.limits import MIB, LimitsConfig
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.sessions import (
@@ -213,6 +214,19 @@ class HomeAssistantConfig(_Section):
 
     discovery: bool = False
     prefix: str = "homeassistant"
+    # Connection ids announced as assistant devices (ask text, answer, status, tokens).
+    assistants: tuple[str, ...] = ()
+
+    @field_validator("assistants")
+    @classmethod
+    def _check_assistants(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for connection_id in value:
+            problem = connection_id_problem(connection_id)
+            if problem is not None:
+                raise ValueError(f"{connection_id!r}: {problem}")
+        if len(set(value)) != len(value):
+            raise ValueError("a connection id is listed twice")
+        return value
 
     @field_validator("prefix")
     @classmethod

@@ -31,7 +31,9 @@ from bridge.ops.observer import Observer
 from bridge.protocol.actions import (
     AbortUpstream,
     Action,
+    ArmTimer,
     CloseUpstream,
+    Observe,
     OpenUpstream,
     SendUpstream,
 )
@@ -81,6 +83,7 @@ class Service:
             redactor=settings.redactor,
             sessions=config.sessions,
             profiles=config.profiles,
+            assistants=config.homeassistant.assistants,
             response_topics=ResponseTopicPolicy(
                 allowed=config.mqtt.response_topics,
                 refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),
@@ -111,6 +114,7 @@ class Service:
         )
         self._observed_count = 0
         self._upstreams: dict[str, _Upstream] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # device output (ArmTimer), per id
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -147,17 +151,18 @@ class Service:
             for task in (ready, stopping, sweeper):
                 task.cancel()
             await self._cancel_all()
+            for timer in self._timers.values():
+                timer.cancel()
             # However run ends (an error, a second signal), the link says `offline`
             # before it goes: give it the time to.
             link.cancel()
             await asyncio.wait([link], timeout=BROKER_FLUSH_GRACE)
 
     async def _sweep_idle(self) -> None:
-        """Close connections idle for ``sessions.idle_timeout`` (checked every second or so)."""
+        """Close connections idle for ``sessions.idle_timeout`` and let conversations
+        expire (checked every second or so)."""
         timeout = self.core.idle_timeout
-        if timeout is None:
-            return
-        interval = min(IDLE_SWEEP_INTERVAL, timeout / 4)
+        interval = IDLE_SWEEP_INTERVAL if timeout is None else min(IDLE_SWEEP_INTERVAL, timeout / 4)
         while True:
             await asyncio.sleep(interval)
             self._perform(self.core.sweep(time.monotonic()))
@@ -191,6 +196,8 @@ class Service:
 
     def _deliverer(self, connection_id: str) -> Callable[[bytes], bool]:
         """The reader's ``deliver`` for one connection: the relay's hot path, kept short."""
+        if self.core.shaped(connection_id):
+            return self._shaped_deliverer(connection_id)
         upstream_event = self.core.upstream_event
         publish = self.link.publish
         observer = self.observer
@@ -208,6 +215,24 @@ class Service:
             return True
 
         return deliver
+
+    def _shaped_deliverer(self, connection_id: str) -> Callable[[bytes], bool]:
+        """``deliver`` for a connection with device output (text, answer, status topics)."""
+        shaped_event = self.core.shaped_event
+        link = self.link
+
+        def deliver(raw: bytes) -> bool:
+            if link.full:  # room first: the output takes each event exactly once
+                return False
+            self._perform(shaped_event(connection_id, raw))
+            self.events_relayed += 1
+            return True
+
+        return deliver
+
+    def _output_due(self, connection_id: str) -> None:
+        del self._timers[connection_id]
+        self._perform(self.core.output_due(connection_id))
 
     async def _room(self, upstream: _Upstream) -> None:
         """Wait until the buffer takes this reader's event, or end its connection (1013).
@@ -264,6 +289,15 @@ class Service:
                         upstream.socket.abort()
                     elif upstream.task is not None:
                         upstream.task.cancel()  # the handshake is abandoned
+                case ArmTimer(connection_id, delay):
+                    timer = self._timers.pop(connection_id, None)
+                    if timer is not None:
+                        timer.cancel()
+                    self._timers[connection_id] = asyncio.get_running_loop().call_later(
+                        delay, self._output_due, connection_id
+                    )
+                case Observe(outcome):
+                    self.observer.observe(outcome)
         if self.core.connection_count != self._observed_count:
             self._observed_count = self.core.connection_count
             self.observer.connections_changed(self._observed_count)

@@ -136,6 +136,11 @@ class MqttLink:
         """Queue a publish without waiting; False if a relayed event finds the buffer full."""
         return self.outbox.put(publish)
 
+    @property
+    def full(self) -> bool:
+        """:meth:`publish` would refuse a relayed event now."""
+        return self.outbox.full
+
     async def room(self) -> None:
         """Wait until :meth:`publish` takes relayed events again."""
         await self.outbox.wait_for_space()

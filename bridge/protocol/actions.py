@@ -2,14 +2,15 @@
 
 :class:`BridgeCore` returns a list of these for every fact it is given; the
 supervisor performs them in order. :class:`~bridge.protocol.messages.Publish`
-goes to the broker; the others go to the upstream connection of their id.
+goes to the broker; the upstream actions go to the upstream connection of their
+id; :class:`ArmTimer` and :class:`Observe` stay in the supervisor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.protocol.messages import Publish
+from bridge.protocol.messages import Outcome, Publish
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,4 +41,20 @@ class AbortUpstream:
     connection_id: str
 
 
-Action = Publish | OpenUpstream | SendUpstream | CloseUpstream | AbortUpstream
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    """Call :meth:`BridgeCore.output_due` for this id in ``delay`` seconds, replacing any
+    timer armed for it before (device output: text coalescing, ``thinking`` heartbeats)."""
+
+    connection_id: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:
+    """An outcome whose message is not published (a response.completed with events off)."""
+
+    outcome: Outcome
+
+
+Action = Publish | OpenUpstream | SendUpstream | CloseUpstream | AbortUpstream | ArmTimer | Observe

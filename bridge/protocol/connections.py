@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from bridge.protocol.contract import Ask, Close, Connect
+from bridge.protocol.device_output import DeviceOutput
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.sessions import DEFAULT_PROFILE
 
@@ -36,3 +37,5 @@ class Connection:
     turn_output: bool = False
     retrying: bool = False  # closing to send its turn again: reported to nobody
     quiet: bool = False  # opened to send a turn again: no connect ack
+    replacing: bool = False  # closed before the server's age limit: the next turn reopens it
+    output: DeviceOutput | None = None  # text, answer, status topics (None: events only)

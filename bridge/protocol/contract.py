@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from bridge.errors import CommandError
+from bridge.protocol.output_options import output_override
 from bridge.protocol.strict_json import elide, load_json
 
 # Topic layout ---------------------------------------------------------------
@@ -155,6 +157,7 @@ class Connect:
     connection_id: str
     request_id: str | None = None
     profile: str | None = None  # None: sessions.profile_by_id, else `default`
+    output: Mapping[str, Any] | None = None  # options over the profile's `output`
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +190,7 @@ class Ask:
     size: int = 0  # bytes of the command: what the turn holds in memory
     profile: str | None = None  # the profile of a connection this ask opens
     retry: bool = False  # the bridge sends this turn again on a new socket (no second ack)
+    output: Mapping[str, Any] | None = None  # `output` of a connection this ask opens
 
 
 Command = Connect | Send | Close | Ask
@@ -299,7 +303,7 @@ def _parse_action(
 ) -> Command:
     check_claimed_id(connection_id, document)
     if action == CONNECT:
-        return Connect(connection_id, request_id, _profile_of(document))
+        return Connect(connection_id, request_id, _profile_of(document), output_override(document))
     if action == SEND:
         return _parse_send(connection_id, document, request_id, allowed_event_types)
     return _parse_close(connection_id, document, request_id)
@@ -345,7 +349,15 @@ def _parse_ask(
     new_conversation = document.get("new_conversation", False)
     if not isinstance(new_conversation, bool):
         raise CommandError(INVALID_COMMAND, "new_conversation must be true or false")
-    return Ask(connection_id, turn_input, new_conversation, request_id, size, _profile_of(document))
+    return Ask(
+        connection_id,
+        turn_input,
+        new_conversation,
+        request_id,
+        size,
+        _profile_of(document),
+        output=output_override(document),
+    )
 
 
 def _parse_send(

@@ -19,7 +19,7 @@ messages the bridge says are built by :mod:`bridge.protocol.replies`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Final
 
 from bridge.errors import InvalidState
@@ -37,11 +37,13 @@ from bridge.protocol.contract import (
     Topics,
     rejection_of,
 )
+from bridge.protocol.device_output import DeviceOutput
 from bridge.protocol.endings import ConnectionEndings
 from bridge.protocol.idle import REQUEST_ENDING_EVENTS, IdleTracker
 from bridge.protocol.intake import CommandIntake
 from bridge.protocol.limits import LimitsConfig
 from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted
+from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies
 from bridge.protocol.response_topics import ResponseTopicPolicy
@@ -54,6 +56,7 @@ from bridge.protocol.sessions import (
 from bridge.protocol.turns import AskTurns
 
 RESPONSE_COMPLETED: Final = "response.completed"
+RESPONSE_CREATE: Final = "response.create"
 # Server events that carry an error message: the only ones scrubbed of the
 # bridge's secrets (a server could echo a credential it was sent); every other
 # event is relayed byte for byte, unread.
@@ -62,7 +65,7 @@ _SCRUBBED_EVENT_TYPES: Final = frozenset({"error", "response.failed"})
 _NOTABLE_EVENT_TYPES: Final = _SCRUBBED_EVENT_TYPES | {RESPONSE_COMPLETED} | REQUEST_ENDING_EVENTS
 
 
-class BridgeCore(AskTurns, ConnectionEndings):
+class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs):
     """Protocol logic of the whole bridge, for every connection id, with no I/O.
 
     Every input method returns the actions to perform, in order. Perform
@@ -82,6 +85,7 @@ class BridgeCore(AskTurns, ConnectionEndings):
         redactor: Redactor | None = None,
         sessions: SessionsConfig | None = None,
         profiles: Mapping[str, ProfileConfig] | None = None,
+        assistants: Collection[str] = (),
     ) -> None:
         self.topics = topics
         sessions = sessions or SessionsConfig(idle_timeout=0)
@@ -91,6 +95,9 @@ class BridgeCore(AskTurns, ConnectionEndings):
         self.conversations = Conversations(profiles or default_profiles(), sessions)
         self._clock = 0.0  # the latest `now` the core was given (for turns run from backlogs)
         self._deferred: list[Action] = []  # see take_deferred
+        self.assistants = frozenset(assistants)  # ids with Home Assistant assistant entities
+        self._reopening: dict[str, DeviceOutput] = {}
+        self._kept: dict[str, DeviceOutput] = {}
         self.url = url
         self.qos = qos
         self.limits = limits or LimitsConfig()
@@ -185,6 +192,8 @@ class BridgeCore(AskTurns, ConnectionEndings):
             return self._pump(connection_id)
         profile = connection.profile if connection.announce_profile else None
         actions = self.replies.connected(connection.connect, connection.connect_reply, profile)
+        if connection.output is not None:
+            actions += connection.output.opened()
         return actions + self._pump(connection_id)
 
     def upstream_failed(
@@ -201,6 +210,7 @@ class BridgeCore(AskTurns, ConnectionEndings):
         request_id = connection.connect.request_id
         rejection = Rejection(code, message, contract.CONNECT, request_id, status)
         actions = self._refuse(connection_id, rejection, connection.connect_reply)
+        actions += self._output_closed(connection_id, connection.output, 1006, message)
         return actions + self._pump(connection_id)
 
     def upstream_event(self, connection_id: str, raw: bytes) -> Publish | None:
@@ -250,8 +260,14 @@ class BridgeCore(AskTurns, ConnectionEndings):
         self._idle.forget(connection_id)
         self.conversations.socket_ended(connection_id)
         lost = [] if connection.retrying else self._turn_cut(connection, connection_id)
+        if connection.retrying or connection.replacing:
+            self._output_reopens(connection, connection_id)
+            ending = self._output_not_reopened
+        else:
+            lost += self._output_closed(connection_id, connection.output, code, reason)
+            ending = _nothing_more
         if connection.retrying:  # the bridge closed it to send its turn again
-            return self._pump(connection_id)
+            return self._pump(connection_id) + ending(connection_id, code, reason)
         if connection.notice is not None:
             actions = self.replies.disconnected(connection_id, *connection.notice)
         elif connection.close is not None:
@@ -262,7 +278,7 @@ class BridgeCore(AskTurns, ConnectionEndings):
             )
         else:
             actions = self.replies.disconnected(connection_id, code, reason)
-        return lost + actions + self._pump(connection_id)
+        return lost + actions + self._pump(connection_id) + ending(connection_id, code, reason)
 
     def begin_shutdown(self) -> list[Action]:
         """Stop taking commands and close every connection (code 1001)."""
@@ -352,6 +368,7 @@ class BridgeCore(AskTurns, ConnectionEndings):
             profile=profile,
             announce_profile=on_behalf_of is not None or command.profile is not None,
             quiet=isinstance(on_behalf_of, Ask) and on_behalf_of.retry,
+            output=self._output_of(command, profile),
         )
         self._idle.opened(connection_id)
         return [OpenUpstream(connection_id)]
@@ -377,6 +394,9 @@ class BridgeCore(AskTurns, ConnectionEndings):
         # always comes before the server events the event causes.
         actions = self.replies.sent(command, reply_to)
         actions.append(SendUpstream(connection_id, command.event))
+        output = self._connections[connection_id].output
+        if output is not None and command.event_type == RESPONSE_CREATE:
+            actions += output.request_sent(command.request_id)
         return actions
 
     def _close(self, command: Close, reply_to: ReplyTo | None) -> list[Action]:
@@ -400,6 +420,10 @@ class BridgeCore(AskTurns, ConnectionEndings):
     ) -> list[Action]:
         self.stats.rejected += 1
         return self.replies.refuse(connection_id, rejection, reply_to)
+
+
+def _nothing_more(connection_id: str, code: int, reason: str) -> list[Action]:
+    return []
 
 
 __all__ = [

@@ -6,12 +6,13 @@ core is declared here.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from bridge.protocol import contract
 from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream
 from bridge.protocol.connections import Connection, Phase
 from bridge.protocol.contract import Rejection, rejection_of
+from bridge.protocol.device_output import DeviceOutput
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.replies import Replies
@@ -40,6 +41,14 @@ class ConnectionEndings:
     def _pump(self, connection_id: str) -> list[Action]:
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # another mixin's (a stub here would hide it)
+
+        def _output_closed(
+            self, connection_id: str, output: DeviceOutput | None, code: int, reason: str
+        ) -> list[Action]: ...
+
+        def _output_sweep(self) -> list[Action]: ...
+
     def connection_failed(self, connection_id: str) -> list[Action]:
         """What drives this connection failed unexpectedly (a bug): forget the connection.
 
@@ -62,6 +71,12 @@ class ConnectionEndings:
             actions = self.replies.disconnected(
                 connection_id, contract.INTERNAL_ERROR_CLOSE_CODE, contract.INTERNAL_ERROR_REASON
             )
+        actions += self._output_closed(
+            connection_id,
+            connection.output,
+            contract.INTERNAL_ERROR_CLOSE_CODE,
+            contract.INTERNAL_ERROR_REASON,
+        )
         return actions + self._pump(connection_id)
 
     def end_connection(self, connection_id: str, code: int, reason: str) -> list[Action]:
@@ -85,10 +100,10 @@ class ConnectionEndings:
         """
         self._clock = now
         self.conversations.expire(now)
+        actions = self._output_sweep()  # retained statuses of conversations that ended
         if self.idle_timeout is None or self.draining:
-            return []
+            return actions
         open_ids = [cid for cid, c in self._connections.items() if c.phase is Phase.OPEN]
-        actions: list[Action] = []
         for connection_id in self._idle.due(open_ids, now, self.idle_timeout):
             connection = self._connections[connection_id]
             connection.phase = Phase.CLOSING

@@ -20,6 +20,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.protocol.contract import Ask
+from bridge.protocol.output_options import OutputConfig
 
 DEFAULT_PROFILE: Final = "default"
 DEFAULT_MODEL: Final = "gpt-5.4-nano"  # the small current model of the `default` profile
@@ -36,6 +37,8 @@ class ProfileConfig(BaseModel):
 
     # Fields of every response.create of an `ask` (model, instructions, store, ...).
     request: dict[str, Any] = Field(default_factory=dict)
+    # What its connections publish besides events (text, answer, status topics).
+    output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("request")
     @classmethod

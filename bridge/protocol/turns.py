@@ -84,6 +84,8 @@ class AskTurns:
         connection.turn, connection.turn_reply, connection.turn_output = command, reply_to, False
         actions = [] if command.retry else self.replies.asked(command, reply_to)
         actions.append(SendUpstream(connection_id, data))
+        if connection.output is not None and not command.retry:
+            actions += connection.output.request_sent(command.request_id)
         return actions
 
     def take_deferred(self) -> list[Action]:
@@ -138,8 +140,10 @@ class AskTurns:
     def _open_for(self, command: Ask | Send, reply_to: ReplyTo | None) -> list[Action]:
         """Open the id for a command that needs a connection; the command waits for it."""
         connection_id = command.connection_id
-        profile = command.profile if isinstance(command, Ask) else None
-        opening = Connect(connection_id, command.request_id, profile)
+        if isinstance(command, Ask):
+            opening = Connect(connection_id, command.request_id, command.profile, command.output)
+        else:
+            opening = Connect(connection_id, command.request_id)
         actions = self._connect(opening, reply_to, on_behalf_of=command)
         if connection_id in self._connections:  # opening: the command waits for it
             problem = self._backlogs.add(connection_id, command, reply_to)
@@ -160,6 +164,7 @@ class AskTurns:
             return self._refuse_command(command, contract.LIMIT_REACHED, problem, reply_to)
         connection = self._connections[connection_id]
         connection.phase = Phase.CLOSING
+        connection.replacing = True
         connection.notice = (REPLACED_CLOSE_CODE, SOCKET_REPLACED_REASON)
         self.conversations.socket_ended(connection_id)
         return [CloseUpstream(connection_id, REPLACED_CLOSE_CODE, SOCKET_REPLACED_REASON)]
