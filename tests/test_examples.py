@@ -1,36 +1,91 @@
-"""The shipped examples speak the contract: the Node-RED flow and the Home Assistant script."""
+"""The shipped examples speak the contract: the Node-RED flow, the Home Assistant script,
+the ESP32 sketch and the ESPHome device.
+
+The sketch and the ESPHome file are read, not compiled: their topics and commands are
+taken out of the source (string macros, YAML with substitutions) and checked here.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bridge.protocol.contract import Close, Connect, Send, Topics, parse_command
+from bridge.protocol.contract import (
+    Ask,
+    Close,
+    Command,
+    Connect,
+    Rejection,
+    Send,
+    Topics,
+    connection_id_problem,
+    parse_command,
+)
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 ALLOWED = frozenset({"response.create"})
+TOPICS = Topics("ai")
+SEED_TAB = "Responses WebSocket over MQTT"
+ASK_TAB = "ask (text and answer)"
+# What a device asks for: text chunks and the status word, no JSON events.
+DEVICE_OUTPUT = {"text": True, "events": False, "status": True}
+PUBSUBCLIENT_BUFFER = 256  # PubSubClient's default MQTT_MAX_PACKET_SIZE
+TEXT_MAX_BYTES = 200  # the bridge's default output.text_max_bytes
+
+
+def device_topic(connection_id: str, kind: str) -> str:
+    """``ai/<id>/text``, ``ai/<id>/answer``, ``ai/<id>/status``."""
+    return f"{TOPICS.prefix}/{connection_id}/{kind}"
+
+
+def parse(connection_id: str, payload: str) -> Command | Rejection:
+    return parse_command(
+        connection_id, payload.encode(), max_bytes=1 << 20, allowed_event_types=ALLOWED
+    )
 
 
 def nodes_by_id() -> dict[str, dict[str, Any]]:
     flow = json.loads((EXAMPLES / "node-red" / "flow.json").read_text())
     assert isinstance(flow, list)
-    return {node["id"]: node for node in flow}
+    by_id = {node["id"]: node for node in flow}
+    assert len(by_id) == len(flow), "node ids must be unique"
+    return by_id
+
+
+def tab_id(nodes: dict[str, dict[str, Any]], label: str) -> str:
+    (found,) = [node_id for node_id, node in nodes.items() if node.get("label") == label]
+    assert nodes[found]["type"] == "tab"
+    return found
+
+
+def on_tab(nodes: dict[str, dict[str, Any]], label: str, kind: str) -> list[dict[str, Any]]:
+    """The nodes of one type on one tab, top to bottom."""
+    tab = tab_id(nodes, label)
+    found = [node for node in nodes.values() if node.get("z") == tab and node["type"] == kind]
+    return sorted(found, key=lambda node: node["y"])
+
+
+def wired_to(nodes: dict[str, dict[str, Any]], node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [nodes[target] for output in node["wires"] for target in output]
 
 
 def test_node_red_flow_is_importable_json() -> None:
     """Every node has a unique id and a type; every wire and broker reference resolves."""
     nodes = nodes_by_id()
     tabs = {node_id for node_id, node in nodes.items() if node["type"] == "tab"}
-    assert len(tabs) == 1
+    assert {nodes[tab]["label"] for tab in tabs} == {SEED_TAB, ASK_TAB}
     for node in nodes.values():
         assert isinstance(node["type"], str)
         if node["type"] not in {"tab", "mqtt-broker"}:
             assert node["z"] in tabs
         for output in node.get("wires", []):
             assert all(target in nodes for target in output)
+            assert all(nodes[target]["z"] == node["z"] for target in output)  # no cross-tab wire
         if "broker" in node and node["type"] != "mqtt-broker":
             assert nodes[node["broker"]]["type"] == "mqtt-broker"
 
@@ -38,12 +93,10 @@ def test_node_red_flow_is_importable_json() -> None:
 def test_node_red_injects_publish_the_seed_commands() -> None:
     """The inject nodes reach the mqtt out node on P/<id>/cmd with connect, send, close."""
     nodes = nodes_by_id()
-    (mqtt_out,) = [node for node in nodes.values() if node["type"] == "mqtt out"]
+    (mqtt_out,) = on_tab(nodes, SEED_TAB, "mqtt out")
     connection_id = Topics("ai").connection_id_of(mqtt_out["topic"])
     assert connection_id == "demo-connection-1"
-    injects = sorted(
-        (node for node in nodes.values() if node["type"] == "inject"), key=lambda node: node["y"]
-    )
+    injects = on_tab(nodes, SEED_TAB, "inject")
     commands = []
     for inject in injects:
         assert inject["payloadType"] == "json"
@@ -62,7 +115,7 @@ def test_node_red_injects_publish_the_seed_commands() -> None:
 def test_node_red_reads_the_events_topic_as_json() -> None:
     """An mqtt in node reads P/<id>/events as parsed JSON into a debug node."""
     nodes = nodes_by_id()
-    (mqtt_in,) = [node for node in nodes.values() if node["type"] == "mqtt in"]
+    (mqtt_in,) = on_tab(nodes, SEED_TAB, "mqtt in")
     assert mqtt_in["topic"] == Topics("ai").events("demo-connection-1")
     assert mqtt_in["datatype"] == "json"
     targets = {nodes[target]["type"] for output in mqtt_in["wires"] for target in output}
@@ -99,3 +152,317 @@ def test_home_assistant_script_speaks_the_contract() -> None:
     waits = [trigger for step in script["sequence"] for trigger in step.get("wait_for_trigger", [])]
     assert waits
     assert {trigger["topic"] for trigger in waits} == {events}
+
+
+# Node-RED: the "ask (text and answer)" tab --------------------------------------------
+
+_ENV_REFERENCE = re.compile(r"\$\{([^}]+)\}")
+
+
+def tab_env(tab: dict[str, Any]) -> dict[str, str]:
+    """A tab's environment variables as Node-RED (3.1 and later) evaluates them.
+
+    A ``str`` value is taken as it is; an ``env`` value has its ``${NAME}``
+    references to other variables substituted (without any, it names one).
+    """
+    entries = {entry["name"]: entry for entry in tab["env"]}
+
+    def value(name: str) -> str:
+        entry = entries[name]
+        if entry["type"] == "str":
+            assert isinstance(entry["value"], str)
+            return entry["value"]
+        assert entry["type"] == "env", f"the test does not model env type {entry['type']}"
+        if "${" not in entry["value"]:
+            return value(entry["value"])
+        return _ENV_REFERENCE.sub(lambda match: value(match[1]), entry["value"])
+
+    return {name: value(name) for name in entries}
+
+
+def runtime_value(value: str, env: dict[str, str]) -> str:
+    """A node property as the runtime hands it to the node.
+
+    Node-RED substitutes a property only when its whole value is ``${NAME}``
+    (``mapEnvVarProperties``): ``ai/${CONNECTION_ID}/cmd`` would stay as it is.
+    """
+    match = re.fullmatch(r"\$\{(\S+)\}", value)
+    return env[match[1]] if match else value
+
+
+def strings(value: Any) -> list[str]:
+    """Every string in a JSON-like value, keys excepted."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [found for item in value for found in strings(item)]
+    if isinstance(value, dict):
+        return [found for item in value.values() for found in strings(item)]
+    return []
+
+
+def _path(msg: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+    *parents, last = path.split(".")
+    for part in parents:
+        msg = msg.setdefault(part, {})
+    return msg, last
+
+
+def apply_change_rules(rules: list[dict[str, Any]], msg: dict[str, Any]) -> None:
+    """What a change node does to ``msg``, for the rules the examples use."""
+    for rule in rules:
+        assert rule["pt"] == "msg"
+        holder, key = _path(msg, rule["p"])
+        if rule["t"] == "set":
+            if rule["tot"] == "json":
+                holder[key] = json.loads(rule["to"])
+            elif rule["tot"] == "str":
+                holder[key] = rule["to"]
+            else:
+                assert rule["tot"] == "msg", f"the test does not model tot={rule['tot']}"
+                source, source_key = _path(msg, rule["to"])
+                holder[key] = source[source_key]
+        elif rule["t"] == "move":
+            assert rule["tot"] == "msg"
+            value = holder.pop(key)
+            target, target_key = _path(msg, rule["to"])
+            target[target_key] = value
+        else:
+            assert rule["t"] == "delete", f"the test does not model rule {rule['t']}"
+            holder.pop(key, None)
+
+
+def test_node_red_ask_tab_names_its_connection_id_once() -> None:
+    """The id is one tab variable; the mqtt topics are variables built from it."""
+    nodes = nodes_by_id()
+    tab = tab_id(nodes, ASK_TAB)
+    env = tab_env(nodes[tab])
+    connection_id = env["CONNECTION_ID"]
+    assert connection_id_problem(connection_id) is None
+    on_this_tab = [node for node in nodes.values() if node["id"] == tab or node.get("z") == tab]
+    assert json.dumps(on_this_tab).count(connection_id) == 1
+    for node in on_this_tab:
+        if node["id"] == tab:
+            continue
+        for value in strings(node):  # the runtime would not substitute a partial reference
+            if "${" in value:
+                match = re.fullmatch(r"\$\{(\S+)\}", value)
+                assert match is not None, f"{node['id']}: {value!r} is not a whole ${{NAME}}"
+                assert match[1] in env
+        if node["type"] in {"mqtt in", "mqtt out"}:
+            assert re.fullmatch(r"\$\{\w+\}", node["topic"])
+
+
+def test_node_red_ask_tab_publishes_an_ask_per_question() -> None:
+    """inject (a question) -> change (the ask command) -> mqtt out on P/<id>/cmd."""
+    nodes = nodes_by_id()
+    env = tab_env(nodes[tab_id(nodes, ASK_TAB)])
+    connection_id = env["CONNECTION_ID"]
+    (change,) = on_tab(nodes, ASK_TAB, "change")
+    (mqtt_out,) = on_tab(nodes, ASK_TAB, "mqtt out")
+    assert runtime_value(mqtt_out["topic"], env) == TOPICS.command(connection_id)
+    assert wired_to(nodes, change) == [mqtt_out]
+    injects = on_tab(nodes, ASK_TAB, "inject")
+    assert injects
+    for inject in injects:
+        assert inject["payloadType"] == "str"
+        assert wired_to(nodes, inject) == [change]
+        msg: dict[str, Any] = {"payload": inject["payload"]}
+        apply_change_rules(change["rules"], msg)
+        assert set(msg) == {"payload"}
+        command = parse(connection_id, json.dumps(msg["payload"]))
+        assert isinstance(command, Ask)
+        assert command.input == inject["payload"]
+        assert command.request_id is None  # a repeated question is a new turn, not a redelivery
+        assert msg["payload"]["output"] == {"text": True, "answer": True, "events": False}
+
+
+def test_node_red_ask_tab_reads_text_and_answer() -> None:
+    """mqtt in on P/<id>/text (plain text) and P/<id>/answer (JSON, its text shown) -> debug."""
+    nodes = nodes_by_id()
+    env = tab_env(nodes[tab_id(nodes, ASK_TAB)])
+    connection_id = env["CONNECTION_ID"]
+    readers = {
+        runtime_value(node["topic"], env): node for node in on_tab(nodes, ASK_TAB, "mqtt in")
+    }
+    text = readers.pop(device_topic(connection_id, "text"))
+    answer = readers.pop(device_topic(connection_id, "answer"))
+    assert readers == {}
+    assert text["datatype"] == "utf8"
+    assert [node["type"] for node in wired_to(nodes, text)] == ["debug"]
+    assert answer["datatype"] == "json"
+    (shown,) = wired_to(nodes, answer)
+    assert shown["type"] == "debug"
+    assert (shown["targetType"], shown["complete"]) == ("msg", "payload.text")
+    (broker,) = [node for node in nodes.values() if node["type"] == "mqtt-broker"]
+    for node in [*on_tab(nodes, ASK_TAB, "mqtt out"), text, answer]:
+        assert node["broker"] == broker["id"]  # the seed tab's broker node
+
+
+# The ESP32 sketch ---------------------------------------------------------------------
+
+_C_TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|/\*.*?\*/|\w+|\S', re.DOTALL)
+_C_STRING_OR_COMMENT = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
+
+
+def _c_unescape(literal: str) -> str:
+    return re.sub(r"\\(.)", lambda match: {"n": "\n", "t": "\t"}.get(match[1], match[1]), literal)
+
+
+def c_string_macros(source: str) -> dict[str, str]:
+    """The ``#define`` macros whose body is string literals and such macros, by value.
+
+    Adjacent literals concatenate, as in C; other macros (numbers, code) are left out.
+    """
+    macros: dict[str, str] = {}
+    definitions = re.findall(r"^#define[ \t]+(\w+)[ \t]+((?:.*\\\n)*.*)$", source, re.MULTILINE)
+    for name, body in definitions:
+        parts = []
+        for token in _C_TOKEN.findall(body.replace("\\\n", " ")):
+            if token.startswith(("//", "/*")):
+                continue
+            if token.startswith('"'):
+                parts.append(_c_unescape(token[1:-1]))
+            elif token in macros:
+                parts.append(macros[token])
+            else:
+                break
+        else:
+            if parts:
+                macros[name] = "".join(parts)
+    return macros
+
+
+def c_code(source: str) -> str:
+    """The source without its comments (string literals kept)."""
+    return _C_STRING_OR_COMMENT.sub(
+        lambda match: "" if match[0].startswith("/") else match[0], source
+    )
+
+
+def sketch() -> tuple[str, dict[str, str]]:
+    source = (EXAMPLES / "esp32" / "ask_button" / "ask_button.ino").read_text()
+    return source, c_string_macros(source)
+
+
+def check_device_ask(connection_id: str, payload: str) -> None:
+    """A device's one command: a short ask for text chunks and the status word."""
+    assert len(payload.encode()) < 200
+    command = parse(connection_id, payload)
+    assert isinstance(command, Ask)
+    document = json.loads(payload)
+    assert document["output"] == DEVICE_OUTPUT
+    # A fixed request_id would make a second press within 30 s a "redelivery", dropped.
+    assert "request_id" not in document
+
+
+def test_esp32_sketch_asks_and_prints_text_and_status() -> None:
+    """One #define names the id; the sketch publishes the ask and reads text and status."""
+    source, macros = sketch()
+    connection_id = macros["CONNECTION_ID"]
+    assert connection_id_problem(connection_id) is None
+    assert source.count(f'"{connection_id}"') == 1
+    assert macros["TOPIC_CMD"] == TOPICS.command(connection_id)
+    assert macros["TOPIC_TEXT"] == device_topic(connection_id, "text")
+    assert macros["TOPIC_STATUS"] == device_topic(connection_id, "status")
+    check_device_ask(connection_id, macros["ASK_COMMAND"])
+    code = c_code(source)
+    assert re.search(r"\.publish\(\s*TOPIC_CMD\s*,\s*ASK_COMMAND\s*\)", code)
+    assert set(re.findall(r"\.subscribe\(\s*(\w+)", code)) == {"TOPIC_TEXT", "TOPIC_STATUS"}
+    assert re.search(r"Serial\.write\(\s*payload\s*,\s*length\s*\)", code)
+    assert "setBufferSize" not in code
+    # A full text chunk arrives whole in PubSubClient's default buffer: the QoS 1 PUBLISH
+    # is 1 byte of header, 2 of remaining length, 2 + topic, 2 of packet id, the payload.
+    packet = 1 + 2 + 2 + len(macros["TOPIC_TEXT"].encode()) + 2 + TEXT_MAX_BYTES
+    assert packet <= PUBSUBCLIENT_BUFFER
+
+
+# The ESPHome device -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A value under one of ESPHome's own YAML tags (!secret, !lambda, !include, ...)."""
+
+    tag: str
+    value: Any
+
+
+class ESPHomeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, taking ESPHome's tags as :class:`Tagged` values."""
+
+
+def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        assert isinstance(node, yaml.MappingNode)
+        value = loader.construct_mapping(node, deep=True)
+    return Tagged("!" + suffix, value)
+
+
+ESPHomeLoader.add_multi_constructor("!", _tagged)
+
+
+def substitute(value: Any, variables: dict[str, str]) -> Any:
+    """ESPHome's substitutions: ``${name}`` and ``$name`` in every string."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda match: variables[match[1] or match[2]], value)
+    if isinstance(value, list):
+        return [substitute(item, variables) for item in value]
+    if isinstance(value, dict):
+        return {key: substitute(item, variables) for key, item in value.items()}
+    return value
+
+
+def esphome() -> tuple[dict[str, str], dict[str, Any]]:
+    """The substitutions and the device, substituted."""
+    text = (EXAMPLES / "esphome" / "ask_button.yaml").read_text()
+    document = yaml.load(text, Loader=ESPHomeLoader)  # noqa: S506 - a safe loader, plus tags
+    assert isinstance(document, dict)
+    variables = document.pop("substitutions")
+    return variables, substitute(document, variables)
+
+
+def test_esphome_device_asks_and_logs_text_and_status() -> None:
+    """A gpio button publishes the ask; on_message logs the text; a text sensor has the status."""
+    variables, device = esphome()
+    connection_id = variables["connection_id"]
+    assert connection_id_problem(connection_id) is None
+    assert {"esphome", "esp32", "wifi", "mqtt", "logger"} <= set(device)
+    for secret in (device["wifi"]["ssid"], device["wifi"]["password"], device["mqtt"]["broker"]):
+        assert isinstance(secret, Tagged)
+        assert secret.tag == "!secret"
+    (button,) = [sensor for sensor in device["binary_sensor"] if sensor["platform"] == "gpio"]
+    (publish,) = [action["mqtt.publish"] for action in button["on_press"]]
+    assert publish["topic"] == TOPICS.command(connection_id)
+    check_device_ask(connection_id, publish["payload"])
+    (on_message,) = device["mqtt"]["on_message"]
+    assert on_message["topic"] == device_topic(connection_id, "text")
+    assert [next(iter(action)) for action in on_message["then"]] == ["logger.log"]
+    (status,) = [
+        sensor for sensor in device["text_sensor"] if sensor["platform"] == "mqtt_subscribe"
+    ]
+    assert status["topic"] == device_topic(connection_id, "status")
+    assert {value for value in strings(device) if value.startswith(f"{TOPICS.prefix}/")} == {
+        TOPICS.command(connection_id),
+        device_topic(connection_id, "text"),
+        device_topic(connection_id, "status"),
+    }
+
+
+def test_each_example_asks_on_a_connection_of_its_own() -> None:
+    """An ask's ``output`` applies when it opens the connection: examples sharing an id
+    would get whichever output the first of them asked for."""
+    nodes = nodes_by_id()
+    script = yaml.safe_load((EXAMPLES / "home-assistant" / "ask_openai.yaml").read_text())
+    ids = [
+        tab_env(nodes[tab_id(nodes, ASK_TAB)])["CONNECTION_ID"],
+        sketch()[1]["CONNECTION_ID"],
+        esphome()[0]["connection_id"],
+        TOPICS.connection_id_of(script["script"]["ask_openai"]["variables"]["commands"]),
+    ]
+    assert len(set(ids)) == len(ids)
