@@ -7,7 +7,7 @@ import functools
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.protocol.contract import UserProperties
+from bridge.protocol.server_events import UserProperties
 
 
 class _PackedOnce(Properties):

@@ -72,12 +72,6 @@ UPSTREAM_LOST: Final = "upstream_lost"
 INVALID_SERVER_EVENT: Final = "invalid_server_event"
 EVENT_BUFFER_FULL: Final = "event_buffer_full"
 
-# MQTT v5 user properties, like the seed node's msg.openai ----------------------
-
-TRANSPORT: Final = "responses.websocket"
-DIRECTION_SERVER: Final = "server"
-DIRECTION_BRIDGE: Final = "bridge"
-
 # WebSocket close codes a client may send: RFC 6455 §7.4.1 and §7.4.2.
 _CLIENT_CLOSE_CODES: Final = frozenset({1000, 1001})
 _APPLICATION_CLOSE_CODES: Final = range(3000, 5000)
@@ -400,47 +394,3 @@ def _parse_close(connection_id: str, document: dict[str, Any], request_id: str |
             INVALID_COMMAND, f"reason must be a string of at most {MAX_CLOSE_REASON_BYTES} bytes"
         )
     return Close(connection_id, code, reason, request_id)
-
-
-# MQTT v5 user properties -----------------------------------------------------------
-
-
-UserProperties = tuple[tuple[str, str], ...]
-
-
-def user_properties(connection_id: str, direction: str, event_type: str) -> UserProperties:
-    """The MQTT v5 user properties of one published message (the seed's msg.openai)."""
-    return (
-        ("transport", TRANSPORT),
-        ("direction", direction),
-        ("connection_id", connection_id),
-        ("event_type", event_type),
-    )
-
-
-# Server events -------------------------------------------------------------------
-
-_TYPE_PREFIX: Final = b'{"type":"'
-_TYPE_START: Final = len(_TYPE_PREFIX)
-
-
-def server_event_type(raw: bytes) -> str | None:
-    """The ``type`` of a server event, or None if it is not a JSON object with one.
-
-    OpenAI writes ``type`` first, so the fast path reads it off the prefix
-    without decoding the whole event (a ``response.completed`` can be
-    megabytes); anything else is parsed in full.
-    """
-    if raw.startswith(_TYPE_PREFIX):
-        end = raw.find(b'"', _TYPE_START)
-        if end > 0:
-            name = raw[_TYPE_START:end]
-            if b"\\" not in name:
-                return name.decode("utf-8", "replace")
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(document, dict) and isinstance(document.get("type"), str):
-        return str(document["type"])
-    return None

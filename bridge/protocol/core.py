@@ -23,7 +23,7 @@ from collections.abc import Collection, Mapping
 from typing import Final
 
 from bridge.errors import InvalidState
-from bridge.protocol import contract
+from bridge.protocol import contract, server_events
 from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream, OpenUpstream, SendUpstream
 from bridge.protocol.backlogs import Backlogs
 from bridge.protocol.connections import Connection, Phase
@@ -222,7 +222,7 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs):
         connection = self._connections.get(connection_id)
         if connection is None:
             raise InvalidState(f"event for unknown connection {connection_id!r}")
-        event_type = contract.server_event_type(raw)
+        event_type = server_events.server_event_type(raw)
         if event_type is None:
             return self.replies.invalid_server_event(connection_id, raw)
         if (
@@ -244,7 +244,7 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs):
             else:
                 raw = self.redactor.redact_bytes(raw)
         properties = (
-            contract.user_properties(connection_id, contract.DIRECTION_SERVER, event_type)
+            server_events.user_properties(connection_id, server_events.DIRECTION_SERVER, event_type)
             if self.v5
             else ()
         )
@@ -279,25 +279,6 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs):
         else:
             actions = self.replies.disconnected(connection_id, code, reason)
         return lost + actions + self._pump(connection_id) + ending(connection_id, code, reason)
-
-    def begin_shutdown(self) -> list[Action]:
-        """Stop taking commands and close every connection (code 1001)."""
-        if self.draining:
-            return []
-        self.draining = True
-        code, reason = contract.SHUTDOWN_CLOSE_CODE, contract.SHUTDOWN_CLOSE_REASON
-        actions: list[Action] = []
-        for connection_id, connection in self._connections.items():
-            if connection.phase is Phase.OPENING:
-                actions.append(AbortUpstream(connection_id))
-            elif connection.phase is Phase.OPEN:
-                connection.phase = Phase.CLOSING
-                connection.close = Close(connection_id, code, reason)
-                connection.closed_by_bridge = True
-                actions.append(CloseUpstream(connection_id, code, reason))
-        for connection_id in self._backlogs.ids():
-            actions.extend(self._pump(connection_id))
-        return actions
 
     # Internals --------------------------------------------------------------
 

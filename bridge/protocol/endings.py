@@ -1,4 +1,4 @@
-"""Ends the bridge decides: a bug, a full buffer, an idle connection.
+"""Ends the bridge decides: a bug, a full buffer, an idle connection, its own stop.
 
 A mixin of :class:`~bridge.protocol.core.BridgeCore`; what it uses of the
 core is declared here.
@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Final
 
 from bridge.protocol import contract
 from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream
+from bridge.protocol.backlogs import Backlogs
 from bridge.protocol.connections import Connection, Phase
-from bridge.protocol.contract import Rejection, rejection_of
+from bridge.protocol.contract import Close, Rejection, rejection_of
 from bridge.protocol.device_output import DeviceOutput
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import ReplyTo
@@ -26,6 +27,7 @@ class ConnectionEndings:
     """Ending connections on the bridge's own account."""
 
     _connections: dict[str, Connection]
+    _backlogs: Backlogs
     _idle: IdleTracker
     _clock: float
     conversations: Conversations
@@ -92,6 +94,25 @@ class ConnectionEndings:
         connection.notice = (code, reason)
         connection.phase = Phase.CLOSING
         return [AbortUpstream(connection_id)]
+
+    def begin_shutdown(self) -> list[Action]:
+        """Stop taking commands and close every connection (code 1001)."""
+        if self.draining:
+            return []
+        self.draining = True
+        code, reason = contract.SHUTDOWN_CLOSE_CODE, contract.SHUTDOWN_CLOSE_REASON
+        actions: list[Action] = []
+        for connection_id, connection in self._connections.items():
+            if connection.phase is Phase.OPENING:
+                actions.append(AbortUpstream(connection_id))
+            elif connection.phase is Phase.OPEN:
+                connection.phase = Phase.CLOSING
+                connection.close = Close(connection_id, code, reason)
+                connection.closed_by_bridge = True
+                actions.append(CloseUpstream(connection_id, code, reason))
+        for connection_id in self._backlogs.ids():
+            actions.extend(self._pump(connection_id))
+        return actions
 
     def sweep(self, now: float) -> list[Action]:
         """Close (code 1000) every open connection idle for ``idle_timeout`` at ``now``.

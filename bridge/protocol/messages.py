@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.protocol.contract import Rejection, UserProperties
+from bridge.protocol.contract import Rejection
+from bridge.protocol.server_events import UserProperties
 
 
 @dataclass(frozen=True, slots=True)

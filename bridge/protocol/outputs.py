@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Final
 
-from bridge.protocol import contract
+from bridge.protocol import contract, server_events
 from bridge.protocol.actions import Action
 from bridge.protocol.connections import Connection
 from bridge.protocol.contract import Connect
@@ -78,7 +78,7 @@ class DeviceOutputs:
         output = self._connections[connection_id].output
         if output is None or not message.relayed:
             return [message]
-        event_type = contract.server_event_type(message.payload) or ""
+        event_type = server_events.server_event_type(message.payload) or ""
         return output.event(message, event_type)
 
     def shaped(self, connection_id: str) -> bool:

@@ -17,7 +17,6 @@ from bridge.protocol.contract import (
     ASK,
     CLOSE,
     CONNECT,
-    DIRECTION_BRIDGE,
     DISCONNECTED,
     INVALID_SERVER_EVENT,
     OBJECT_CLIENT_EVENT,
@@ -30,7 +29,6 @@ from bridge.protocol.contract import (
     Rejection,
     Send,
     Topics,
-    user_properties,
 )
 from bridge.protocol.messages import (
     Acknowledged,
@@ -40,6 +38,7 @@ from bridge.protocol.messages import (
     ReplyTo,
     UpstreamClosed,
 )
+from bridge.protocol.server_events import DIRECTION_BRIDGE, user_properties
 
 
 class Replies:

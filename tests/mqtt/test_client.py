@@ -12,8 +12,8 @@ import pytest
 from bridge.daemon.config import MqttConfig
 from bridge.mqtt.client import BrokerConnection, BrokerRefusedConnection
 from bridge.mqtt.outbox import Outbox
-from bridge.protocol.contract import DIRECTION_SERVER, user_properties
 from bridge.protocol.messages import Publish
+from bridge.protocol.server_events import DIRECTION_SERVER, user_properties
 from tests.conftest import Broker, prop
 from tests.helpers import SECOND
 

@@ -15,8 +15,8 @@ from bridge.protocol.contract import (
     Send,
     Topics,
     parse_command,
-    server_event_type,
 )
+from bridge.protocol.server_events import server_event_type
 
 ALLOWED = frozenset({"response.create"})
 
