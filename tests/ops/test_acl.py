@@ -119,7 +119,14 @@ async def test_readme_acl_lets_named_users_command_the_bridge_and_nobody_else(
     async with (
         OpsBridge(settings),
         user_client(
-            acl_broker, "homeassistant", "ai/+/events", "ai/bridge/#", "homeassistant/#"
+            acl_broker,
+            "homeassistant",
+            "ai/+/events",
+            "ai/+/text",
+            "ai/+/answer",
+            "ai/+/status",
+            "ai/bridge/#",
+            "homeassistant/#",
         ) as (
             ha,
             ha_inbox,
@@ -130,10 +137,15 @@ async def test_readme_acl_lets_named_users_command_the_bridge_and_nobody_else(
         ),
     ):
         await ha.publish("ai/ha-1/cmd", json.dumps({"action": "connect"}), qos=1)
+        output = {"text": True, "answer": True, "status": True}
+        ask = {"action": "ask", "input": "Describe tulips.", "output": output}
+        await ha.publish("ai/ha-2/cmd", json.dumps(ask), qos=1)
         await intruder.publish("ai/evil-1/cmd", json.dumps({"action": "connect"}), qos=1)
-        seen = await drain(ha_inbox, 1.5)
+        seen = await drain(ha_inbox, 2.0)
         topics = {message.topic.value for message in seen}
         assert "ai/ha-1/events" in topics  # answered
+        # The bridge may write the device-output topics, and the user read them.
+        assert {"ai/ha-2/text", "ai/ha-2/answer", "ai/ha-2/status"} <= topics
         assert "ai/evil-1/events" not in topics  # never reached the bridge
         assert {"ai/bridge/state", "ai/bridge/info"} <= topics  # the bridge may write its own
         assert any(topic.startswith("homeassistant/sensor/") for topic in topics)
