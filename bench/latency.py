@@ -17,6 +17,7 @@ import json
 import logging
 import multiprocessing
 import statistics
+import tempfile
 import threading
 import time
 import uuid
@@ -138,6 +139,7 @@ async def through_bridge(host: str, port: int, rate: float, count: int, qos: int
     settings = resolve(
         parse_config(
             {
+                "state_dir": tempfile.mkdtemp(prefix="latency-state-"),
                 "mqtt": {"host": host, "port": port, "qos": qos, "client_id": "latency-bridge"},
                 "openai": {"base_url": f"http://127.0.0.1:{upstream_port}/v1"},
             }

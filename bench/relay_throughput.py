@@ -267,6 +267,7 @@ async def through_bridge(
 ) -> Run:
     """Events/s the subscriber receives from `connections` streams relayed by the bridge."""
     document = {
+        "state_dir": tempfile.mkdtemp(prefix="relay-state-"),
         "mqtt": {
             "host": host,
             "port": port,

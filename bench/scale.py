@@ -105,6 +105,7 @@ def main() -> None:
         config.write_text(
             json.dumps(
                 {
+                    "state_dir": str(directory / "state"),
                     "mqtt": {"host": broker.host, "port": broker.port, "client_id": "scale-bridge"},
                     "openai": {"base_url": f"http://127.0.0.1:{sim_port}/v1"},
                     "limits": {"max_connections": count + 10},

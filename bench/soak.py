@@ -140,6 +140,7 @@ async def soak(connections: int, minutes: float, restarts: int, pace: float) -> 
         config.write_text(
             json.dumps(
                 {
+                    "state_dir": str(directory / "state"),
                     "mqtt": {
                         "host": broker.host,
                         "port": broker.port,

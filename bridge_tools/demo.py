@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -168,6 +169,8 @@ async def _pick_upstream(
 def _settings(host: str, port: int, prefix: str, base_url: str, api_key: str | None) -> Settings:
     config = parse_config(
         {
+            # The demo's token usage is its own: it never counts against real budgets.
+            "state_dir": tempfile.mkdtemp(prefix="openai-mqtt-bridge-demo-"),
             "mqtt": {
                 "host": host,
                 "port": port,

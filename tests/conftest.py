@@ -82,6 +82,7 @@ def bridge_settings(
 ) -> Settings:
     """Settings for a bridge between ``broker`` and ``simulator``, with overrides."""
     document: dict[str, Any] = {
+        "state_dir": str(tmp_path / "state"),  # today's token usage: this test's own
         "mqtt": {
             "host": broker.host,
             "port": broker.port,

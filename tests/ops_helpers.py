@@ -92,6 +92,7 @@ def _now() -> float:
 def daemon_config(tmp_path: Path, mqtt: dict[str, Any], **sections: dict[str, Any]) -> Path:
     """A config file for the daemon as a process, quick to stop and reconnect."""
     document: dict[str, Any] = {
+        "state_dir": str(tmp_path / "state"),
         "mqtt": {
             "client_id": "ops-bridge",
             "keepalive": 5,

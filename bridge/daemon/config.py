@@ -259,6 +259,9 @@ class Config(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    # Where today's token usage is kept (None: $STATE_DIRECTORY under systemd, else
+    # $XDG_STATE_HOME/openai-mqtt-bridge or ~/.local/state/openai-mqtt-bridge).
+    state_dir: Path | None = None
 
 
 @dataclass(frozen=True)

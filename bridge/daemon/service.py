@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,9 +26,11 @@ from typing import Final
 from bridge.daemon import logs
 from bridge.daemon.buffer_waits import BufferWaits
 from bridge.daemon.config import Settings
+from bridge.daemon.usage_store import UsageStore, default_state_dir
 from bridge.errors import UpstreamError
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.ops.observer import Observer
+from bridge.ops.usage import usage_document, usage_topic
 from bridge.protocol.actions import (
     AbortUpstream,
     Action,
@@ -39,6 +42,7 @@ from bridge.protocol.actions import (
 )
 from bridge.protocol.contract import Topics
 from bridge.protocol.core import BridgeCore, Phase
+from bridge.protocol.guardrails import local_time
 from bridge.protocol.messages import Publish
 from bridge.protocol.response_topics import ResponseTopicPolicy
 from bridge.upstream.connection import Upstream, UpstreamConnection
@@ -50,6 +54,7 @@ BROKER_FLUSH_GRACE: Final = 5.0  # seconds to deliver what is buffered once upst
 # Room in an inbound packet for its topic and properties besides the payload.
 PACKET_OVERHEAD_BYTES: Final = 256 * 1024
 IDLE_SWEEP_INTERVAL: Final = 1.0  # seconds between looks for idle connections, at most
+USAGE_INTERVAL: Final = 5.0  # seconds between saves and publications of changed usage
 
 
 @dataclass(eq=False, slots=True)
@@ -69,11 +74,18 @@ class _Upstream:
 class Service:
     """The running daemon: one broker link, many upstream connections, one core."""
 
-    def __init__(self, settings: Settings, observer: Observer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        observer: Observer | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         config = settings.config
         self.settings = settings
         self.observer = observer or Observer()
         self.topics = Topics(config.mqtt.topic_prefix)
+        self.wall_clock = wall_clock  # the budgets' days (tests move it)
+        self.usage_store = UsageStore(config.state_dir or default_state_dir())
         self.core = BridgeCore(
             self.topics,
             url=settings.endpoint.display_url,
@@ -84,6 +96,7 @@ class Service:
             sessions=config.sessions,
             profiles=config.profiles,
             assistants=config.homeassistant.assistants,
+            usage=self.usage_store.load(),
             response_topics=ResponseTopicPolicy(
                 allowed=config.mqtt.response_topics,
                 refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),
@@ -134,6 +147,7 @@ class Service:
         ready = asyncio.create_task(self.link.connected.wait(), name="bridge.ready")
         stopping = asyncio.create_task(stop.wait(), name="bridge.stop")
         sweeper = asyncio.create_task(self._sweep_idle(), name="bridge.idle_sweep")
+        usage = asyncio.create_task(self._keep_usage(), name="bridge.usage")
         try:
             done, _ = await asyncio.wait(
                 [link, ready, stopping], return_when=asyncio.FIRST_COMPLETED
@@ -148,8 +162,9 @@ class Service:
             await self._shutdown()
             await link
         finally:
-            for task in (ready, stopping, sweeper):
+            for task in (ready, stopping, sweeper, usage):
                 task.cancel()
+            self.usage_store.save(self.core.guardrails.usage)
             await self._cancel_all()
             for timer in self._timers.values():
                 timer.cancel()
@@ -165,7 +180,23 @@ class Service:
         interval = IDLE_SWEEP_INTERVAL if timeout is None else min(IDLE_SWEEP_INTERVAL, timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            self._perform(self.core.sweep(time.monotonic()))
+            self._perform(self.core.sweep(time.monotonic(), self.wall_clock()))
+
+    async def _keep_usage(self) -> None:
+        """Publish ``P/bridge/usage`` (retained) and save it: at start, then at most every
+        few seconds while it changes (a new day is a change)."""
+        guardrails = self.core.guardrails
+        topic = usage_topic(self.topics)
+        first = True
+        while True:
+            now = local_time(self.wall_clock(), self.core.timezone)
+            guardrails.usage.roll(now.date())
+            if first or guardrails.usage.changed:
+                document = usage_document(guardrails, now)
+                self.link.announce(topic, json.dumps(document, separators=(",", ":")).encode())
+                self.usage_store.save(guardrails.usage)
+                first = False
+            await asyncio.sleep(USAGE_INTERVAL)
 
     # Inbound facts ------------------------------------------------------------------
 
@@ -184,6 +215,7 @@ class Service:
                 retained=message.retained,
                 reply_to=message.reply_to,
                 now=time.monotonic(),
+                wall=self.wall_clock(),
             )
         except Exception:
             # A bug, never a client's doing: contained to this one command.

@@ -205,6 +205,7 @@ class Rejection:
     action: str | None = None
     request_id: str | None = None
     status: int | None = None
+    resets_at: str | None = None  # budget_exceeded: when the budget is there again
 
 
 def rejection_of(refused: Command | Rejection, code: str, message: str) -> Rejection:

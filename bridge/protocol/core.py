@@ -39,6 +39,7 @@ from bridge.protocol.contract import (
 )
 from bridge.protocol.device_output import DeviceOutput
 from bridge.protocol.endings import ConnectionEndings
+from bridge.protocol.guardrails import Guardrails, UsageBook
 from bridge.protocol.idle import REQUEST_ENDING_EVENTS, IdleTracker
 from bridge.protocol.intake import CommandIntake
 from bridge.protocol.limits import LimitsConfig
@@ -53,6 +54,7 @@ from bridge.protocol.sessions import (
     SessionsConfig,
     default_profiles,
 )
+from bridge.protocol.spending import CHARGED_EVENTS, Spending
 from bridge.protocol.turns import AskTurns
 
 RESPONSE_COMPLETED: Final = "response.completed"
@@ -65,7 +67,7 @@ _SCRUBBED_EVENT_TYPES: Final = frozenset({"error", "response.failed"})
 _NOTABLE_EVENT_TYPES: Final = _SCRUBBED_EVENT_TYPES | {RESPONSE_COMPLETED} | REQUEST_ENDING_EVENTS
 
 
-class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs):
+class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs, Spending):
     """Protocol logic of the whole bridge, for every connection id, with no I/O.
 
     Every input method returns the actions to perform, in order. Perform
@@ -86,6 +88,7 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs):
         sessions: SessionsConfig | None = None,
         profiles: Mapping[str, ProfileConfig] | None = None,
         assistants: Collection[str] = (),
+        usage: UsageBook | None = None,
     ) -> None:
         self.topics = topics
         sessions = sessions or SessionsConfig(idle_timeout=0)
@@ -101,6 +104,13 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs):
         self.url = url
         self.qos = qos
         self.limits = limits or LimitsConfig()
+        self.guardrails = Guardrails(
+            self.limits.guardrails,
+            {name: profile.limits for name, profile in self.conversations.profiles.items()},
+            usage or UsageBook(),
+        )
+        self.timezone = self.limits.budgets.timezone
+        self._wall = 0.0
         self.v5 = v5
         self.intake = CommandIntake(
             self.limits, response_topics or ResponseTopicPolicy(refused=(f"{topics.prefix}/#",))
@@ -142,8 +152,12 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs):
         retained: bool = False,
         reply_to: ReplyTo | None = None,
         now: float = 0.0,
+        wall: float | None = None,
     ) -> list[Action]:
-        """A message arrived on ``P/<connection_id>/cmd`` at monotonic time ``now``."""
+        """A message arrived on ``P/<connection_id>/cmd`` at monotonic time ``now``
+        (and wall-clock time ``wall``, epoch seconds, for the budgets' days)."""
+        if wall is not None:
+            self._wall = wall
         arrival = self.intake.take(
             connection_id,
             payload,
@@ -235,6 +249,8 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs):
         outcome = None
         if event_type in _NOTABLE_EVENT_TYPES:
             if event_type in REQUEST_ENDING_EVENTS:
+                if event_type in CHARGED_EVENTS:
+                    self._charge(connection, raw)
                 self._idle.request_ended(connection_id)
                 connection.turn = None
                 if connection_id in self.conversations:  # an `ask` session: its memory
@@ -369,11 +385,15 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs):
             return self._refuse_command(
                 command, contract.LIMIT_REACHED, self._backlogs.budget_problem(), reply_to
             )
+        guarded = self._guard_send(command, reply_to)
+        if isinstance(guarded, list):
+            return guarded
+        command, lowered_to = guarded
         self._backlogs.hold(len(command.event))
         self._idle.request_sent(connection_id)
         # The acknowledgement is queued before the event goes upstream, so it
         # always comes before the server events the event causes.
-        actions = self.replies.sent(command, reply_to)
+        actions = self.replies.sent(command, reply_to, lowered_to)
         actions.append(SendUpstream(connection_id, command.event))
         output = self._connections[connection_id].output
         if output is not None and command.event_type == RESPONSE_CREATE:

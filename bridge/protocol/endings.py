@@ -30,6 +30,7 @@ class ConnectionEndings:
     _backlogs: Backlogs
     _idle: IdleTracker
     _clock: float
+    _wall: float
     conversations: Conversations
     replies: Replies
     draining: bool
@@ -114,12 +115,14 @@ class ConnectionEndings:
             actions.extend(self._pump(connection_id))
         return actions
 
-    def sweep(self, now: float) -> list[Action]:
+    def sweep(self, now: float, wall: float | None = None) -> list[Action]:
         """Close (code 1000) every open connection idle for ``idle_timeout`` at ``now``.
 
         Each is then reported ``disconnected`` with reason ``idle timeout``.
         """
         self._clock = now
+        if wall is not None:
+            self._wall = wall
         self.conversations.expire(now)
         actions = self._output_sweep()  # retained statuses of conversations that ended
         if self.idle_timeout is None or self.draining:

@@ -17,6 +17,8 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bridge.protocol.guardrails import BridgeBudgetsConfig, BudgetsConfig, GuardrailsConfig
+
 MIB: Final = 1024 * 1024
 MAX_TRACKED_IDS: Final = 10_000  # beyond this the quietest ids are forgotten first
 
@@ -37,6 +39,23 @@ class LimitsConfig(BaseModel):
     # Characters of commands waiting across the bridge: in backlogs, and sends
     # not yet written upstream. Past it commands get `limit_reached`.
     max_waiting_bytes: int = Field(16 * MIB, ge=64 * 1024)
+    # Spend guardrails (bridge/protocol/guardrails.py); each profile may add its own.
+    allowed_models: tuple[str, ...] | None = None  # names or shell-style patterns; None: any
+    max_output_tokens: int | None = Field(None, ge=1)  # cap of every request; None: none
+    budgets: BridgeBudgetsConfig = Field(default_factory=BridgeBudgetsConfig)
+
+    @property
+    def guardrails(self) -> GuardrailsConfig:
+        """The bridge-wide rules, in the shape a profile's ``limits`` has."""
+        budgets = BudgetsConfig(
+            tokens_per_day=self.budgets.tokens_per_day,
+            global_tokens_per_day=self.budgets.global_tokens_per_day,
+        )
+        return GuardrailsConfig(
+            allowed_models=self.allowed_models,
+            max_output_tokens=self.max_output_tokens,
+            budgets=budgets,
+        )
 
     @model_validator(mode="after")
     def _one_command_fits(self) -> LimitsConfig:

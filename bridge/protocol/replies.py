@@ -67,15 +67,24 @@ class Replies:
             connection_id, ack, CONNECT, Acknowledged(connection_id, CONNECT), reply_to
         )
 
-    def sent(self, send: Send, reply_to: ReplyTo | None) -> list[Action]:
+    def sent(
+        self, send: Send, reply_to: ReplyTo | None, lowered_to: int | None = None
+    ) -> list[Action]:
+        """The send ack; ``lowered_to``: the output cap that lowered its request."""
         connection_id = send.connection_id
         ack = send_ack(connection_id, send.event_type, send.request_id)
+        if lowered_to is not None:
+            ack["max_output_tokens"] = lowered_to
         return self._say(connection_id, ack, SEND, Acknowledged(connection_id, SEND), reply_to)
 
-    def asked(self, ask: Ask, reply_to: ReplyTo | None) -> list[Action]:
+    def asked(
+        self, ask: Ask, reply_to: ReplyTo | None, lowered_to: int | None = None
+    ) -> list[Action]:
         connection_id = ask.connection_id
         ack = send_ack(connection_id, "response.create", ask.request_id)
         ack["action"] = ASK
+        if lowered_to is not None:
+            ack["max_output_tokens"] = lowered_to
         return self._say(connection_id, ack, ASK, Acknowledged(connection_id, ASK), reply_to)
 
     def closed(
@@ -193,11 +202,14 @@ def error_event(
     action: str | None,
     request_id: str | None = None,
     status: int | None = None,
+    resets_at: str | None = None,
 ) -> dict[str, Any]:
     """The error event answering one rejected command (``action`` null if unreadable)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if status is not None:
         error["status"] = status
+    if resets_at is not None:
+        error["resets_at"] = resets_at
     return _with_request_id(
         {"object": OBJECT_ERROR, "action": action, "connection_id": connection_id, "error": error},
         request_id,
@@ -213,6 +225,7 @@ def rejection_event(connection_id: str, rejection: Rejection) -> dict[str, Any]:
         action=rejection.action,
         request_id=rejection.request_id,
         status=rejection.status,
+        resets_at=rejection.resets_at,
     )
 
 

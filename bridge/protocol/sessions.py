@@ -20,6 +20,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.protocol.contract import Ask
+from bridge.protocol.guardrails import GuardrailsConfig
 from bridge.protocol.output_options import OutputConfig
 
 DEFAULT_PROFILE: Final = "default"
@@ -39,6 +40,8 @@ class ProfileConfig(BaseModel):
     request: dict[str, Any] = Field(default_factory=dict)
     # What its connections publish besides events (text, answer, status topics).
     output: OutputConfig = Field(default_factory=OutputConfig)
+    # Spend guardrails of its connections, on top of the bridge's `limits`.
+    limits: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
 
     @field_validator("request")
     @classmethod
@@ -129,8 +132,13 @@ class Conversations:
     def get(self, connection_id: str) -> Conversation | None:
         return self._book.get(connection_id)
 
-    def request(self, ask: Ask, profile: str, now: float) -> str:
-        """The ``response.create`` of this turn, as compact JSON; the turn is now in flight."""
+    def request(
+        self, ask: Ask, profile: str, now: float, fields: Mapping[str, Any] | None = None
+    ) -> str:
+        """The ``response.create`` of this turn, as compact JSON; the turn is now in flight.
+
+        ``fields``: the profile's request as the guardrails let it go (None: as it is).
+        """
         conversation = self._book.get(ask.connection_id)
         if conversation is None or ask.new_conversation or conversation.profile != profile:
             conversation = Conversation(profile)
@@ -139,8 +147,9 @@ class Conversations:
         if len(self._book) > MAX_CONVERSATIONS:
             self._book.popitem(last=False)
         items = input_items(ask.input)
-        known = self.profiles.get(profile)
-        fields = dict(known.request) if known is not None else {}
+        if fields is None:
+            known = self.profiles.get(profile)
+            fields = known.request if known is not None else {}
         stored = fields.get("store") is True
         event: dict[str, Any] = {"type": "response.create", **fields}
         conversation.pending = items

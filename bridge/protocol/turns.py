@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from bridge.protocol import contract
 from bridge.protocol.actions import Action, CloseUpstream, SendUpstream
 from bridge.protocol.backlogs import Backlogs
 from bridge.protocol.connections import Connection, Phase
 from bridge.protocol.contract import Ask, Command, Connect, Rejection, Send, rejection_of
+from bridge.protocol.guardrails import Checked
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.replies import Replies
@@ -65,6 +66,12 @@ class AskTurns:
     ) -> list[Action]:
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # another mixin's (a stub here would hide it)
+
+        def _guard_ask(
+            self, command: Ask, profile: str, reply_to: ReplyTo | None
+        ) -> Checked | list[Action]: ...
+
     def _ask(self, command: Ask, reply_to: ReplyTo | None) -> list[Action]:
         """A turn: sent at once on an open connection, else after opening one for it."""
         connection_id = command.connection_id
@@ -73,7 +80,10 @@ class AskTurns:
             return self._open_for(command, reply_to)
         if self._clock - connection.opened_at >= self.conversations.sessions.max_socket_age:
             return self._replace_socket(command, reply_to)
-        data = self.conversations.request(command, connection.profile, self._clock)
+        checked = self._guard_ask(command, connection.profile, reply_to)
+        if isinstance(checked, list):
+            return checked
+        data = self.conversations.request(command, connection.profile, self._clock, checked.request)
         if not self._backlogs.fits(len(data)):
             self.conversations.ended(connection_id)
             return self._refuse_command(
@@ -82,7 +92,7 @@ class AskTurns:
         self._backlogs.hold(len(data))
         self._idle.request_sent(connection_id)
         connection.turn, connection.turn_reply, connection.turn_output = command, reply_to, False
-        actions = [] if command.retry else self.replies.asked(command, reply_to)
+        actions = [] if command.retry else self.replies.asked(command, reply_to, checked.lowered_to)
         actions.append(SendUpstream(connection_id, data))
         if connection.output is not None and not command.retry:
             actions += connection.output.request_sent(command.request_id)

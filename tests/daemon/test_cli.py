@@ -52,6 +52,7 @@ def write_config(tmp_path: Path, broker: Broker, simulator: Simulator) -> Path:
     path.write_text(
         json.dumps(
             {
+                "state_dir": str(tmp_path / "state"),
                 "mqtt": {
                     "host": broker.host,
                     "port": broker.port,
@@ -183,6 +184,7 @@ async def test_second_sigterm_during_a_stalled_close_still_says_offline(
     config.write_text(
         json.dumps(
             {
+                "state_dir": str(tmp_path / "state"),
                 # A will would come after 1.5 keepalives (90 s): this offline is the bridge's.
                 "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 60},
                 "openai": {"base_url": f"http://127.0.0.1:{port}/v1", "close_timeout": 60},

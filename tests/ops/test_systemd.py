@@ -169,6 +169,9 @@ def test_unit_file_is_notify_hardened_and_does_not_restart_loop() -> None:
     ):
         assert one[key] == "yes", key
     assert one["ProtectSystem"] == "strict"
+    # The one writable place: today's token usage (budgets survive restarts).
+    assert one["StateDirectory"] == "openai-mqtt-bridge"
+    assert one["StateDirectoryMode"] == "0700"
     assert one["CapabilityBoundingSet"] == ""
     assert set(one["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
     prevented = set(one["RestartPreventExitStatus"].split())

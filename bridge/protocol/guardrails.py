@@ -1,0 +1,251 @@
+"""Spend guardrails: allowed models, output caps and daily token budgets (pure).
+
+The rules come from ``limits`` (the whole bridge) and from each profile's
+``limits``; where both speak, both hold (a model must be allowed by both, the
+lower cap wins, every budget must have room). :class:`Guardrails` checks one
+``response.create`` against them before anything goes upstream, and
+:class:`UsageBook` keeps today's tokens, counted from the ``usage`` of every
+finished response. Time comes in as an aware ``datetime``; nothing here reads
+a clock or a file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MODEL_NOT_ALLOWED: Final = "model_not_allowed"
+BUDGET_EXCEEDED: Final = "budget_exceeded"
+# Ids whose usage is kept one by one; the rest of the day's usage is summed as "(other)".
+MAX_USAGE_IDS: Final = 10_000
+OTHER_IDS: Final = "(other)"
+
+
+class BudgetsConfig(BaseModel):
+    """Daily token budgets (``limits.budgets``, or a profile's ``limits.budgets``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tokens_per_day: int | None = Field(None, ge=0)  # per connection id
+    # The whole bridge (under `limits`), or every id of the profile together.
+    global_tokens_per_day: int | None = Field(None, ge=0)
+
+
+class GuardrailsConfig(BaseModel):
+    """The rules one scope sets: the bridge (``limits``) or a profile (``limits``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Model names or shell-style patterns; None: any model.
+    allowed_models: tuple[str, ...] | None = None
+    # Requests get at most this many output tokens; None: no cap.
+    max_output_tokens: int | None = Field(None, ge=1)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+
+    @property
+    def active(self) -> bool:
+        budgets = self.budgets
+        return (
+            self.allowed_models is not None
+            or self.max_output_tokens is not None
+            or budgets.tokens_per_day is not None
+            or budgets.global_tokens_per_day is not None
+        )
+
+
+class BridgeBudgetsConfig(BudgetsConfig):
+    """``limits.budgets``: the bridge's budgets, and when their days start."""
+
+    # An IANA time zone name (Europe/Berlin); None: the system's local time.
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"unknown time zone {value!r} (an IANA name, e.g. Europe/Berlin)"
+                ) from None
+        return value
+
+
+def local_time(epoch: float, timezone: str | None) -> datetime:
+    """``epoch`` seconds as an aware time in ``timezone`` (None: the system's zone)."""
+    if timezone is None:
+        return datetime.fromtimestamp(epoch).astimezone()
+    return datetime.fromtimestamp(epoch, ZoneInfo(timezone))
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: str
+    message: str
+    resets_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A request that may go: its fields (capped), and the cap when it lowered one."""
+
+    request: dict[str, Any]
+    lowered_to: int | None = None
+
+
+@dataclass(slots=True)
+class Tokens:
+    input: int = 0
+    output: int = 0
+    total: int = 0
+
+    def add(self, other: Tokens) -> None:
+        self.input += other.input
+        self.output += other.output
+        self.total += other.total
+
+    def as_json(self) -> dict[str, int]:
+        return {"input": self.input, "output": self.output, "total": self.total}
+
+
+@dataclass(slots=True)
+class UsageBook:
+    """Today's tokens: the whole bridge, per profile, per connection id."""
+
+    day: date | None = None
+    bridge: Tokens = field(default_factory=Tokens)
+    profiles: dict[str, Tokens] = field(default_factory=dict)
+    ids: dict[str, Tokens] = field(default_factory=dict)
+    changed: bool = False  # since the owner last saved or published it
+
+    def roll(self, today: date) -> None:
+        """A new day starts every count from zero."""
+        if self.day != today:
+            self.day, self.bridge, self.profiles, self.ids = today, Tokens(), {}, {}
+            self.changed = True
+
+    def charge(self, connection_id: str, profile: str, tokens: Tokens) -> None:
+        self.bridge.add(tokens)
+        self.profiles.setdefault(profile, Tokens()).add(tokens)
+        if connection_id not in self.ids and len(self.ids) >= MAX_USAGE_IDS:
+            connection_id = OTHER_IDS
+        self.ids.setdefault(connection_id, Tokens()).add(tokens)
+        self.changed = True
+
+    def used_by(self, connection_id: str) -> int:
+        tokens = self.ids.get(connection_id)
+        return tokens.total if tokens is not None else 0
+
+    def used_by_profile(self, profile: str) -> int:
+        tokens = self.profiles.get(profile)
+        return tokens.total if tokens is not None else 0
+
+
+def tokens_of(usage: object) -> Tokens | None:
+    """The counts of a response's ``usage`` object (None: it has none)."""
+    if not isinstance(usage, dict):
+        return None
+
+    def count(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+    input_tokens, output_tokens = count("input_tokens"), count("output_tokens")
+    total = count("total_tokens") or input_tokens + output_tokens
+    return Tokens(input_tokens, output_tokens, total)
+
+
+def next_midnight(now: datetime) -> datetime:
+    """The start of the next day in ``now``'s time zone (DST-aware)."""
+    tomorrow = now.date() + timedelta(days=1)
+    if isinstance(now.tzinfo, ZoneInfo):
+        return datetime.combine(tomorrow, time(0), tzinfo=now.tzinfo)
+    return datetime.combine(tomorrow, time(0)).astimezone()  # the system's zone
+
+
+def model_allowed(model: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns)
+
+
+class Guardrails:
+    """The bridge's rules and each profile's, applied to one request at a time."""
+
+    def __init__(
+        self, bridge: GuardrailsConfig, profiles: Mapping[str, GuardrailsConfig], usage: UsageBook
+    ) -> None:
+        self.bridge = bridge
+        self.profiles = {name: rules for name, rules in profiles.items() if rules.active}
+        self.usage = usage
+        self.active = bridge.active or bool(self.profiles)
+        self.counts_usage = any(
+            rules.budgets.tokens_per_day is not None
+            or rules.budgets.global_tokens_per_day is not None
+            for rules in (bridge, *self.profiles.values())
+        )
+
+    def check(
+        self, connection_id: str, profile: str, request: dict[str, Any], now: datetime
+    ) -> Checked | Refusal:
+        """Whether ``request`` (the fields of a response.create) may go, and as what."""
+        scopes = [self.bridge] + ([self.profiles[profile]] if profile in self.profiles else [])
+        model = request.get("model")
+        for rules in scopes:
+            if rules.allowed_models is not None and not (
+                isinstance(model, str) and model_allowed(model, rules.allowed_models)
+            ):
+                named = f"model {model!r}" if isinstance(model, str) else "a request with no model"
+                allowed = ", ".join(rules.allowed_models) or "none"
+                return Refusal(MODEL_NOT_ALLOWED, f"{named} is not allowed (allowed: {allowed})")
+        refusal = self._budget_refusal(connection_id, profile, now)
+        if refusal is not None:
+            return refusal
+        caps = [rules.max_output_tokens for rules in scopes if rules.max_output_tokens is not None]
+        if not caps:
+            return Checked(request)
+        cap = min(caps)
+        asked = request.get("max_output_tokens")
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked <= cap:
+            return Checked(request)
+        lowered = cap if asked is not None else None  # a missing field is filled, not lowered
+        return Checked({**request, "max_output_tokens": cap}, lowered)
+
+    def _budget_refusal(self, connection_id: str, profile: str, now: datetime) -> Refusal | None:
+        if not self.counts_usage:
+            return None
+        self.usage.roll(now.date())
+        usage = self.usage
+        checks: list[tuple[int | None, int, str]] = [
+            (self.bridge.budgets.global_tokens_per_day, usage.bridge.total, "the bridge's daily"),
+            (self.bridge.budgets.tokens_per_day, usage.used_by(connection_id), "this id's daily"),
+        ]
+        rules = self.profiles.get(profile)
+        if rules is not None:
+            checks += [
+                (
+                    rules.budgets.global_tokens_per_day,
+                    usage.used_by_profile(profile),
+                    f"profile {profile!r}'s daily",
+                ),
+                (
+                    rules.budgets.tokens_per_day,
+                    usage.used_by(connection_id),
+                    f"profile {profile!r}'s per-id daily",
+                ),
+            ]
+        for limit, used, name in checks:
+            if limit is not None and used >= limit:
+                resets_at = next_midnight(now).isoformat()
+                return Refusal(
+                    BUDGET_EXCEEDED,
+                    f"{name} budget of {limit} tokens is used up ({used} used); "
+                    f"it resets at {resets_at}",
+                    resets_at,
+                )
+        return None
