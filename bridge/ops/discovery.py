@@ -6,7 +6,9 @@ open connections, tokens today, last error, started. Every entity but the
 connectivity sensor is unavailable while ``P/bridge/state`` says
 ``offline``. The config payloads are retained under
 ``<prefix>/<component>/<node_id>/<object_id>/config`` and published again
-when Home Assistant announces ``online`` on ``<prefix>/status``.
+when Home Assistant announces ``online`` on ``<prefix>/status``. The ids in
+``homeassistant.assistants`` get a device each, announced with the bridge's
+(:mod:`bridge.ops.assistant_discovery`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Final
 
 from bridge import __version__
 from bridge.daemon.config import Config
+from bridge.ops.assistant_discovery import assistant_messages
 from bridge.protocol.contract import RESERVED_ID, Topics
 
 DEVICE_NAME: Final = "openai-mqtt-bridge"
@@ -137,4 +140,5 @@ def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, bytes]
         }
         topic = f"{prefix}/{component}/{node}/{object_id}/config"
         messages.append((topic, json.dumps(payload, separators=(",", ":")).encode()))
-    return messages
+    common = {**available, "origin": origin}
+    return messages + assistant_messages(config, topics, node=node, info=info, common=common)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -39,13 +40,24 @@ class Tally:
     tokens_total: int = 0
     responses_completed: int = 0
     last_error: dict[str, Any] | None = None
+    # Tokens today of each assistant id (homeassistant.assistants): those ids only,
+    # fixed when the tally is made, so the document stays as small as the config.
+    assistants: dict[str, int] = field(default_factory=dict)
     revision: int = 0  # bumped on every change: the publisher compares it
 
-    def add_usage(self, usage: Usage, today: str) -> None:
+    @classmethod
+    def for_assistants(cls, connection_ids: Iterable[str]) -> Tally:
+        """A tally that also counts the tokens of each of these connection ids."""
+        return cls(assistants=dict.fromkeys(connection_ids, 0))
+
+    def add_usage(self, usage: Usage, today: str, connection_id: str | None = None) -> None:
+        """A response of ``connection_id`` completed with ``usage``."""
         self.roll(today)
         self.tokens_today += usage.total_tokens
         self.tokens_total += usage.total_tokens
         self.responses_completed += 1
+        if connection_id in self.assistants:
+            self.assistants[connection_id] += usage.total_tokens
         self.revision += 1
 
     def note_error(self, code: str, message: str, connection_id: str | None, at: str) -> None:
@@ -60,9 +72,10 @@ class Tally:
         self.revision += 1
 
     def roll(self, today: str) -> None:
-        """A new local day starts ``tokens_today`` from zero."""
+        """A new local day starts ``tokens_today`` (the assistants' too) from zero."""
         if today != self.day:
             self.day, self.tokens_today = today, 0
+            self.assistants = dict.fromkeys(self.assistants, 0)
             self.revision += 1
 
 
@@ -127,6 +140,10 @@ def info_document(
         "tokens_day": tally.day,
         "tokens_total": tally.tokens_total,
         "responses_completed": tally.responses_completed,
+        "assistants": {
+            connection_id: {"tokens_today": tokens}
+            for connection_id, tokens in tally.assistants.items()
+        },
         "last_error": tally.last_error,
         "broker_connects": broker_connects,
         "buffer_waits": buffer_waits,

@@ -61,7 +61,7 @@ class Operations(Observer):
         config = settings.config
         topics = Topics(config.mqtt.topic_prefix)
         self.info_topic = info_topic(topics)
-        self.tally = Tally()
+        self.tally = Tally.for_assistants(config.homeassistant.assistants)
         self.started_at = time.time()
         self._started = time.monotonic()
         self._changed = asyncio.Event()
@@ -105,12 +105,12 @@ class Operations(Observer):
                         metrics.command(contract.CLOSE, "ok")
                 if outcome.disconnected and code != contract.DEFAULT_CLOSE_CODE:
                     self._note_error("disconnected", f"{code} {reason}".strip(), connection_id)
-            case ResponseCompleted(raw=raw):
+            case ResponseCompleted(connection_id, raw):
                 usage = usage_of(raw)
                 if metrics is not None:
                     metrics.completed(usage)
                 if usage is not None:
-                    self.tally.add_usage(usage, _today())
+                    self.tally.add_usage(usage, _today(), connection_id)
                     self._changed.set()
 
     def _note_error(self, code: str, message: str, connection_id: str | None) -> None:
