@@ -53,6 +53,7 @@ from bridge.protocol.sessions import (
     SessionsConfig,
     default_profiles,
 )
+from bridge.protocol.tools import ToolConfig, check_tools
 from bridge.upstream.endpoint import (
     REDACTED,
     Endpoint,
@@ -244,10 +245,14 @@ class Config(_Section):
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     profiles: dict[str, ProfileConfig] = Field(default_factory=default_profiles)
 
+    # Tools over MQTT: the model publishes to these fixed topics (bridge/protocol/tools.py).
+    tools: tuple[ToolConfig, ...] = ()
+
     @model_validator(mode="after")
     def _profiles_known(self) -> Config:
         if DEFAULT_PROFILE not in self.profiles:
             raise ValueError(f"profiles needs a profile named {DEFAULT_PROFILE!r}")
+        check_tools(self.tools, self.profiles, (self.mqtt.topic_prefix, self.homeassistant.prefix))
         for pattern, profile in self.sessions.profile_by_id.items():
             if profile not in self.profiles:
                 raise ValueError(

@@ -39,6 +39,7 @@ from bridge.protocol.actions import (
     Observe,
     OpenUpstream,
     SendUpstream,
+    ToolDeadline,
 )
 from bridge.protocol.contract import Topics
 from bridge.protocol.core import BridgeCore, Phase
@@ -97,6 +98,7 @@ class Service:
             profiles=config.profiles,
             assistants=config.homeassistant.assistants,
             usage=self.usage_store.load(),
+            tools=config.tools,
             response_topics=ResponseTopicPolicy(
                 allowed=config.mqtt.response_topics,
                 refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),
@@ -117,6 +119,9 @@ class Service:
             max_packet_bytes=2 * config.limits.max_command_bytes + PACKET_OVERHEAD_BYTES,
             on_published=self.observer.publish_latency,
         )
+        for tool in config.tools:  # replies to tool calls (MQTT v5 correlation, or the first)
+            if tool.reply is not None:
+                self.link.listen_for_replies(tool.reply.topic, self._on_tool_reply)
         self.events_relayed = 0  # server events the link took
         self.buffer_waits = 0  # times a reader had to wait for room in the buffer
         self._buffer = BufferWaits(
@@ -262,6 +267,14 @@ class Service:
 
         return deliver
 
+    def _on_tool_reply(
+        self, topic: str, payload: bytes, retained: bool, correlation: bytes | None
+    ) -> None:
+        self._perform(self.core.tool_reply(topic, payload, retained, correlation))
+
+    def _tool_deadline(self, connection_id: str, call_id: str) -> None:
+        self._perform(self.core.tool_timed_out(connection_id, call_id))
+
     def _output_due(self, connection_id: str) -> None:
         del self._timers[connection_id]
         self._perform(self.core.output_due(connection_id))
@@ -330,6 +343,10 @@ class Service:
                     )
                 case Observe(outcome):
                     self.observer.observe(outcome)
+                case ToolDeadline(connection_id, call_id, delay):
+                    asyncio.get_running_loop().call_later(
+                        delay, self._tool_deadline, connection_id, call_id
+                    )
         if self.core.connection_count != self._observed_count:
             self._observed_count = self.core.connection_count
             self.observer.connections_changed(self._observed_count)

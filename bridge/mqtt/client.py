@@ -62,7 +62,8 @@ PUBLISH_WINDOW: Final = 64
 MISC_INTERVAL: Final = 1.0  # seconds between paho's keepalive checks
 _SOCKET_ERRORS: Final = (OSError, ssl.SSLError, socket.gaierror)
 
-OnMessage = Callable[[str, bytes, bool, ReplyTo | None], None]
+# topic, payload, retained, where a v5 command wants its reply, the message's Correlation Data
+OnMessage = Callable[[str, bytes, bool, ReplyTo | None, bytes | None], None]
 
 
 class BrokerUnavailable(BrokerError):
@@ -269,7 +270,9 @@ class BrokerConnection:
         publish = entry.publish
         assert self._outbox is not None
         # Under MQTT 3.1.1 the core gives no properties, so this is None.
-        properties = properties_of(publish.properties, publish.correlation_data)
+        properties = properties_of(
+            publish.properties, publish.correlation_data, publish.response_topic
+        )
         if publish.qos and not self._acknowledged:
             self._client.on_publish = self._on_publish
         try:
@@ -345,7 +348,11 @@ class BrokerConnection:
     def _on_paho_message(self, client: paho.Client, userdata: Any, message: Any) -> None:
         try:
             self._on_message(
-                message.topic, bytes(message.payload), bool(message.retain), _reply_to(message)
+                message.topic,
+                bytes(message.payload),
+                bool(message.retain),
+                _reply_to(message),
+                _correlation(message),
             )
         except Exception:
             # No message may end the link, and with it the daemon.
@@ -399,6 +406,11 @@ class BrokerConnection:
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
+
+
+def _correlation(message: paho.MQTTMessage) -> bytes | None:
+    correlation = getattr(message.properties, "CorrelationData", None)
+    return bytes(correlation) if correlation is not None else None
 
 
 def _reply_to(message: paho.MQTTMessage) -> ReplyTo | None:

@@ -121,6 +121,8 @@ class MqttLink:
         self.on_published = on_published
         self._announcements: dict[str, bytes] = {}  # retained topics we keep set (bridge/info)
         self._listeners: dict[str, Callable[[bytes], None]] = {}
+        # Tool reply topics: callback(topic, payload, retained, correlation data).
+        self._reply_listeners: dict[str, Callable[[str, bytes, bool, bytes | None], None]] = {}
         self.outbox = Outbox(config.buffer_max_messages, config.buffer_max_bytes)
         self.connected = asyncio.Event()
         self.connects = 0
@@ -225,6 +227,12 @@ class MqttLink:
         """Subscribe to ``topic`` (an exact name) on every connect; call ``callback(payload)``."""
         self._listeners[topic] = callback
 
+    def listen_for_replies(
+        self, topic: str, callback: Callable[[str, bytes, bool, bytes | None], None]
+    ) -> None:
+        """As :meth:`listen`, for replies: ``callback(topic, payload, retained, correlation)``."""
+        self._reply_listeners[topic] = callback
+
     # Internals -------------------------------------------------------------------
 
     def _connection(self, *, clean: bool, will: bool = True) -> BrokerConnection:
@@ -258,7 +266,7 @@ class MqttLink:
         # MQTT v5 keeps the retain flag of live deliveries (Retain As Published),
         # so a retained command is refused even when it is published while we run.
         await connection.subscribe(self.topics.command_filter, retain_as_published=self._v5)
-        for topic in self._listeners:
+        for topic in [*self._listeners, *self._reply_listeners]:
             await connection.subscribe(topic)
         # `online` goes out first, then what waited for the broker, then the announcements
         # (the broker may have lost them).
@@ -315,12 +323,20 @@ class MqttLink:
             )
 
     def _dispatch(
-        self, topic: str, payload: bytes, retained: bool, reply_to: ReplyTo | None
+        self,
+        topic: str,
+        payload: bytes,
+        retained: bool,
+        reply_to: ReplyTo | None,
+        correlation: bytes | None,
     ) -> None:
         connection_id = self.topics.connection_id_of(topic)
         if connection_id is None:
             listener = self._listeners.get(topic)
             if listener is not None:
                 listener(payload)
+            replies = self._reply_listeners.get(topic)
+            if replies is not None:
+                replies(topic, payload, retained, correlation)
             return
         self.on_message(Inbound(connection_id, payload, retained, reply_to))

@@ -23,18 +23,23 @@ class _PackedOnce(Properties):
         return packed
 
 
-def properties_of(user: UserProperties, correlation: bytes | None) -> Properties | None:
+def properties_of(
+    user: UserProperties, correlation: bytes | None, response_topic: str | None = None
+) -> Properties | None:
     """paho properties for a publish.
 
     Only those without Correlation Data are cached: relayed events repeat
     them, while correlation data is a client's choice, and a cache keyed by
     it would let clients pin memory (up to 64 KiB an entry).
     """
-    if correlation is None:
+    if correlation is None and response_topic is None:
         return cached_properties(user)
     properties = _PackedOnce(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho
     _fill(properties, user)
-    properties.CorrelationData = correlation
+    if correlation is not None:
+        properties.CorrelationData = correlation
+    if response_topic is not None:
+        properties.ResponseTopic = response_topic
     return properties
 
 

@@ -66,6 +66,13 @@ class Metrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self.tool_calls = Counter(
+            "tool_calls",
+            "Tool calls of the model the bridge handled, by tool and status",
+            ["tool", "status"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
         self.responses = Counter(
             "responses_completed",
             "response.completed events relayed",
@@ -102,6 +109,10 @@ class Metrics:
         if usage is not None:
             self.tokens.labels("input").inc(usage.input_tokens)
             self.tokens.labels("output").inc(usage.output_tokens)
+
+    def tool_called(self, name: str, status: str) -> None:
+        # Tool names come from the config; statuses from the bridge: both bounded.
+        self.tool_calls.labels(name, status).inc()
 
     def exposition(self) -> bytes:
         """The text Prometheus scrapes."""

@@ -39,6 +39,7 @@ from bridge.protocol.messages import (
     Outcome,
     Refused,
     ResponseCompleted,
+    ToolCalled,
     UpstreamClosed,
 )
 
@@ -112,6 +113,13 @@ class Operations(Observer):
                 if usage is not None:
                     self.tally.add_usage(usage, _today(), connection_id)
                     self._changed.set()
+            case ToolCalled(connection_id, name, call_id, topic, status, arguments):
+                logger.info(
+                    "[%s] tool %s (call %s) on %s: %s", connection_id, name, call_id, topic, status
+                )
+                logger.debug("[%s] tool %s arguments: %s", connection_id, name, arguments)
+                if metrics is not None:
+                    metrics.tool_called(name, status)
 
     def _note_error(self, code: str, message: str, connection_id: str | None) -> None:
         self.tally.note_error(code, message, connection_id, iso_time(time.time()))

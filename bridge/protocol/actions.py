@@ -57,4 +57,22 @@ class Observe:
     outcome: Outcome
 
 
-Action = Publish | OpenUpstream | SendUpstream | CloseUpstream | AbortUpstream | ArmTimer | Observe
+@dataclass(frozen=True, slots=True)
+class ToolDeadline:
+    """Call :meth:`BridgeCore.tool_timed_out` for this call in ``delay`` seconds."""
+
+    connection_id: str
+    call_id: str
+    delay: float
+
+
+Action = (
+    Publish
+    | OpenUpstream
+    | SendUpstream
+    | CloseUpstream
+    | AbortUpstream
+    | ArmTimer
+    | Observe
+    | ToolDeadline
+)

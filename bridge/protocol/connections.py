@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bridge.protocol.contract import Ask, Close, Connect
 from bridge.protocol.device_output import DeviceOutput
+
+if TYPE_CHECKING:
+    from bridge.protocol.tool_rounds import ToolTurn
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.sessions import DEFAULT_PROFILE
 
@@ -39,3 +43,4 @@ class Connection:
     quiet: bool = False  # opened to send a turn again: no connect ack
     replacing: bool = False  # closed before the server's age limit: the next turn reopens it
     output: DeviceOutput | None = None  # text, answer, status topics (None: events only)
+    tool_turn: ToolTurn | None = None  # the tool loop of the `ask` turn in flight

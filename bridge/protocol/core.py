@@ -19,13 +19,14 @@ messages the bridge says are built by :mod:`bridge.protocol.replies`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 from bridge.errors import InvalidState
 from bridge.protocol import contract, server_events
 from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream, OpenUpstream, SendUpstream
 from bridge.protocol.backlogs import Backlogs
+from bridge.protocol.commands import SeedCommands
 from bridge.protocol.connections import Connection, Phase
 from bridge.protocol.contract import (
     Ask,
@@ -55,10 +56,11 @@ from bridge.protocol.sessions import (
     default_profiles,
 )
 from bridge.protocol.spending import CHARGED_EVENTS, Spending
+from bridge.protocol.tool_rounds import ToolRounds
+from bridge.protocol.tools import ToolBox, ToolConfig
 from bridge.protocol.turns import AskTurns
 
 RESPONSE_COMPLETED: Final = "response.completed"
-RESPONSE_CREATE: Final = "response.create"
 # Server events that carry an error message: the only ones scrubbed of the
 # bridge's secrets (a server could echo a credential it was sent); every other
 # event is relayed byte for byte, unread.
@@ -67,7 +69,7 @@ _SCRUBBED_EVENT_TYPES: Final = frozenset({"error", "response.failed"})
 _NOTABLE_EVENT_TYPES: Final = _SCRUBBED_EVENT_TYPES | {RESPONSE_COMPLETED} | REQUEST_ENDING_EVENTS
 
 
-class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs, Spending):
+class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spending, ToolRounds):
     """Protocol logic of the whole bridge, for every connection id, with no I/O.
 
     Every input method returns the actions to perform, in order. Perform
@@ -89,6 +91,7 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs, Spending):
         profiles: Mapping[str, ProfileConfig] | None = None,
         assistants: Collection[str] = (),
         usage: UsageBook | None = None,
+        tools: Sequence[ToolConfig] = (),
     ) -> None:
         self.topics = topics
         sessions = sessions or SessionsConfig(idle_timeout=0)
@@ -101,6 +104,10 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs, Spending):
         self.assistants = frozenset(assistants)  # ids with Home Assistant assistant entities
         self._reopening: dict[str, DeviceOutput] = {}
         self._kept: dict[str, DeviceOutput] = {}
+        self.toolbox = ToolBox(tools)
+        self._waits_by_topic: dict[str, list[tuple[str, str]]] = {}
+        self._waits_by_correlation: dict[bytes, tuple[str, str]] = {}
+        self._held_event: Publish | None = None  # see ToolRounds._hold
         self.url = url
         self.qos = qos
         self.limits = limits or LimitsConfig()
@@ -249,12 +256,10 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs, Spending):
         outcome = None
         if event_type in _NOTABLE_EVENT_TYPES:
             if event_type in REQUEST_ENDING_EVENTS:
-                if event_type in CHARGED_EVENTS:
-                    self._charge(connection, raw)
-                self._idle.request_ended(connection_id)
-                connection.turn = None
-                if connection_id in self.conversations:  # an `ask` session: its memory
-                    self._turn_ended(connection_id, event_type, raw)
+                going_on = self._request_ended(connection, event_type, raw)
+                if going_on is not None:  # a tool round: the turn goes on after it
+                    self._hold(connection, raw, going_on)
+                    return None
             if event_type == RESPONSE_COMPLETED:
                 outcome = ResponseCompleted(connection_id, raw)
             else:
@@ -268,6 +273,24 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs, Spending):
             connection.events_topic, raw, self.qos, properties, relayed=True, outcome=outcome
         )
 
+    def _request_ended(
+        self, connection: Connection, event_type: str, raw: bytes
+    ) -> list[Action] | None:
+        """A response ended (or an error came): the turn ends, or its tool round's actions."""
+        if event_type in CHARGED_EVENTS:
+            self._charge(connection, raw)
+        if event_type == RESPONSE_COMPLETED and connection.tool_turn is not None:
+            going_on = self._tool_round(connection, raw)
+            if going_on is not None:
+                return going_on
+        self._tools_ended(connection)
+        connection_id = connection.connect.connection_id
+        self._idle.request_ended(connection_id)
+        connection.turn = None
+        if connection_id in self.conversations:  # an `ask` session: its memory
+            self._turn_ended(connection_id, event_type, raw)
+        return None
+
     def upstream_closed(self, connection_id: str, code: int, reason: str) -> list[Action]:
         """An OPEN or CLOSING connection ended: after our close, or not."""
         connection = self._connections.pop(connection_id, None)
@@ -275,6 +298,7 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs, Spending):
             raise InvalidState(f"close of a connection that is not open: {connection_id!r}")
         self._idle.forget(connection_id)
         self.conversations.socket_ended(connection_id)
+        self._tools_ended(connection)
         lost = [] if connection.retrying else self._turn_cut(connection, connection_id)
         if connection.retrying or connection.replacing:
             self._output_reopens(connection, connection_id)
@@ -335,81 +359,6 @@ class BridgeCore(AskTurns, ConnectionEndings, DeviceOutputs, Spending):
                 return self._close(parsed, reply_to)
             case Ask():
                 return self._ask(parsed, reply_to)
-
-    def _connect(
-        self, command: Connect, reply_to: ReplyTo | None, *, on_behalf_of: Ask | Send | None = None
-    ) -> list[Action]:
-        """Open a connection for ``command``, or on behalf of an ``ask`` or auto-connecting
-        ``send`` (then refusals are that command's, and it is acknowledged instead)."""
-        connection_id = command.connection_id
-        refused: Command = on_behalf_of or command
-        profile = self.conversations.profile_for(connection_id, command.profile)
-        if profile is None:
-            message = f"no profile named {command.profile!r} in the configuration"
-            return self._refuse_command(refused, contract.UNKNOWN_PROFILE, message, reply_to)
-        if connection_id in self._connections:
-            return self._refuse_command(
-                refused, contract.ALREADY_OPEN, "the connection is already open", reply_to
-            )
-        if len(self._connections) >= self.limits.max_connections:
-            return self._refuse_command(
-                refused,
-                contract.LIMIT_REACHED,
-                f"the bridge holds its limit of {self.limits.max_connections} connections",
-                reply_to,
-            )
-        self._connections[connection_id] = Connection(
-            self.topics.events(connection_id),
-            command,
-            None if on_behalf_of else reply_to,
-            profile=profile,
-            announce_profile=on_behalf_of is not None or command.profile is not None,
-            quiet=isinstance(on_behalf_of, Ask) and on_behalf_of.retry,
-            output=self._output_of(command, profile),
-        )
-        self._idle.opened(connection_id)
-        return [OpenUpstream(connection_id)]
-
-    def _send(self, command: Send, reply_to: ReplyTo | None) -> list[Action]:
-        connection_id = command.connection_id
-        if connection_id not in self._connections and self.conversations.sessions.auto_connect:
-            return self._open_for(command, reply_to)
-        if connection_id not in self._connections:
-            return self._refuse_command(
-                command,
-                contract.NOT_OPEN,
-                "the connection is not open; publish a connect command first",
-                reply_to,
-            )
-        if not self._backlogs.fits(len(command.event)):
-            return self._refuse_command(
-                command, contract.LIMIT_REACHED, self._backlogs.budget_problem(), reply_to
-            )
-        guarded = self._guard_send(command, reply_to)
-        if isinstance(guarded, list):
-            return guarded
-        command, lowered_to = guarded
-        self._backlogs.hold(len(command.event))
-        self._idle.request_sent(connection_id)
-        # The acknowledgement is queued before the event goes upstream, so it
-        # always comes before the server events the event causes.
-        actions = self.replies.sent(command, reply_to, lowered_to)
-        actions.append(SendUpstream(connection_id, command.event))
-        output = self._connections[connection_id].output
-        if output is not None and command.event_type == RESPONSE_CREATE:
-            actions += output.request_sent(command.request_id)
-        return actions
-
-    def _close(self, command: Close, reply_to: ReplyTo | None) -> list[Action]:
-        connection = self._connections.get(command.connection_id)
-        if connection is None:
-            return self._refuse_command(
-                command, contract.NOT_OPEN, "the connection is not open", reply_to
-            )
-        connection.phase = Phase.CLOSING
-        connection.close, connection.close_reply = command, reply_to
-        self.conversations.forget(command.connection_id)  # an explicit close ends the memory
-        return [CloseUpstream(command.connection_id, command.code, command.reason)]
 
     def _refuse_command(
         self, command: Command, code: str, message: str, reply_to: ReplyTo | None

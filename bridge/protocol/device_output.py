@@ -93,8 +93,11 @@ class DeviceOutput:
         self._requests.append(request_id)
         return [] if self.status == STREAMING else self._thinking()
 
-    def event(self, message: Publish, event_type: str) -> list[Action]:
-        """A server event was relayed as ``message``: what to publish instead of it."""
+    def event(self, message: Publish, event_type: str, *, goes_on: bool = False) -> list[Action]:
+        """A server event was relayed as ``message``: what to publish instead of it.
+
+        ``goes_on``: a response.completed after which the request goes on (a tool round).
+        """
         actions: list[Action] = []
         if self.options.events or event_type == "error":  # errors always reach the events
             actions.append(message)
@@ -102,7 +105,7 @@ class DeviceOutput:
             actions.append(Observe(message.outcome))
         if event_type in TEXT_DELTAS:
             actions += self._delta(message.payload)
-        elif event_type in _ENDING_STATUS:
+        elif event_type in _ENDING_STATUS and not goes_on:
             actions += self._request_ended(event_type, message.payload)
         elif event_type == "response.created" and self.options.answer:
             response = _document(message.payload).get("response")
@@ -126,6 +129,14 @@ class DeviceOutput:
         while self._requests:
             actions += self._answer("error", {}, {"code": code, "message": message})
         return actions + self._set_status(CLOSED)
+
+    def request_error(self, code: str, message: str) -> list[Action]:
+        """The request in flight ends with this error (the bridge ended it)."""
+        if not self._requests:
+            return []
+        actions = self._finish_text()
+        actions += self._answer("error", {}, {"code": code, "message": message})
+        return actions + (self._thinking() if self._requests else self._set_status(READY))
 
     def cleared(self) -> list[Action]:
         """The id's memory ended: no retained status is left behind."""

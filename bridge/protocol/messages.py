@@ -69,7 +69,20 @@ class ResponseCompleted:
     raw: bytes
 
 
-Outcome = Acknowledged | Refused | UpstreamClosed | ResponseCompleted
+@dataclass(frozen=True, slots=True)
+class ToolCalled:
+    """The bridge carried out (or refused) one tool call the model made; ``arguments``
+    are the model's, for DEBUG logs only."""
+
+    connection_id: str
+    name: str
+    call_id: str
+    topic: str
+    status: str
+    arguments: str = ""
+
+
+Outcome = Acknowledged | Refused | UpstreamClosed | ResponseCompleted | ToolCalled
 
 
 # The message -------------------------------------------------------------------------
@@ -89,6 +102,7 @@ class Publish:
     relayed: bool = False
     retain: bool = False
     outcome: Outcome | None = None
+    response_topic: str | None = None  # MQTT v5: where a tool's reply should go
 
 
 __all__ = [
@@ -98,6 +112,7 @@ __all__ = [
     "Refused",
     "ReplyTo",
     "ResponseCompleted",
+    "ToolCalled",
     "UpstreamClosed",
     "UserProperties",
 ]

@@ -26,6 +26,7 @@ from bridge.protocol.messages import Publish
 from bridge.protocol.output_options import OutputConfig
 from bridge.protocol.sessions import Conversations
 
+RESPONSE_COMPLETED: Final = "response.completed"
 # What Home Assistant's assistant entities need, whatever the id's profile says.
 ASSISTANT_OUTPUT: Final = {"answer": True, "status": True}
 
@@ -42,6 +43,7 @@ class DeviceOutputs:
     # ids whose socket is gone but whose conversation (and retained status) lives on.
     _reopening: dict[str, DeviceOutput]
     _kept: dict[str, DeviceOutput]
+    _held_event: Publish | None  # a response.completed a tool round holds (ToolRounds)
 
     def _output_of(self, command: Connect, profile: str) -> DeviceOutput | None:
         """The output of a connection being opened (the one it replaces, if any)."""
@@ -73,9 +75,13 @@ class DeviceOutputs:
         list must not be refused (the output would have taken it already).
         """
         message = self.upstream_event(connection_id, raw)
-        if message is None:
-            return self.take_deferred()
         output = self._connections[connection_id].output
+        if message is None:
+            actions, held = self.take_deferred(), self._held_event
+            self._held_event = None
+            if held is None or output is None or not actions or actions[0] is not held:
+                return actions
+            return output.event(held, RESPONSE_COMPLETED, goes_on=True) + actions[1:]
         if output is None or not message.relayed:
             return [message]
         event_type = server_events.server_event_type(message.payload) or ""

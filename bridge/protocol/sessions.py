@@ -42,6 +42,8 @@ class ProfileConfig(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     # Spend guardrails of its connections, on top of the bridge's `limits`.
     limits: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
+    # Names of `tools` its `ask` turns offer the model (the bridge runs their calls).
+    mqtt_tools: tuple[str, ...] = ()
 
     @field_validator("request")
     @classmethod
@@ -73,6 +75,8 @@ class SessionsConfig(BaseModel):
     max_socket_age: float = Field(3300.0, gt=0)
     # A `send` for an id that is not open opens it (as `ask` does) instead of `not_open`.
     auto_connect: bool = False
+    # Tool rounds one `ask` turn may take before it ends with tool_rounds_exceeded.
+    max_tool_rounds: int = Field(5, ge=1, le=50)
 
 
 def profile_for(
@@ -110,6 +114,9 @@ class Conversation:
     transcript_bytes: int = 0
     pending: list[Any] | None = None  # input items of the turn in flight
     last_turn_at: float = 0.0
+    # Where the conversation stood when the turn in flight began: a turn whose tool
+    # loop breaks off goes back there (its calls would have no outputs).
+    before_turn: tuple[str | None, bool] | None = None
 
 
 class Conversations:
@@ -154,14 +161,36 @@ class Conversations:
         event: dict[str, Any] = {"type": "response.create", **fields}
         conversation.pending = items
         conversation.last_turn_at = now
-        if conversation.last_response_id and (conversation.on_this_socket or stored):
-            event["previous_response_id"] = conversation.last_response_id
-        elif conversation.transcript:
-            history = ",".join(turn.json for turn in conversation.transcript)
-            head = _compact(event)[:-1]  # the object without its closing brace
-            return f'{head},"input":[{history},{_compact(items)[1:-1]}]}}'
-        event["input"] = items
-        return _compact(event)
+        conversation.before_turn = (conversation.last_response_id, conversation.on_this_socket)
+        return _request(conversation, event, items, stored)
+
+    def continuation(
+        self, connection_id: str, fields: Mapping[str, Any], calls: list[Any], outputs: list[Any]
+    ) -> str | None:
+        """The ``response.create`` that goes on after a tool round: the outputs of the
+        ``calls`` of the last response (None if the conversation is gone)."""
+        conversation = self._book.get(connection_id)
+        if conversation is None or conversation.pending is None:
+            return None
+        conversation.pending += calls + outputs
+        event: dict[str, Any] = {"type": "response.create", **fields}
+        return _request(conversation, event, outputs, fields.get("store") is True)
+
+    def tool_round(self, connection_id: str, response_id: str | None) -> None:
+        """A response of the turn made tool calls: the turn goes on from it."""
+        conversation = self._book.get(connection_id)
+        if conversation is not None and conversation.pending is not None:
+            conversation.last_response_id = response_id
+            conversation.on_this_socket = True
+
+    def broken_off(self, connection_id: str) -> None:
+        """The turn in flight ends without an answer: the conversation is as it was."""
+        conversation = self._book.get(connection_id)
+        if conversation is None:
+            return
+        if conversation.before_turn is not None:
+            conversation.last_response_id, conversation.on_this_socket = conversation.before_turn
+        conversation.pending = None
 
     def completed(self, connection_id: str, response: Mapping[str, Any], now: float) -> None:
         """A response of this id completed: remember it, and its turn in the transcript."""
@@ -172,6 +201,7 @@ class Conversations:
         output = response.get("output")
         items = conversation.pending + _replayable(output if isinstance(output, list) else [])
         conversation.pending = None
+        conversation.before_turn = None
         conversation.last_response_id = response_id if isinstance(response_id, str) else None
         conversation.on_this_socket = True
         conversation.last_turn_at = now
@@ -185,15 +215,18 @@ class Conversations:
             conversation.transcript_bytes -= len(conversation.transcript.popleft().json)
 
     def ended(self, connection_id: str) -> None:
-        """The turn in flight ended without completing (failed, error): no transcript entry."""
+        """The turn in flight ended without completing (failed, error): no transcript
+        entry, and the conversation is where the turn found it (see :meth:`broken_off`)."""
         conversation = self._book.get(connection_id)
-        if conversation is not None:
-            conversation.pending = None
+        if conversation is not None and conversation.pending is not None:
+            self.broken_off(connection_id)
 
     def socket_ended(self, connection_id: str) -> None:
         """The socket of this id is gone: its responses cannot be continued there."""
         conversation = self._book.get(connection_id)
         if conversation is not None:
+            if conversation.pending is not None and conversation.before_turn is not None:
+                conversation.last_response_id = conversation.before_turn[0]  # no half loops
             conversation.on_this_socket = False
             conversation.pending = None
 
@@ -207,6 +240,23 @@ class Conversations:
             cid for cid, c in self._book.items() if c.pending is None and now - c.last_turn_at > ttl
         ]:
             del self._book[connection_id]
+
+
+def _request(
+    conversation: Conversation, event: dict[str, Any], items: list[Any], stored: bool
+) -> str:
+    """``event`` continuing the conversation with ``items``: by id while the server can
+    look it up, else replaying the transcript and the turn so far."""
+    if conversation.last_response_id and (conversation.on_this_socket or stored):
+        event["previous_response_id"] = conversation.last_response_id
+    elif conversation.transcript or conversation.pending is not items:
+        turns = [turn.json for turn in conversation.transcript]
+        so_far = _compact(conversation.pending or items)[1:-1]
+        history = ",".join([*turns, so_far] if so_far else turns)
+        head = _compact(event)[:-1]  # the object without its closing brace
+        return f'{head},"input":[{history}]}}'
+    event["input"] = items
+    return _compact(event)
 
 
 def _compact(value: Any) -> str:

@@ -21,6 +21,8 @@ from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.replies import Replies
 from bridge.protocol.sessions import Conversations, response_of
+from bridge.protocol.tool_rounds import ToolTurn
+from bridge.protocol.tools import ToolBox
 
 RESPONSE_COMPLETED: Final = "response.completed"
 REPLACED_CLOSE_CODE: Final = 1000
@@ -50,11 +52,7 @@ class AskTurns:
     _deferred: list[Action]
     conversations: Conversations
     replies: Replies
-
-    def _connect(
-        self, command: Connect, reply_to: ReplyTo | None, *, on_behalf_of: Ask | Send | None = None
-    ) -> list[Action]:
-        raise NotImplementedError
+    toolbox: ToolBox
 
     def _refuse(
         self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
@@ -66,7 +64,15 @@ class AskTurns:
     ) -> list[Action]:
         raise NotImplementedError
 
-    if TYPE_CHECKING:  # another mixin's (a stub here would hide it)
+    if TYPE_CHECKING:  # other mixins' (a stub here would hide them)
+
+        def _connect(
+            self,
+            command: Connect,
+            reply_to: ReplyTo | None,
+            *,
+            on_behalf_of: Ask | Send | None = None,
+        ) -> list[Action]: ...
 
         def _guard_ask(
             self, command: Ask, profile: str, reply_to: ReplyTo | None
@@ -83,7 +89,13 @@ class AskTurns:
         checked = self._guard_ask(command, connection.profile, reply_to)
         if isinstance(checked, list):
             return checked
-        data = self.conversations.request(command, connection.profile, self._clock, checked.request)
+        fields = checked.request
+        offered = self._offered_tools(connection.profile)
+        if offered:
+            tools = [*fields.get("tools", []), *self.toolbox.definitions(offered)]
+            fields = {**fields, "tools": tools}
+            connection.tool_turn = ToolTurn(offered, fields)
+        data = self.conversations.request(command, connection.profile, self._clock, fields)
         if not self._backlogs.fits(len(data)):
             self.conversations.ended(connection_id)
             return self._refuse_command(
@@ -97,6 +109,10 @@ class AskTurns:
         if connection.output is not None and not command.retry:
             actions += connection.output.request_sent(command.request_id)
         return actions
+
+    def _offered_tools(self, profile: str) -> tuple[str, ...]:
+        known = self.conversations.profiles.get(profile)
+        return known.mqtt_tools if known is not None else ()
 
     def take_deferred(self) -> list[Action]:
         """What the last :meth:`upstream_event` that returned None asks the driver to do."""

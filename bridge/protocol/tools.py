@@ -1,0 +1,211 @@
+"""Tools over MQTT: what the owner declares, and one call checked and rendered (pure).
+
+A tool is a fixed MQTT topic the model may publish to, with a JSON Schema its
+arguments must pass (checked with the ``jsonschema`` library) and a payload:
+the arguments as JSON, or a fixed JSON shape in which a string that is exactly
+``"{{name}}"`` stands for the argument ``name``. The model never chooses a
+topic and never writes a key. :class:`ToolBox` holds the declared tools, their
+definitions for a request, and turns one ``function_call`` into the message to
+publish, or into the short error the model is told.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# The most a rendered payload may be: the model writes the arguments.
+MAX_TOOL_PAYLOAD_BYTES: Final = 16 * 1024
+# The most of a reply the model is given (longer replies are cut).
+MAX_TOOL_OUTPUT_BYTES: Final = 8 * 1024
+_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z0-9_-]+)\s*\}\}")
+
+
+class ToolPublish(BaseModel):
+    """Where a call goes: a fixed topic, and the payload's shape."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: str
+    # None: the arguments as JSON; else a JSON shape with "{{argument}}" placeholders.
+    payload: Any = None
+    qos: int = Field(1, ge=0, le=2)
+    retain: bool = False
+
+    @field_validator("topic")
+    @classmethod
+    def _plain_topic(cls, value: str) -> str:
+        problem = topic_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+class ToolReply(BaseModel):
+    """Where the result of a call comes back, and how long the model waits for it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: str
+    timeout: float = Field(10.0, gt=0, le=600)
+
+    @field_validator("topic")
+    @classmethod
+    def _plain_topic(cls, value: str) -> str:
+        problem = topic_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+class ToolConfig(BaseModel):
+    """One entry of ``tools``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    publish: ToolPublish
+    reply: ToolReply | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError("a tool name is 1-64 letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        if value.get("type") != "object":
+            raise ValueError('the parameters schema must be {"type": "object", ...}')
+        return value
+
+
+def check_tools(
+    tools: Sequence[ToolConfig], profiles: Mapping[str, Any], reserved: Sequence[str]
+) -> None:
+    """Names unique, topics away from the ``reserved`` prefixes (the bridge's own, Home
+    Assistant's discovery), every profile's tools declared (ValueError naming the first
+    problem)."""
+    names = [tool.name for tool in tools]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(f"tools: {', '.join(twice)} declared twice")
+    for tool in tools:
+        topics = [tool.publish.topic] + ([tool.reply.topic] if tool.reply else [])
+        for topic in topics:
+            for prefix in reserved:
+                if topic == prefix or topic.startswith(prefix + "/"):
+                    raise ValueError(f"tools.{tool.name}: {topic!r} is under {prefix}/")
+    for name, profile in profiles.items():
+        unknown = sorted(set(profile.mqtt_tools) - set(names))
+        if unknown:
+            raise ValueError(f"profiles.{name}.mqtt_tools: {', '.join(unknown)} not in tools")
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be a tool's topic (wildcards, $, empty), or None."""
+    if not topic or len(topic.encode()) > 65535:
+        return "a topic is 1-65535 bytes"
+    if "+" in topic or "#" in topic or "\x00" in topic:
+        return f"{topic!r}: a tool's topic is fixed: no wildcards"
+    if topic.startswith("$"):
+        return f"{topic!r}: $ topics belong to the broker"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A ``function_call`` item the model made."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A valid call: what to publish."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class ToolBox:
+    """The declared tools, ready to be offered and called."""
+
+    def __init__(self, tools: Sequence[ToolConfig]) -> None:
+        self.tools = {tool.name: tool for tool in tools}
+        self._validators = {
+            tool.name: jsonschema.Draft202012Validator(tool.parameters) for tool in tools
+        }
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tools
+
+    def definitions(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        """The ``tools`` entries of a request offering ``names``."""
+        return [
+            {
+                "type": "function",
+                "name": name,
+                "description": self.tools[name].description,
+                "parameters": self.tools[name].parameters,
+            }
+            for name in names
+        ]
+
+    def render(self, call: Call) -> Rendered | str:
+        """The message a call publishes, or what is wrong with it (for the model)."""
+        tool = self.tools[call.name]
+        try:
+            arguments = json.loads(call.arguments)
+        except (ValueError, RecursionError) as exc:
+            return f"invalid arguments: not JSON ({exc})"
+        errors = sorted(
+            self._validators[call.name].iter_errors(arguments), key=lambda e: list(e.path)
+        )
+        if errors:
+            where = "/".join(str(part) for part in errors[0].absolute_path) or "(arguments)"
+            return f"invalid arguments: {where}: {errors[0].message}"[:500]
+        shape = tool.publish.payload
+        body = arguments if shape is None else _fill(shape, arguments)
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        if len(payload) > MAX_TOOL_PAYLOAD_BYTES:
+            return f"the payload would be {len(payload)} bytes, over {MAX_TOOL_PAYLOAD_BYTES}"
+        publish = tool.publish
+        return Rendered(publish.topic, payload, publish.qos, publish.retain)
+
+
+def _fill(shape: Any, arguments: Mapping[str, Any]) -> Any:
+    """``shape`` with each ``"{{name}}"`` string replaced by that argument (null if absent)."""
+    if isinstance(shape, str):
+        match = _PLACEHOLDER.fullmatch(shape)
+        return arguments.get(match.group(1)) if match else shape
+    if isinstance(shape, list):
+        return [_fill(item, arguments) for item in shape]
+    if isinstance(shape, dict):
+        return {key: _fill(value, arguments) for key, value in shape.items()}
+    return shape
+
+
+def reply_text(payload: bytes) -> str:
+    """A reply as the model gets it: UTF-8 text, cut to a bound."""
+    text = payload[:MAX_TOOL_OUTPUT_BYTES].decode("utf-8", "replace")
+    return text + (" [cut]" if len(payload) > MAX_TOOL_OUTPUT_BYTES else "")
