@@ -15,10 +15,10 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 # The most a rendered payload may be: the model writes the arguments.
 MAX_TOOL_PAYLOAD_BYTES: Final = 16 * 1024
@@ -28,24 +28,27 @@ _NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PLACEHOLDER: Final = re.compile(r"\{\{\s*([A-Za-z0-9_-]+)\s*\}\}")
 
 
+def _plain_topic(value: str) -> str:
+    problem = topic_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# A fixed topic: no wildcards, no $ (checked at start, like every key).
+ToolTopic = Annotated[str, AfterValidator(_plain_topic)]
+
+
 class ToolPublish(BaseModel):
     """Where a call goes: a fixed topic, and the payload's shape."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    topic: str
+    topic: ToolTopic
     # None: the arguments as JSON; else a JSON shape with "{{argument}}" placeholders.
     payload: Any = None
     qos: int = Field(1, ge=0, le=2)
     retain: bool = False
-
-    @field_validator("topic")
-    @classmethod
-    def _plain_topic(cls, value: str) -> str:
-        problem = topic_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
 
 
 class ToolReply(BaseModel):
@@ -53,16 +56,8 @@ class ToolReply(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    topic: str
+    topic: ToolTopic
     timeout: float = Field(10.0, gt=0, le=600)
-
-    @field_validator("topic")
-    @classmethod
-    def _plain_topic(cls, value: str) -> str:
-        problem = topic_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
 
 
 class ToolConfig(BaseModel):

@@ -117,9 +117,7 @@ async def test_commands_are_handled_as_read_and_a_failing_handler_costs_one(
     seen: list[tuple[str, bytes, bool]] = []
     three = asyncio.Event()
 
-    def handle(
-        topic: str, payload: bytes, retained: bool, reply_to: Any, correlation: Any
-    ) -> None:
+    def handle(topic: str, payload: bytes, retained: bool, reply_to: Any, correlation: Any) -> None:
         if payload == b"boom":
             raise RuntimeError("a bug")
         seen.append((topic, payload, retained))
