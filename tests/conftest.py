@@ -78,7 +78,7 @@ async def simulator() -> AsyncIterator[Simulator]:
 
 
 def bridge_settings(
-    broker: Broker, simulator: Simulator, tmp_path: Path, **sections: dict[str, Any]
+    broker: Broker, simulator: Simulator, tmp_path: Path, **sections: Any
 ) -> Settings:
     """Settings for a bridge between ``broker`` and ``simulator``, with overrides."""
     document: dict[str, Any] = {
@@ -99,7 +99,10 @@ def bridge_settings(
         "shutdown": {"grace_seconds": 5 * SECOND},
     }
     for name, values in sections.items():
-        document.setdefault(name, {}).update(values)
+        if isinstance(values, dict):
+            document.setdefault(name, {}).update(values)
+        else:  # a list section (tools)
+            document[name] = values
     path = tmp_path / f"bridge-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(json.dumps(document))
     return load_settings(path, {"OPENAI_API_KEY": KEY})
