@@ -9,10 +9,16 @@ offline demos (``openai-mqtt-bridge simulate``) and as the upstream in tests::
         client = AsyncOpenAI(base_url=sim.base_url, api_key="sk-test")
         ...
 
+It also calls tools deterministically, so a client's tool loop runs offline: offer
+function tools and write ``call <name> with <json>`` in the user message (add
+``repeatedly`` to call again every round); send the outputs back and the answer quotes
+them. See :mod:`~bridge_tools.simulator.tool_calls`.
+
 Modules: ``options`` (options and records), ``text`` (deterministic answers),
 ``faults`` (fault vocabulary), ``inbound`` (client frames), ``state`` (lanes and
-cache), ``events`` and ``plan`` (what to send), ``handshake`` (upgrade answers) are
-free of I/O; ``connection`` and ``server`` do the networking.
+cache), ``events``, ``steps`` and ``plan`` (what to send), ``tool_calls`` (function
+calls and their outputs), ``handshake`` (upgrade answers) are free of I/O;
+``connection`` and ``server`` do the networking.
 """
 
 from bridge_tools.simulator.faults import FAULT_HELP, Fault, FaultKind, parse_fault

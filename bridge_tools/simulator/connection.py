@@ -27,7 +27,9 @@ from bridge_tools.simulator import events, rejections
 from bridge_tools.simulator.events import IdFactory
 from bridge_tools.simulator.inbound import BadFrame, CreateRequest, SteerRequest, parse_message
 from bridge_tools.simulator.options import Closed, Received, SimulatorOptions
-from bridge_tools.simulator.plan import (
+from bridge_tools.simulator.plan import plan_error, plan_request, plan_steer
+from bridge_tools.simulator.state import ConnectionState, Lane, Parent, Snapshot
+from bridge_tools.simulator.steps import (
     Abort,
     Close,
     Hang,
@@ -37,11 +39,7 @@ from bridge_tools.simulator.plan import (
     Send,
     Settings,
     Settle,
-    plan_error,
-    plan_request,
-    plan_steer,
 )
-from bridge_tools.simulator.state import ConnectionState, Lane, Parent, Snapshot
 
 logger = logging.getLogger(__name__)
 

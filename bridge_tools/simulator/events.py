@@ -167,6 +167,18 @@ def message_item(item_id: str, status: str, text: str | None = None) -> JSON:
     }
 
 
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> JSON:
+    """A ``function_call`` output item (``arguments`` is empty while it is being added)."""
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+    }
+
+
 def reasoning_item(item_id: str, encrypted_content: str | None = None) -> JSON:
     """A ``reasoning`` output item (``encrypted_content`` once it is done)."""
     item: JSON = {"id": item_id, "type": "reasoning", "summary": []}

@@ -5,19 +5,24 @@
 ``background: true``) are kept on the request and reported when its lane reaches it,
 so a client that correlates errors by lane order is never confused. Errors that have
 no lane (bad JSON, an invalid ``stream_id``) come back at once as :class:`BadFrame`.
+
+A request's offered tools, its latest user message and its ``function_call`` /
+``function_call_output`` items are read into :class:`~bridge_tools.simulator.tool_calls.ToolInput`
+(``CreateRequest.tools``); whether they pair up is checked once the parent is known.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge_tools.simulator import rejections
 from bridge_tools.simulator.faults import METADATA_KEY, Fault, FaultError, find_fault
 from bridge_tools.simulator.rejections import Rejection
-from bridge_tools.simulator.text import count_tokens
+from bridge_tools.simulator.text import content_text, count_tokens
+from bridge_tools.simulator.tool_calls import ToolInput, read_input
 
 JSON = dict[str, Any]
 
@@ -47,6 +52,7 @@ class CreateRequest:
     input_tokens: int = 0
     fault: Fault | None = None
     rejection: Rejection | None = None
+    tools: ToolInput = field(default_factory=ToolInput)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,7 @@ def parse_create(frame: JSON, *, lanes: bool = True) -> CreateRequest | BadFrame
         input_tokens=input_tokens,
         fault=fault,
         rejection=rejection or _field_errors(frame),
+        tools=read_input(frame),
     )
 
 
@@ -192,7 +199,7 @@ def input_text(value: object) -> tuple[list[str], int]:
             continue
         kind = item.get("type", "message")
         if kind == "message":
-            text = _content_text(item.get("content"))
+            text = content_text(item.get("content"))
             if item.get("role", "user") == "user":
                 texts.append(text)
             tokens += count_tokens(text) + MESSAGE_OVERHEAD_TOKENS
@@ -201,15 +208,6 @@ def input_text(value: object) -> tuple[list[str], int]:
         else:
             tokens += count_tokens(json.dumps(item))
     return texts, tokens
-
-
-def _content_text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return ""
-    parts = [part.get("text") for part in content if isinstance(part, dict)]
-    return "\n".join(part for part in parts if isinstance(part, str))
 
 
 def _metadata(frame: JSON) -> dict[str, object]:

@@ -4,27 +4,39 @@
 fault into a :class:`Plan`: frames to send, pauses, and transport actions (abort,
 close, mute pongs). The server only executes the steps, so every detail of the event
 sequence can be unit-tested without sockets or clocks.
+
+The answer is text (``message`` item), or ``function_call`` items when the request's
+user message asks for tool calls, or text quoting the tool outputs it carries; see
+:mod:`~bridge_tools.simulator.tool_calls`, which also rejects outputs that do not pair
+up with calls. The step types and the shared streaming helpers live in
+:mod:`~bridge_tools.simulator.steps`.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
-from bridge_tools.simulator import events, rejections
+from bridge_tools.simulator import events, rejections, tool_calls
 from bridge_tools.simulator.events import JSON, IdFactory
-from bridge_tools.simulator.faults import Fault, FaultKind, close_reason
+from bridge_tools.simulator.faults import FaultKind
 from bridge_tools.simulator.inbound import CreateRequest, SteerRequest
 from bridge_tools.simulator.rejections import Rejection
-from bridge_tools.simulator.state import Parent, Snapshot
-from bridge_tools.simulator.text import (
-    chunk_tokens,
-    count_tokens,
-    generate_answer,
-    long_text,
-    tokenize,
+from bridge_tools.simulator.state import Parent, Snapshot, ToolMemory
+from bridge_tools.simulator.steps import (
+    Abort,
+    Hang,
+    MutePongs,
+    Pause,
+    Plan,
+    Send,
+    Settings,
+    Settle,
+    Stream,
+    send_deltas,
 )
+from bridge_tools.simulator.text import chunk_tokens, generate_answer, long_text, tokenize
+from bridge_tools.simulator.tool_calls import ToolTurn
 
 # huge_completed: response.completed must exceed 1 MiB (Python websockets' default
 # max_size) while every earlier frame stays below it.
@@ -34,115 +46,6 @@ HUGE_DELTA_CHARS = 16 * 1024
 HUGE_REASONING_TOKENS = 1024
 CACHE_MIN_TOKENS = 1024  # prompt caching starts at 1024 tokens
 CACHE_BLOCK_TOKENS = 128  # and grows in blocks of 128
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send one event as a JSON text frame."""
-
-    event: JSON
-
-
-@dataclass(frozen=True, slots=True)
-class Pause:
-    """Send nothing for a while (pings are still answered)."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Abort:
-    """Drop the TCP connection without a Close frame (the client sees 1006)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Close the WebSocket with this code and reason."""
-
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class MutePongs:
-    """Stop answering pings on this connection."""
-
-
-@dataclass(frozen=True, slots=True)
-class Hang:
-    """Send nothing more until the connection ends."""
-
-
-@dataclass(frozen=True, slots=True)
-class Settle:
-    """The outcome is final: update the caches before the terminal frame goes out.
-
-    Doing it first means a client that reacts to the terminal event at once (say, by
-    forking from it on another lane) always finds the response cached.
-    """
-
-    succeeded: bool
-
-
-Step = Send | Pause | Abort | Close | MutePongs | Hang | Settle
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The steps for one request and what to cache if it succeeds."""
-
-    steps: tuple[Step, ...]
-    snapshot: Snapshot | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """The server-wide options that shape a plan."""
-
-    seed: int = 0
-    tokens_per_second: float | None = None
-    first_token_delay: float = 0.0
-    response_done: bool = False
-    flat_errors: bool = False
-    fixed_reply: str | None = None
-
-
-@dataclass(slots=True)
-class _Stream:
-    """Accumulates the steps of one response, numbering its events from 0."""
-
-    stream_id: str | None
-    settings: Settings
-    steps: list[Step] = field(default_factory=list)
-    sequence_number: int = 0
-
-    def send(self, event_type: str, **fields: Any) -> None:
-        event: JSON = {"type": event_type, "sequence_number": self.sequence_number, **fields}
-        if self.stream_id is not None:
-            event["stream_id"] = self.stream_id
-        self.sequence_number += 1
-        self.steps.append(Send(event))
-
-    def send_error(self, rejection: Rejection) -> None:
-        """A mid-stream ``error`` event, which takes the next sequence number."""
-        self.steps.append(Settle(succeeded=False))
-        self.steps.append(
-            Send(
-                events.error_event(
-                    rejection,
-                    stream_id=self.stream_id,
-                    sequence_number=self.sequence_number,
-                    flat=self.settings.flat_errors,
-                )
-            )
-        )
-        self.sequence_number += 1
-
-    def terminal(self, event_type: str) -> str:
-        return "response.done" if self.settings.response_done else event_type
-
-    def elapsed(self) -> int:
-        return int(sum(step.seconds for step in self.steps if isinstance(step, Pause)))
 
 
 def plan_error(rejection: Rejection, stream_id: str | None, settings: Settings) -> Plan:
@@ -191,17 +94,26 @@ def plan_request(
         return Plan((Abort(),))
     if isinstance(parent, Rejection):
         return plan_error(parent, request.stream_id, settings)
+    turn = tool_calls.plan_turn(request.tools, parent.snapshot.tools if parent else None)
+    if isinstance(turn, Rejection):
+        return plan_error(turn, request.stream_id, settings)
     if not request.generate:
-        return _plan_warm_up(request, parent, ids=ids, now=now, settings=settings)
-    return _plan_answer(request, parent, ids=ids, now=now, settings=settings)
+        return _plan_warm_up(request, parent, turn, ids=ids, now=now, settings=settings)
+    return _plan_answer(request, parent, turn, ids=ids, now=now, settings=settings)
 
 
 def _snapshot(
-    request: CreateRequest, parent: Parent | None, response_id: str, tokens: int
+    request: CreateRequest,
+    parent: Parent | None,
+    response_id: str,
+    tokens: int,
+    tools: ToolMemory,
 ) -> Snapshot:
     context = parent.snapshot.context_tokens if parent else 0
     turns = parent.snapshot.turns if parent else 0
-    return Snapshot(response_id, request.stream_id, context + tokens, turns + 1, request.store)
+    return Snapshot(
+        response_id, request.stream_id, context + tokens, turns + 1, request.store, tools
+    )
 
 
 def _input_usage(request: CreateRequest, parent: Parent | None) -> tuple[int, int]:
@@ -214,10 +126,16 @@ def _input_usage(request: CreateRequest, parent: Parent | None) -> tuple[int, in
 
 
 def _plan_warm_up(
-    request: CreateRequest, parent: Parent | None, *, ids: IdFactory, now: int, settings: Settings
+    request: CreateRequest,
+    parent: Parent | None,
+    turn: ToolTurn,
+    *,
+    ids: IdFactory,
+    now: int,
+    settings: Settings,
 ) -> Plan:
     """``generate: false``: created, then completed with no output and zero usage."""
-    stream = _Stream(request.stream_id, settings)
+    stream = Stream(request.stream_id, settings)
     response_id = ids.new("resp")
     response = functools.partial(
         events.response_object, request.body, response_id=response_id, created_at=now
@@ -226,14 +144,19 @@ def _plan_warm_up(
     stream.steps.append(Settle(succeeded=True))
     completed = response(status="completed", usage=events.usage(0, 0), completed_at=now)
     stream.send(stream.terminal("response.completed"), response=completed)
-    return Plan(tuple(stream.steps), _snapshot(request, parent, response_id, request.input_tokens))
+    snapshot = _snapshot(request, parent, response_id, request.input_tokens, turn.memory)
+    return Plan(tuple(stream.steps), snapshot)
 
 
-def _answer_tokens(request: CreateRequest, parent: Parent | None, settings: Settings) -> list[str]:
+def _answer_tokens(
+    request: CreateRequest, parent: Parent | None, turn: ToolTurn, settings: Settings
+) -> list[str]:
     if settings.fixed_reply is not None:
         return tokenize(settings.fixed_reply)
     if request.fault is not None and request.fault.kind is FaultKind.HUGE_COMPLETED:
         return tokenize(long_text(request.prompt, settings.seed, HUGE_TEXT_CHARS))
+    if turn.quote is not None:
+        return tokenize(turn.quote)
     follow_up = parent is not None or request.has_history
     return tokenize(generate_answer(request.prompt, settings.seed, follow_up=follow_up))
 
@@ -250,12 +173,18 @@ def _cut(tokens: list[str], request: CreateRequest) -> tuple[list[str], str | No
 
 
 def _plan_answer(
-    request: CreateRequest, parent: Parent | None, *, ids: IdFactory, now: int, settings: Settings
+    request: CreateRequest,
+    parent: Parent | None,
+    turn: ToolTurn,
+    *,
+    ids: IdFactory,
+    now: int,
+    settings: Settings,
 ) -> Plan:
-    """The canonical text sequence (§6.2), bent by the request's fault."""
+    """The canonical sequence (§6.2, or §6.3 for function calls), bent by the fault."""
     fault = request.fault
     kind = fault.kind if fault is not None else None
-    stream = _Stream(request.stream_id, settings)
+    stream = Stream(request.stream_id, settings)
     response_id = ids.new("resp")
     response = functools.partial(
         events.response_object, request.body, response_id=response_id, created_at=now
@@ -276,6 +205,23 @@ def _plan_answer(
             stream.terminal("response.failed"), response=response(status="failed", error=error)
         )
         return Plan(tuple(stream.steps))
+    if turn.calls:
+        made = tool_calls.send_calls(
+            stream,
+            turn.calls,
+            ids=ids,
+            response_id=response_id,
+            fault=fault,
+            obfuscate=request.include_obfuscation,
+        )
+        if made is None:
+            return Plan(tuple(stream.steps))
+        items, call_tokens = made
+        usage = events.usage(input_tokens, call_tokens, cached_tokens=cached_tokens)
+        _finish(stream, response, now, items, usage, None)
+        chain_tokens = request.input_tokens + call_tokens
+        snapshot = _snapshot(request, parent, response_id, chain_tokens, turn.after(items))
+        return Plan(tuple(stream.steps), snapshot)
 
     output: list[JSON] = []
     reasoning_tokens = 0
@@ -284,7 +230,7 @@ def _plan_answer(
         output.append(_send_reasoning(stream, ids.new("rs"), response_id))
     output_index = len(output)
     message_id = ids.new("msg")
-    tokens, incomplete_reason = _cut(_answer_tokens(request, parent, settings), request)
+    tokens, incomplete_reason = _cut(_answer_tokens(request, parent, turn, settings), request)
     text = "".join(tokens)
     where: JSON = {"item_id": message_id, "output_index": output_index, "content_index": 0}
     stream.send(
@@ -297,7 +243,9 @@ def _plan_answer(
         stream.steps.append(Pause(settings.first_token_delay))
     huge = kind is FaultKind.HUGE_COMPLETED
     deltas = chunk_tokens(tokens, HUGE_DELTA_CHARS) if huge else tokens
-    if not _send_deltas(stream, deltas, where, fault, request, response_id):
+    obfuscation = response_id if request.include_obfuscation else None
+    delta_type = "response.output_text.delta"
+    if not send_deltas(stream, delta_type, deltas, where, fault=fault, obfuscation=obfuscation):
         return Plan(tuple(stream.steps))
 
     item_status = "incomplete" if incomplete_reason else "completed"
@@ -313,6 +261,21 @@ def _plan_answer(
         cached_tokens=cached_tokens,
         reasoning_tokens=reasoning_tokens,
     )
+    _finish(stream, response, now, output, usage, incomplete_reason)
+    tokens_so_far = request.input_tokens + output_tokens
+    snapshot = _snapshot(request, parent, response_id, tokens_so_far, turn.memory)
+    return Plan(tuple(stream.steps), snapshot)
+
+
+def _finish(
+    stream: Stream,
+    response: Callable[..., JSON],
+    now: int,
+    output: list[JSON],
+    usage: JSON,
+    incomplete_reason: str | None,
+) -> None:
+    """Settle, then the terminal event: ``response.incomplete`` or ``response.completed``."""
     stream.steps.append(Settle(succeeded=True))
     if incomplete_reason is not None:
         final = response(
@@ -326,60 +289,12 @@ def _plan_answer(
         completed_at = now + stream.elapsed()
         final = response(status="completed", output=output, usage=usage, completed_at=completed_at)
         stream.send(stream.terminal("response.completed"), response=final)
-    snapshot = _snapshot(request, parent, response_id, request.input_tokens + output_tokens)
-    return Plan(tuple(stream.steps), snapshot)
 
 
-def _send_reasoning(stream: _Stream, item_id: str, response_id: str) -> JSON:
+def _send_reasoning(stream: Stream, item_id: str, response_id: str) -> JSON:
     """A reasoning item with a large ``encrypted_content`` at output index 0."""
     stream.send("response.output_item.added", output_index=0, item=events.reasoning_item(item_id))
     blob = events.encrypted_blob(response_id, HUGE_REASONING_CHARS)
     done = events.reasoning_item(item_id, blob)
     stream.send("response.output_item.done", output_index=0, item=done)
     return done
-
-
-def _send_deltas(
-    stream: _Stream,
-    deltas: list[str],
-    where: JSON,
-    fault: Fault | None,
-    request: CreateRequest,
-    response_id: str,
-) -> bool:
-    """Add the delta events, and the fault halfway; False if the stream ends there."""
-    cut = len(deltas) // 2
-    pace = stream.settings.tokens_per_second
-    for index in range(len(deltas) + 1):
-        if index == cut and fault is not None and not _mid_stream_fault(stream, fault):
-            return False
-        if index == len(deltas):
-            break
-        delta = deltas[index]
-        if index > 0 and pace:
-            stream.steps.append(Pause(count_tokens(delta) / pace))
-        fields: JSON = {**where, "delta": delta, "logprobs": []}
-        if request.include_obfuscation:
-            fields["obfuscation"] = events.obfuscation(f"{response_id}:{index}")
-        stream.send("response.output_text.delta", **fields)
-    return True
-
-
-def _mid_stream_fault(stream: _Stream, fault: Fault) -> bool:
-    """Apply a mid-stream fault; False if the stream ends with it."""
-    match fault.kind:
-        case FaultKind.DROP_MID_STREAM:
-            stream.steps.append(Abort())
-            return False
-        case FaultKind.CLOSE:
-            code = fault.close_code if fault.close_code is not None else 1011
-            stream.steps.append(Close(code, close_reason(code)))
-            return False
-        case FaultKind.ERROR_MID_STREAM:
-            stream.send_error(rejections.server_error())
-            return False
-        case FaultKind.GAP:
-            stream.steps.append(Pause(fault.seconds or 0.0))
-            return True
-        case _:
-            return True

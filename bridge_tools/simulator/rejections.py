@@ -41,6 +41,21 @@ def previous_response_not_found(response_id: str) -> Rejection:
     )
 
 
+def no_tool_output(call_id: str) -> Rejection:
+    """A ``function_call`` (in the input or made by the parent) has no output in the input.
+
+    The real API's wording; it sends no ``code``.
+    """
+    return invalid(f"No tool output found for function call {call_id}.", param="input")
+
+
+def no_tool_call(call_id: str) -> Rejection:
+    """A ``function_call_output`` answers no ``function_call`` of the conversation."""
+    return invalid(
+        f"No tool call found for function call output with call_id {call_id}.", param="input"
+    )
+
+
 def connection_limit_reached(max_age: float) -> Rejection:
     """The connection is older than its maximum age (60 minutes on the real server)."""
     minutes = max_age / 60

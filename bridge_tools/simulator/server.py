@@ -27,7 +27,7 @@ from bridge_tools.simulator.events import IdFactory
 from bridge_tools.simulator.faults import HandshakeFault
 from bridge_tools.simulator.handshake import ENDPOINT_SUFFIX, Refusal, decide, split_target
 from bridge_tools.simulator.options import Closed, Handshake, Received, SimulatorOptions
-from bridge_tools.simulator.plan import Settings
+from bridge_tools.simulator.steps import Settings
 
 logger = logging.getLogger(__name__)
 

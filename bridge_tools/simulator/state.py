@@ -9,17 +9,33 @@ Rules (protocol reference §4, §5):
   ``previous_response_not_found``;
 - a same-lane continuation that fails evicts its parent; a failed fork keeps it;
 - at most 32 distinct named lanes per connection, over its whole life.
+
+A snapshot also carries the response's :class:`ToolMemory`: the function calls it made
+(the next turn must answer each of them with a ``function_call_output``), the names of
+every call in the chain, and the latest user message, whose call phrases
+(:mod:`~bridge_tools.simulator.tool_calls`) a continuation without new user input still
+follows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge_tools.simulator import rejections
 from bridge_tools.simulator.rejections import Rejection
 
 Lane = str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolMemory:
+    """What a continuation needs to know about the chain's function calls."""
+
+    pending: tuple[str, ...] = ()  # call_ids this response made, each owed an output
+    names: tuple[tuple[str, str], ...] = ()  # (call_id, name) of every call in the chain
+    user_text: str | None = None  # the chain's latest user message
+    answered: bool = False  # calls were made for user_text already (only repeats remain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +47,7 @@ class Snapshot:
     context_tokens: int  # input plus output tokens of the whole chain so far
     turns: int  # responses in the chain, this one included
     store: bool
+    tools: ToolMemory = field(default_factory=ToolMemory)
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,16 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
+def content_text(content: object) -> str:
+    """The text of a message's ``content``: a string, or the ``text`` of its parts."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    parts = [part.get("text") for part in content if isinstance(part, dict)]
+    return "\n".join(part for part in parts if isinstance(part, str))
+
+
 def count_tokens(text: str) -> int:
     """The number of token-like pieces in text."""
     return len(tokenize(text))

@@ -29,7 +29,10 @@ from bridge_tools.simulator.faults import (
 )
 from bridge_tools.simulator.handshake import decide, split_target
 from bridge_tools.simulator.inbound import BadFrame, CreateRequest, SteerRequest, parse_message
-from bridge_tools.simulator.plan import (
+from bridge_tools.simulator.plan import plan_request
+from bridge_tools.simulator.rejections import Rejection
+from bridge_tools.simulator.state import ConnectionState, Parent, Snapshot
+from bridge_tools.simulator.steps import (
     Abort,
     Close,
     Hang,
@@ -39,10 +42,7 @@ from bridge_tools.simulator.plan import (
     Send,
     Settings,
     Settle,
-    plan_request,
 )
-from bridge_tools.simulator.rejections import Rejection
-from bridge_tools.simulator.state import ConnectionState, Parent, Snapshot
 from bridge_tools.simulator.text import (
     count_tokens,
     extract_topic,
