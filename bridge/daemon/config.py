@@ -235,6 +235,25 @@ class HomeAssistantConfig(_Section):
         return _topic_prefix(value)
 
 
+class ClusterConfig(_Section):
+    """Several instances on one prefix (section ``cluster``; README, "Several instances")."""
+
+    enabled: bool = False
+    # This instance's name, unique per prefix; None: <host name>-<mqtt.client_id>.
+    instance: str | None = None
+    claim_window: float = Field(0.25, gt=0, le=10)  # seconds a new claim waits for a rival
+    roll_call: float = Field(1.0, gt=0, le=30)  # seconds instances have to say they live
+
+    @field_validator("instance")
+    @classmethod
+    def _instance_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = connection_id_problem(value)  # the same rules as a topic level
+            if problem is not None:
+                raise ValueError(problem.replace("connection id", "instance name"))
+        return value
+
+
 class Config(_Section):
     """The whole configuration, as the user wrote it (secrets excluded)."""
 
@@ -264,6 +283,7 @@ class Config(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     # Where today's token usage is kept (None: $STATE_DIRECTORY under systemd, else
     # $XDG_STATE_HOME/openai-mqtt-bridge or ~/.local/state/openai-mqtt-bridge).
     state_dir: Path | None = None

@@ -25,6 +25,7 @@ from typing import Final
 
 from bridge.daemon import logs
 from bridge.daemon.buffer_waits import BufferWaits
+from bridge.daemon.cluster import ClusterMember
 from bridge.daemon.config import Settings
 from bridge.daemon.usage_store import UsageStore, default_state_dir
 from bridge.errors import UpstreamError
@@ -122,6 +123,12 @@ class Service:
         for tool in config.tools:  # replies to tool calls (MQTT v5 correlation, or the first)
             if tool.reply is not None:
                 self.link.listen_for_replies(tool.reply.topic, self._on_tool_reply)
+        # Several instances on one prefix: which commands are this one's (cluster.enabled).
+        self.cluster = (
+            ClusterMember(config, self.topics, self.link, self.core, self._perform, self._handle)
+            if config.cluster.enabled
+            else None
+        )
         self.events_relayed = 0  # server events the link took
         self.buffer_waits = 0  # times a reader had to wait for room in the buffer
         self._buffer = BufferWaits(
@@ -186,6 +193,8 @@ class Service:
         while True:
             await asyncio.sleep(interval)
             self._perform(self.core.sweep(time.monotonic(), self.wall_clock()))
+            if self.cluster is not None:
+                self.cluster.sweep()
 
     async def _keep_usage(self) -> None:
         """Publish ``P/bridge/usage`` (retained) and save it: at start, then at most every
@@ -206,6 +215,13 @@ class Service:
     # Inbound facts ------------------------------------------------------------------
 
     def _on_inbound(self, message: Inbound) -> None:
+        if self.cluster is not None:
+            self.cluster.command(message)
+        else:
+            self._handle(message)
+
+    def _handle(self, message: Inbound) -> None:
+        """Carry out a command here: the core decides, the actions are performed."""
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "[%s] < command %s%s",
@@ -456,6 +472,8 @@ class Service:
                 grace,
             )
             await self._cancel_all()
+        if self.cluster is not None:
+            self.cluster.stop()
         self.link.stop(BROKER_FLUSH_GRACE)
 
     async def _cancel_all(self) -> None:

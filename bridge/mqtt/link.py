@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from paho.mqtt.client import topic_matches_sub
+
 from bridge.backoff import backoff_delays
 from bridge.daemon.config import MqttConfig
 from bridge.errors import BrokerError, BrokerRefused
@@ -121,8 +123,12 @@ class MqttLink:
         self.on_published = on_published
         self._announcements: dict[str, bytes] = {}  # retained topics we keep set (bridge/info)
         self._listeners: dict[str, Callable[[bytes], None]] = {}
-        # Tool reply topics: callback(topic, payload, retained, correlation data).
+        # Tool reply topics, cluster topics: callback(topic, payload, retained, correlation).
         self._reply_listeners: dict[str, Callable[[str, bytes, bool, bytes | None], None]] = {}
+        self._filter_listeners: dict[str, Callable[[str, bytes, bool, bytes | None], None]] = {}
+        # Whether a clean stop says `offline` on P/bridge/state (not while other instances
+        # of the prefix still run).
+        self.offline_at_stop: Callable[[], bool] = lambda: True
         self.outbox = Outbox(config.buffer_max_messages, config.buffer_max_bytes)
         self.connected = asyncio.Event()
         self.connects = 0
@@ -233,6 +239,12 @@ class MqttLink:
         """As :meth:`listen`, for replies: ``callback(topic, payload, retained, correlation)``."""
         self._reply_listeners[topic] = callback
 
+    def listen_filter(
+        self, topic_filter: str, callback: Callable[[str, bytes, bool, bytes | None], None]
+    ) -> None:
+        """As :meth:`listen_for_replies`, for a filter with wildcards (``P/bridge/claims/+``)."""
+        self._filter_listeners[topic_filter] = callback
+
     # Internals -------------------------------------------------------------------
 
     def _connection(self, *, clean: bool, will: bool = True) -> BrokerConnection:
@@ -266,7 +278,7 @@ class MqttLink:
         # MQTT v5 keeps the retain flag of live deliveries (Retain As Published),
         # so a retained command is refused even when it is published while we run.
         await connection.subscribe(self.topics.command_filter, retain_as_published=self._v5)
-        for topic in [*self._listeners, *self._reply_listeners]:
+        for topic in [*self._listeners, *self._reply_listeners, *self._filter_listeners]:
             await connection.subscribe(topic)
         # `online` goes out first, then what waited for the broker, then the announcements
         # (the broker may have lost them).
@@ -290,7 +302,8 @@ class MqttLink:
             done, _ = await asyncio.wait([pipeline, stop], return_when=asyncio.FIRST_COMPLETED)
             if pipeline in done:
                 pipeline.result()  # raises: the link was lost
-            self._queue_retained(self.topics.state, OFFLINE)
+            if self.offline_at_stop():
+                self._queue_retained(self.topics.state, OFFLINE)
             await self._flush()
         finally:
             self.connected.clear()
@@ -338,5 +351,8 @@ class MqttLink:
             replies = self._reply_listeners.get(topic)
             if replies is not None:
                 replies(topic, payload, retained, correlation)
+            for topic_filter, callback in self._filter_listeners.items():
+                if topic_matches_sub(topic_filter, topic):
+                    callback(topic, payload, retained, correlation)
             return
         self.on_message(Inbound(connection_id, payload, retained, reply_to))
