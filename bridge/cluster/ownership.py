@@ -119,7 +119,16 @@ class InstanceLost:
     open: bool
 
 
-Decision = Handle | Refuse | PublishClaim | Settle | InstanceLost
+@dataclass(frozen=True, slots=True)
+class Yield:
+    """This instance held the id, and so does a better claim (after a partition, both
+    sides took it): end what this instance has of it."""
+
+    connection_id: str
+    to: str
+
+
+Decision = Handle | Refuse | PublishClaim | Settle | InstanceLost | Yield
 
 
 @dataclass(slots=True)
@@ -187,14 +196,18 @@ class Ownership:
             return self._maybe_claim(connection_id, waiting) if waiting else []
         if claim.instance == self.me:
             return []  # our own, echoed (what we hold is in self.claims already)
+        decisions: list[Decision] = []
         if current is not None and current.instance == self.me:
-            if current.held or not self._beats(claim, current, connection_id):
-                # A stale claimer: ours stands; say it again (the retained copy is theirs now).
+            if not self._beats(claim, current, connection_id):
+                # A stale or weaker claimer: ours stands; say it again (the retained
+                # copy is theirs now), and they yield to it.
                 return [PublishClaim(connection_id, current)]
-            del self.claims[connection_id]  # lost the race: theirs is better
+            del self.claims[connection_id]  # theirs is better
+            if current.held:  # two held claims (after a partition): the better one keeps it
+                decisions.append(Yield(connection_id, claim.instance))
         self.claims[connection_id] = claim
         self._waiting.pop(connection_id, None)  # the winner has these commands too
-        return []
+        return decisions
 
     def settle(self, connection_id: str) -> list[Decision]:
         """The claim window of an id this instance claims is over."""

@@ -28,6 +28,7 @@ from bridge.cluster.ownership import (
     Refuse,
     Roster,
     Settle,
+    Yield,
 )
 from bridge.daemon.config import Config
 from bridge.mqtt.link import Inbound, MqttLink
@@ -161,6 +162,13 @@ class ClusterMember:
                     reason = f"the bridge instance {instance} holding it was lost"
                     replies = self.core.replies
                     self.perform(replies.disconnected(connection_id, INSTANCE_LOST_CODE, reason))
+                case Yield(connection_id, to):
+                    logger.warning("[%s] held by %s as well: it is theirs now", connection_id, to)
+                    self.core.conversations.forget(connection_id)
+                    reason = f"the connection moved to the bridge instance {to}"
+                    self.perform(
+                        self.core.end_connection(connection_id, INSTANCE_LOST_CODE, reason)
+                    )
                 case Refuse(connection_id, command, code, message):
                     assert isinstance(command, Inbound)
                     action, request_id = peek(command.payload, max_bytes=1 << 20)

@@ -27,6 +27,7 @@ from bridge.daemon import logs
 from bridge.daemon.buffer_waits import BufferWaits
 from bridge.daemon.cluster import ClusterMember
 from bridge.daemon.config import Settings
+from bridge.daemon.relay import Relay
 from bridge.daemon.usage_store import UsageStore, default_state_dir
 from bridge.errors import UpstreamError
 from bridge.mqtt.link import Inbound, MqttLink
@@ -51,7 +52,6 @@ from bridge.upstream.connection import Upstream, UpstreamConnection
 
 logger = logging.getLogger(__name__)
 
-BUFFER_FULL_CODE: Final = 1013  # "try again later": the broker side cannot take events now
 BROKER_FLUSH_GRACE: Final = 5.0  # seconds to deliver what is buffered once upstreams are closed
 # Room in an inbound packet for its topic and properties besides the payload.
 PACKET_OVERHEAD_BYTES: Final = 256 * 1024
@@ -68,7 +68,7 @@ class _Upstream:
     socket: UpstreamConnection | None = None  # None while the handshake runs
     reported: bool = False  # the core was told how it ended
     # The reader's wait for room in the buffer: since when, and the count of
-    # relayed events when it last came back from waiting (see Service._room).
+    # relayed events when it last came back from waiting (see Relay.room).
     waiting_since: float = 0.0
     relayed_mark: int = -1
 
@@ -129,13 +129,17 @@ class Service:
             if config.cluster.enabled
             else None
         )
-        self.events_relayed = 0  # server events the link took
-        self.buffer_waits = 0  # times a reader had to wait for room in the buffer
-        self._buffer = BufferWaits(
-            self.link.room,
-            limit=config.limits.event_buffer_wait,
-            buffered=lambda: self.link.buffered_messages,
-            log=logger,
+        self.relay = Relay(
+            self.core,
+            self.link,
+            self.observer,
+            self._perform,
+            BufferWaits(
+                self.link.room,
+                limit=config.limits.event_buffer_wait,
+                buffered=lambda: self.link.buffered_messages,
+                log=logger,
+            ),
         )
         self._observed_count = 0
         self._upstreams: dict[str, _Upstream] = {}
@@ -147,6 +151,16 @@ class Service:
     def ready(self) -> asyncio.Event:
         """Set while the broker link is up and commands are subscribed."""
         return self.link.connected
+
+    @property
+    def events_relayed(self) -> int:
+        """Server events the link took."""
+        return self.relay.events_relayed
+
+    @property
+    def buffer_waits(self) -> int:
+        """Times a reader had to wait for room in the buffer."""
+        return self.relay.buffer_waits
 
     @property
     def connection_count(self) -> int:
@@ -247,42 +261,6 @@ class Service:
             actions = self.core.internal_error(message.connection_id, message.payload)
         self._perform(actions)
 
-    def _deliverer(self, connection_id: str) -> Callable[[bytes], bool]:
-        """The reader's ``deliver`` for one connection: the relay's hot path, kept short."""
-        if self.core.shaped(connection_id):
-            return self._shaped_deliverer(connection_id)
-        upstream_event = self.core.upstream_event
-        publish = self.link.publish
-        observer = self.observer
-
-        def deliver(raw: bytes) -> bool:
-            message = upstream_event(connection_id, raw)
-            if message is None:  # held back: an `ask` turn goes to a new socket
-                self._perform(self.core.take_deferred())
-                return True
-            if not publish(message):
-                return False  # the buffer is full: the reader awaits _room, then delivers again
-            self.events_relayed += 1
-            if message.outcome is not None:  # a completed response
-                observer.observe(message.outcome)
-            return True
-
-        return deliver
-
-    def _shaped_deliverer(self, connection_id: str) -> Callable[[bytes], bool]:
-        """``deliver`` for a connection with device output (text, answer, status topics)."""
-        shaped_event = self.core.shaped_event
-        link = self.link
-
-        def deliver(raw: bytes) -> bool:
-            if link.full:  # room first: the output takes each event exactly once
-                return False
-            self._perform(shaped_event(connection_id, raw))
-            self.events_relayed += 1
-            return True
-
-        return deliver
-
     def _on_tool_reply(
         self, topic: str, payload: bytes, retained: bool, correlation: bytes | None
     ) -> None:
@@ -294,35 +272,6 @@ class Service:
     def _output_due(self, connection_id: str) -> None:
         del self._timers[connection_id]
         self._perform(self.core.output_due(connection_id))
-
-    async def _room(self, upstream: _Upstream) -> None:
-        """Wait until the buffer takes this reader's event, or end its connection (1013).
-
-        A wait goes on across the reader's tries: back from here, a reader
-        delivers at once, and if that fails it is back here before any other
-        task runs, with no event relayed in between. Anything relayed since it
-        was last here means a new wait.
-        """
-        if upstream.relayed_mark != self.events_relayed:
-            upstream.waiting_since = asyncio.get_running_loop().time()
-            self.buffer_waits += 1
-        else:
-            # Room came, and went to another reader first. Let the others run before
-            # waiting again: a room() that returned with no room would otherwise spin.
-            await asyncio.sleep(0)
-        try:
-            if await self._buffer.room(upstream.waiting_since):
-                return
-        finally:
-            upstream.relayed_mark = self.events_relayed
-        connection_id = upstream.connection_id
-        logger.warning(
-            "[%s] ending the connection: the broker has not taken events for %.0fs",
-            connection_id,
-            self._buffer.limit,
-        )
-        reason = "event buffer full: the broker or its subscribers are too slow"
-        self._perform(self.core.end_connection(connection_id, BUFFER_FULL_CODE, reason))
 
     # Actions ---------------------------------------------------------------------------
 
@@ -435,8 +384,8 @@ class Service:
         """Relay server events until the connection ends; its close code and reason."""
         try:
             return await socket.run(
-                self._deliverer(upstream.connection_id),
-                functools.partial(self._room, upstream),
+                self.relay.deliverer(upstream.connection_id),
+                functools.partial(self.relay.room, upstream),
                 self.core.upstream_written,
             )
         except asyncio.CancelledError:

@@ -12,6 +12,7 @@ from bridge.cluster.ownership import (
     Refuse,
     Roster,
     Settle,
+    Yield,
     owner_of,
     score,
 )
@@ -137,3 +138,18 @@ def test_the_roll_call_finds_who_is_gone() -> None:
     assert roster.members == {"a", "c"}
     assert roster.online("d") is True
     assert roster.offline("d") is True
+
+
+def test_two_held_claims_after_a_partition_the_better_one_keeps_the_id() -> None:
+    cid = "split"
+    high, low = sorted(["a", "b"], key=lambda name: score(name, cid), reverse=True)
+    weaker = member(low, high)
+    weaker.claims[cid] = Claim(low, True, open=True)
+    stronger = member(high, low)
+    stronger.claims[cid] = Claim(high, True, open=True)
+    assert weaker.claim_seen(cid, Claim(high, True)) == [Yield(cid, high)]
+    assert weaker.claims[cid].instance == high
+    # The stronger one says its claim again; no ping-pong: the weaker does not answer.
+    assert stronger.claim_seen(cid, Claim(low, True)) == [
+        PublishClaim(cid, Claim(high, True, True))
+    ]
