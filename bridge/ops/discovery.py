@@ -20,6 +20,7 @@ from typing import Any, Final
 from bridge import __version__
 from bridge.daemon.config import Config
 from bridge.ops.assistant_discovery import assistant_messages
+from bridge.ops.usage import usage_topic
 from bridge.protocol.contract import RESERVED_ID, Topics
 
 DEVICE_NAME: Final = "openai-mqtt-bridge"
@@ -129,6 +130,26 @@ def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, bytes]
             },
         ),
     ]
+    if config.limits.budgets.global_tokens_per_day is not None:
+        entities.append(
+            (
+                "sensor",
+                "tokens_left_today",
+                {
+                    "name": "Tokens left today",
+                    "state_topic": usage_topic(topics),
+                    "value_template": (
+                        "{% set b = value_json.budgets | selectattr('scope', 'eq', 'bridge')"
+                        " | selectattr('left', 'defined') | list %}"
+                        "{{ b[0].left if b else None }}"
+                    ),
+                    "state_class": "measurement",
+                    "unit_of_measurement": "tokens",
+                    "icon": "mdi:cash-lock",
+                    **available,
+                },
+            )
+        )
     prefix = config.homeassistant.prefix
     messages = []
     for component, object_id, entity in entities:

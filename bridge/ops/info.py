@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -103,6 +104,15 @@ def usage_of(raw: bytes) -> Usage | None:
         return None
     response = document.get("response") if isinstance(document, dict) else None
     return _usage(response.get("usage")) if isinstance(response, dict) else None
+
+
+_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,100})"')
+
+
+def model_of(raw: bytes) -> str:
+    """The model of a completed response (its first ``"model"`` field), or "unknown"."""
+    match = _MODEL.search(raw, 0, 4096)  # the response object names it near the start
+    return match.group(1).decode("utf-8", "replace") if match else "unknown"
 
 
 def _usage(value: object) -> Usage | None:

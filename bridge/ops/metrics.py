@@ -39,6 +39,21 @@ MAX_REQUEST_BYTES: Final = 8192
 REQUEST_TIMEOUT: Final = 5.0
 
 
+# Label values clients choose (ids) or the upstream names (models) are bounded: the
+# first ones seen get their own series, the rest share "other".
+MAX_ID_LABELS: Final = 100
+MAX_MODEL_LABELS: Final = 20
+
+
+def _bounded(value: str, seen: set[str], limit: int) -> str:
+    if value in seen:
+        return value
+    if len(seen) < limit:
+        seen.add(value)
+        return value
+    return "other"
+
+
 class Metrics:
     """The bridge's metrics in a registry of their own, and the HTTP endpoint that serves them."""
 
@@ -66,6 +81,16 @@ class Metrics:
             namespace=NAMESPACE,
             registry=registry,
         )
+        self.tokens_by_id = Counter(
+            "connection_tokens",
+            "Tokens of completed responses, by connection id and model "
+            f"(the first {MAX_ID_LABELS} ids and {MAX_MODEL_LABELS} models; the rest are 'other')",
+            ["connection_id", "model"],
+            namespace=NAMESPACE,
+            registry=registry,
+        )
+        self._id_labels: set[str] = set()
+        self._model_labels: set[str] = set()
         self.tool_calls = Counter(
             "tool_calls",
             "Tool calls of the model the bridge handled, by tool and status",
@@ -104,11 +129,16 @@ class Metrics:
     def upstream_closed(self, code: int) -> None:
         self.upstream_closes.labels(str(code)).inc()
 
-    def completed(self, usage: Usage | None) -> None:
+    def completed(
+        self, usage: Usage | None, connection_id: str = "", model: str = "unknown"
+    ) -> None:
         self.responses.inc()
         if usage is not None:
             self.tokens.labels("input").inc(usage.input_tokens)
             self.tokens.labels("output").inc(usage.output_tokens)
+            connection = _bounded(connection_id, self._id_labels, MAX_ID_LABELS)
+            kind = _bounded(model, self._model_labels, MAX_MODEL_LABELS)
+            self.tokens_by_id.labels(connection, kind).inc(usage.total_tokens)
 
     def tool_called(self, name: str, status: str) -> None:
         # Tool names come from the config; statuses from the bridge: both bounded.

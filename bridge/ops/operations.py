@@ -30,7 +30,7 @@ from bridge.daemon.config import Settings
 from bridge.errors import ConfigError
 from bridge.ops import systemd
 from bridge.ops.discovery import discovery_messages, info_topic, status_topic
-from bridge.ops.info import Tally, info_document, iso_time, usage_of
+from bridge.ops.info import Tally, info_document, iso_time, model_of, usage_of
 from bridge.ops.observer import Observer
 from bridge.protocol import contract
 from bridge.protocol.contract import Topics
@@ -109,7 +109,7 @@ class Operations(Observer):
             case ResponseCompleted(connection_id, raw):
                 usage = usage_of(raw)
                 if metrics is not None:
-                    metrics.completed(usage)
+                    metrics.completed(usage, connection_id, model_of(raw))
                 if usage is not None:
                     self.tally.add_usage(usage, _today(), connection_id)
                     self._changed.set()

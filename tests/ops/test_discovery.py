@@ -95,3 +95,16 @@ def test_discovery_payloads_follow_both_prefixes() -> None:
         document = json.loads(payload)
         assert document["state_topic"].startswith("home/ai/bridge/")
         assert document.get("availability_topic", "home/ai/bridge/state") == "home/ai/bridge/state"
+
+
+def test_a_global_budget_gets_a_tokens_left_sensor() -> None:
+    """With a global budget, a sensor reads what is left of it from P/bridge/usage."""
+    from tests.ops.test_assistant_discovery import SENSOR
+
+    plain = discovery_messages(parse_config({}), Topics("ai"))
+    assert not any("tokens_left_today" in topic for topic, _ in plain)
+    config = parse_config({"limits": {"budgets": {"global_tokens_per_day": 1000}}})
+    (payload,) = [p for t, p in discovery_messages(config, Topics("ai")) if "tokens_left" in t]
+    document = json.loads(payload)
+    assert document["state_topic"] == "ai/bridge/usage"
+    assert set(document) <= SENSOR | {"unique_id", "device", "origin"}

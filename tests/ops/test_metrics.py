@@ -135,3 +135,25 @@ async def test_a_taken_metrics_port_is_a_config_error(
                 pass
     assert info.value.path == "metrics.port"
     assert f"127.0.0.1:{port}" in info.value.message
+
+
+def test_tokens_by_connection_id_and_model_have_bounded_labels() -> None:
+    """Ids are the clients' choice: past the first 100, they share the label "other"."""
+    from bridge.ops.info import Usage
+    from bridge.ops.metrics import MAX_ID_LABELS, Metrics
+
+    metrics = Metrics()
+    for number in range(MAX_ID_LABELS + 50):
+        metrics.completed(Usage(1, 2, 3), f"id-{number}", "gpt-5.4-nano")
+    metrics.completed(Usage(1, 2, 3), "id-0", "gpt-5.4-mini")
+    samples = {
+        (sample.labels["connection_id"], sample.labels["model"]): sample.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        if family.name == "openai_mqtt_bridge_connection_tokens"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert samples[("id-0", "gpt-5.4-nano")] == 3
+    assert samples[("id-0", "gpt-5.4-mini")] == 3
+    assert samples[("other", "gpt-5.4-nano")] == 50 * 3
+    assert len({connection_id for connection_id, _ in samples}) == MAX_ID_LABELS + 1
