@@ -1,4 +1,4 @@
-"""The shipped examples speak the contract: the Node-RED flow, the Home Assistant script,
+"""The shipped examples speak the contract: the Node-RED flow, the Home Assistant scripts,
 the ESP32 sketch and the ESPHome device.
 
 The sketch and the ESPHome file are read, not compiled: their topics and commands are
@@ -7,6 +7,7 @@ taken out of the source (string macros, YAML with substitutions) and checked her
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from bridge.daemon.config import parse_config
+from bridge.ops.discovery import discovery_messages
 from bridge.protocol.contract import (
     Ask,
     Close,
@@ -122,36 +125,139 @@ def test_node_red_reads_the_events_topic_as_json() -> None:
     assert "debug" in targets
 
 
-def test_home_assistant_script_speaks_the_contract() -> None:
-    """The HA script publishes valid commands and waits on the connection's events topic."""
-    document = yaml.safe_load((EXAMPLES / "home-assistant" / "ask_openai.yaml").read_text())
-    script = document["script"]["ask_openai"]
-    commands, events = script["variables"]["commands"], script["variables"]["events"]
-    topics = Topics("ai")
-    connection_id = topics.connection_id_of(commands)
-    assert connection_id is not None
-    assert events == topics.events(connection_id)
-    published = [
-        step["data"]["payload"]
-        for step in script["sequence"]
-        if step.get("action") == "mqtt.publish"
-    ]
-    static = [
-        parse_command(
-            connection_id, payload.encode(), max_bytes=1 << 20, allowed_event_types=ALLOWED
-        )
-        for payload in published
-        if not payload.lstrip().startswith("{{")
-    ]
-    assert static == []  # one command, built from the question
-    templated = [payload for payload in published if payload.lstrip().startswith("{{")]
-    assert len(templated) == 1
-    assert '"action": "ask"' in templated[0]
-    assert '"input": question' in templated[0]
-    assert '"request_id": run' in templated[0]
-    waits = [trigger for step in script["sequence"] for trigger in step.get("wait_for_trigger", [])]
-    assert waits
-    assert {trigger["topic"] for trigger in waits} == {events}
+# Home Assistant: examples/home-assistant/*.yaml (scripts.yaml form) ------------------
+# scripts/check-homeassistant runs them in a real Home Assistant 2024.3; here, their shape.
+
+HA_EXAMPLES = EXAMPLES / "home-assistant"
+HA_ID = "home-assistant"
+
+
+def ha_script(name: str) -> dict[str, Any]:
+    document = yaml.safe_load((HA_EXAMPLES / f"{name}.yaml").read_text())
+    assert list(document) == [name]  # scripts.yaml form: the script id at the top
+    script: dict[str, Any] = document[name]
+    return script
+
+
+def ha_steps(sequence: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every step, those inside ``if``/``then``/``else`` too."""
+    found = []
+    for step in sequence:
+        found.append(step)
+        for key in ("then", "else"):
+            found += ha_steps(step.get(key, []))
+    return found
+
+
+def ha_keys(value: Any) -> set[str]:
+    """Every mapping key anywhere in a YAML value."""
+    if isinstance(value, dict):
+        return set(value) | {key for item in value.values() for key in ha_keys(item)}
+    if isinstance(value, list):
+        return {key for item in value for key in ha_keys(item)}
+    return set()
+
+
+def slugify(text: str) -> str:
+    """Home Assistant's entity id of a name, for the ASCII names discovery uses."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def discovered_entity_ids(connection_id: str) -> dict[str, str]:
+    """The entity ids Home Assistant derives for an assistant's entities (device + entity name)."""
+    config = parse_config({"homeassistant": {"discovery": True, "assistants": [connection_id]}})
+    found = {}
+    for topic, payload in discovery_messages(config, TOPICS):
+        entity = json.loads(payload)
+        if entity["device"]["name"] == f"Assistant {connection_id}":
+            assert "object_id" not in entity  # else HA would take the entity id from it
+            name = entity["name"]
+            found[name] = f"{topic.split('/')[1]}.{slugify(entity['device']['name'] + ' ' + name)}"
+    return found
+
+
+def jinja_dict(template: str, variables: dict[str, str]) -> dict[str, Any]:
+    """``{{ {"key": name, ...} | to_json }}`` as Home Assistant renders it (literals and names)."""
+    match = re.fullmatch(r"\{\{\s*(\{.*\})\s*\|\s*to_json\s*\}\}", template.strip(), re.DOTALL)
+    assert match, template
+    tree = ast.parse(match[1], mode="eval").body
+    assert isinstance(tree, ast.Dict)
+    rendered: dict[str, Any] = {}
+    for key, value in zip(tree.keys, tree.values, strict=True):
+        assert isinstance(key, ast.Constant)
+        assert isinstance(key.value, str)
+        if isinstance(value, ast.Name):
+            rendered[key.value] = variables[value.id]
+        else:
+            assert isinstance(value, ast.Constant)
+            rendered[key.value] = value.value
+    return rendered
+
+
+def test_home_assistant_examples_run_on_2024_3_and_later() -> None:
+    """``service:`` and no 2024.8+ ``action:`` or 2024.10+ ``trigger:``; queued; no
+    wait_for_trigger (it would subscribe after the question went out)."""
+    for name in ("ask_openai", "ask_openai_entity"):
+        script = ha_script(name)
+        keys = ha_keys(script["sequence"])
+        assert "action" not in keys
+        assert "trigger" not in keys
+        assert "wait_for_trigger" not in keys
+        assert script["mode"] == "queued"
+        assert script["fields"]["question"]["required"] is True
+        assert [step for step in ha_steps(script["sequence"]) if "wait_template" in step]
+
+
+def test_home_assistant_ask_script_speaks_the_contract() -> None:
+    """One ask with a fresh request_id on P/<id>/cmd, then a wait for that request_id on
+    the assistant's Answer sensor, whose entity id is the one discovery makes."""
+    script = ha_script("ask_openai")
+    variables = script["variables"]
+    connection_id = TOPICS.connection_id_of(variables["commands"])
+    assert connection_id == HA_ID
+    entities = discovered_entity_ids(connection_id)
+    assert variables["answer_sensor"] == entities["Answer"]
+    assert "now()" in variables["request_id"]  # new for every run: no redelivery clash
+    steps = ha_steps(script["sequence"])
+    (publish,) = [step for step in steps if step.get("service") == "mqtt.publish"]
+    assert publish["data"]["topic"] == "{{ commands }}"
+    payload = jinja_dict(publish["data"]["payload"], {"request_id": "ha-1.5", "question": "Hi?"})
+    command = parse(connection_id, json.dumps(payload))
+    assert isinstance(command, Ask)
+    assert (command.input, command.request_id) == ("Hi?", "ha-1.5")
+    (wait,) = [step["wait_template"] for step in steps if "wait_template" in step]
+    assert re.fullmatch(r"\{\{ state_attr\(answer_sensor, 'request_id'\) == request_id \}\}", wait)
+    assert steps.index(publish) < next(i for i, step in enumerate(steps) if "wait_template" in step)
+
+
+def test_home_assistant_entity_script_asks_through_the_ask_entity() -> None:
+    """text.set_value on the Ask entity, then a wait for a newer state of the Answer sensor."""
+    script = ha_script("ask_openai_entity")
+    variables = script["variables"]
+    entities = discovered_entity_ids(HA_ID)
+    assert variables["ask_entity"] == entities["Ask"]
+    assert variables["answer_sensor"] == entities["Answer"]
+    assert "answer_sensor" in variables["before"]  # taken when the run starts, before asking
+    steps = ha_steps(script["sequence"])
+    (set_value,) = [step for step in steps if step.get("service") == "text.set_value"]
+    assert set_value["target"]["entity_id"] == "{{ ask_entity }}"
+    assert set_value["data"]["value"] == "{{ question }}"
+    (wait,) = [step["wait_template"] for step in steps if "wait_template" in step]
+    assert "> before" in wait
+
+
+def test_home_assistant_examples_notify_the_answer_or_its_absence() -> None:
+    """Each ends with a persistent notification of the answer's text, one id per script,
+    and stops with an error (after saying so) when no completed answer came."""
+    for name in ("ask_openai", "ask_openai_entity"):
+        steps = ha_steps(ha_script(name)["sequence"])
+        notes = [step for step in steps if step.get("service") == "persistent_notification.create"]
+        assert {step["data"]["notification_id"] for step in notes} == {name}
+        assert notes[-1] is steps[-1]
+        assert notes[-1]["data"]["message"] == "{{ state_attr(answer_sensor, 'text') }}"
+        (failure,) = [step for step in steps if "if" in step]
+        assert "not wait.completed" in failure["if"]
+        assert failure["then"][-1]["error"] is True
 
 
 # Node-RED: the "ask (text and answer)" tab --------------------------------------------
@@ -458,11 +564,10 @@ def test_each_example_asks_on_a_connection_of_its_own() -> None:
     """An ask's ``output`` applies when it opens the connection: examples sharing an id
     would get whichever output the first of them asked for."""
     nodes = nodes_by_id()
-    script = yaml.safe_load((EXAMPLES / "home-assistant" / "ask_openai.yaml").read_text())
     ids = [
         tab_env(nodes[tab_id(nodes, ASK_TAB)])["CONNECTION_ID"],
         sketch()[1]["CONNECTION_ID"],
         esphome()[0]["connection_id"],
-        TOPICS.connection_id_of(script["script"]["ask_openai"]["variables"]["commands"]),
+        TOPICS.connection_id_of(ha_script("ask_openai")["variables"]["commands"]),
     ]
     assert len(set(ids)) == len(ids)
