@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -110,7 +110,8 @@ class Conversation:
     profile: str
     last_response_id: str | None = None
     on_this_socket: bool = False  # the last response lives on the open socket
-    transcript: deque[_Turn] = field(default_factory=deque)
+    # A list, not a deque: a deque costs 760 bytes even with one turn, a list 72.
+    transcript: list[_Turn] = field(default_factory=list)
     transcript_bytes: int = 0
     pending: list[Any] | None = None  # input items of the turn in flight
     last_turn_at: float = 0.0
@@ -212,7 +213,7 @@ class Conversations:
             conversation.transcript_bytes > self.sessions.max_transcript_bytes
             and conversation.transcript
         ):
-            conversation.transcript_bytes -= len(conversation.transcript.popleft().json)
+            conversation.transcript_bytes -= len(conversation.transcript.pop(0).json)
 
     def ended(self, connection_id: str) -> None:
         """The turn in flight ended without completing (failed, error): no transcript

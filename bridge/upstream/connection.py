@@ -204,6 +204,9 @@ class UpstreamConnection:
                     raw = raw.encode()
                 while not self._aborted and not deliver(raw):
                     await room()
+                # Not held while the next event is awaited: an idle socket would keep its
+                # last event (a whole response.completed) for as long as it stays open.
+                del raw
         except ConnectionClosed as exc:
             self._closed = exc
 
@@ -212,15 +215,18 @@ class UpstreamConnection:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 item = await self._outgoing.get()
-                if isinstance(item, str):
-                    try:
-                        await websocket.send(item)
-                    finally:
-                        on_written(len(item))
-                else:
+                if not isinstance(item, str):
                     code, reason = item
                     await websocket.close(code, reason)
                     return
+                size = len(item)
+                try:
+                    await websocket.send(item)
+                finally:
+                    # Not held while the next send is awaited: an idle socket would keep
+                    # its last request (an `ask` carries its whole transcript) till it closes.
+                    del item
+                    on_written(size)
 
     def _outcome(self) -> tuple[int, str]:
         """The close code and reason to report: the server's, else the one we failed with.
