@@ -1,4 +1,4 @@
-"""The command line: ``openai-mqtt-bridge run | check-config | demo | simulate``.
+"""The command line: ``openai-mqtt-bridge run [--workers N] | check-config | demo | simulate``.
 
 This is the only module that configures logging, reads the environment,
 installs signal handlers, calls ``asyncio.run`` and maps errors to exit codes.
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(redacted_dump(settings), end="")
         return EXIT_OK
+    if args.workers is not None:
+        return _run_workers(settings, args.config, args.workers)
     return _run(settings)
 
 
@@ -62,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the bridge daemon")
     run.add_argument("--config", type=Path, help="YAML config file (default: all defaults)")
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="run N instances (cluster.enabled) as worker processes of one supervisor",
+    )
     check = commands.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("--config", type=Path, help="YAML config file")
     demo = commands.add_parser("demo", help="run the seed flow end to end, offline")
@@ -96,6 +104,33 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--log-level", default="INFO")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
+def _run_workers(settings: Settings, config: Path | None, count: int) -> int:
+    """The supervisor of ``run --workers N`` (bridge/daemon/workers.py)."""
+    from bridge.daemon.workers import Supervisor, worker_specs
+
+    logs.setup(
+        settings.config.logging.level, settings.config.logging.format, redactor=settings.redactor
+    )
+    logger.info("openai-mqtt-bridge %s: supervising %d workers", __version__, count)
+    supervisor = Supervisor(
+        worker_specs(count, settings, config),
+        environ=os.environ,
+        fatal_codes=frozenset({EXIT_CONFIG, EXIT_REFUSED}),
+        grace_seconds=settings.config.shutdown.grace_seconds,
+    )
+    return asyncio.run(supervisor.run())
 
 
 def _run(settings: Settings) -> int:

@@ -1,0 +1,284 @@
+"""``run --workers N``: real worker processes under the supervisor, on a real Mosquitto.
+
+Process management only: which processes run, as which instance and client
+id, what systemd hears, how they stop and restart (bridge/daemon/workers.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.cli import EXIT_CONFIG
+from bridge.daemon.config import load_settings
+from bridge.daemon.workers import worker_specs
+from bridge_tools.simulator import Simulator
+from tests.conftest import KEY, Broker, Client, body
+from tests.helpers import SECOND
+from tests.ops_helpers import NotifySocket
+
+PRESENCE = "ai/bridge/instances/+"
+
+
+def write_config(tmp_path: Path, broker: Broker, simulator: Simulator, **mqtt: Any) -> Path:
+    path = tmp_path / "bridge.yaml"
+    document = {
+        "state_dir": str(tmp_path / "state"),
+        "mqtt": {
+            "host": broker.host,
+            "port": broker.port,
+            "client_id": "house-bridge",
+            "keepalive": 5,
+            **mqtt,
+        },
+        "openai": {"base_url": simulator.base_url, "close_timeout": 2},
+        "shutdown": {"grace_seconds": 5},
+        "cluster": {"instance": "house"},
+    }
+    path.write_text(json.dumps(document))
+    return path
+
+
+class Supervised:
+    """``python -m bridge run --config FILE --workers N`` in a process group of its own."""
+
+    def __init__(self, config: Path, workers: int, **env: str) -> None:
+        environ = {**os.environ, "OPENAI_API_KEY": KEY, **env}
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
+            if name not in env:
+                environ.pop(name, None)
+        self.log = config.with_suffix(".log")
+        argv = [sys.executable, "-m", "bridge", "run", "--config", str(config)]
+        with self.log.open("wb") as log:  # the workers write here too: no pipe to fill
+            self.process = subprocess.Popen(
+                [*argv, "--workers", str(workers)],
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def workers(self) -> dict[str, int]:
+        """Client id → pid of each live child process (from /proc)."""
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) != self.process.pid or fields[0] == "Z":
+                continue
+            for variable in environ:
+                name, _, value = variable.decode(errors="replace").partition("=")
+                if name == "OPENAI_MQTT_BRIDGE__MQTT__CLIENT_ID":
+                    found[json.loads(value)] = int(entry.name)
+        return found
+
+    async def wait(self, seconds: float = 20) -> int:
+        return await asyncio.to_thread(self.process.wait, seconds * SECOND)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def finish(self) -> None:
+        """Kill whatever is left of the group (after a failed test) and reap the supervisor."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10 * SECOND)
+
+
+@pytest.fixture
+def supervised() -> Iterator[list[Supervised]]:
+    started: list[Supervised] = []
+    yield started
+    for each in started:
+        each.finish()
+
+
+async def online(watcher: Client, names: set[str], state: str = "online") -> None:
+    """Until every instance in ``names`` has said ``state`` on its presence topic."""
+    waiting = set(names)
+    while waiting:
+        message = await watcher.next(20)
+        document = body(message) if message.payload else {}
+        if document.get("state") == state:
+            waiting.discard(message.topic.value.rsplit("/", 1)[1])
+
+
+async def offline(watcher: Client, names: set[str]) -> None:
+    await online(watcher, names, "offline")
+
+
+def test_each_worker_is_an_instance_with_its_own_client_id(tmp_path: Path) -> None:
+    """Instance <base>-w<i>, client id <client_id>-w<i>; base: cluster.instance or host-id."""
+    path = tmp_path / "c.yaml"
+    state = tmp_path / "state"
+    document = {"mqtt": {"client_id": "b"}, "metrics": {"enabled": True}, "state_dir": str(state)}
+    path.write_text(json.dumps(document))
+    specs = worker_specs(2, load_settings(path, {}), path)
+    assert [spec.instance for spec in specs] == [f"{socket.gethostname()}-b-w{i}" for i in (1, 2)]
+    assert specs[1].argv == (sys.executable, "-m", "bridge", "run", "--config", str(path))
+    assert specs[1].overrides == {
+        "OPENAI_MQTT_BRIDGE__CLUSTER__ENABLED": "true",
+        "OPENAI_MQTT_BRIDGE__CLUSTER__INSTANCE": json.dumps(specs[1].instance),
+        "OPENAI_MQTT_BRIDGE__MQTT__CLIENT_ID": '"b-w2"',
+        "OPENAI_MQTT_BRIDGE__METRICS__PORT": "9465",  # one port each
+        "OPENAI_MQTT_BRIDGE__STATE_DIR": json.dumps(str(state / "w2")),  # its own usage
+    }
+    # Read back the way a worker reads them: the values are YAML, so quoted.
+    settings = load_settings(None, dict(specs[1].overrides))
+    assert settings.config.cluster.enabled
+    assert settings.config.cluster.instance == specs[1].instance
+    assert settings.config.mqtt.client_id == "b-w2"
+    assert settings.config.state_dir == state / "w2"
+    path.write_text(json.dumps({"cluster": {"instance": "house"}}))
+    assert worker_specs(1, load_settings(path, {}), None)[0].argv[-1] == "run"
+    assert worker_specs(1, load_settings(path, {}), None)[0].instance == "house-w1"
+
+
+def test_workers_must_be_a_positive_number(capsys: Any) -> None:
+    from bridge.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["run", "--workers", "0"])
+    assert "--workers" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+async def test_two_workers_restart_after_sigkill_and_stop_on_sigterm(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """Two processes, two instances online; a SIGKILLed one comes back; SIGTERM stops all, 0."""
+    notify = NotifySocket()
+    try:
+        config = write_config(tmp_path, broker, simulator)
+        run = Supervised(config, 2, NOTIFY_SOCKET=notify.path)
+        supervised.append(run)
+        async with Client(broker) as watcher:
+            await watcher.subscribe(PRESENCE)
+            await online(watcher, {"house-w1", "house-w2"})  # both connected at once: two ids
+            workers = run.workers()
+            assert sorted(workers) == ["house-bridge-w1", "house-bridge-w2"]
+            await notify.until(lambda message: message.startswith("READY=1"), 20)
+            os.kill(workers["house-bridge-w1"], signal.SIGKILL)
+            await notify.until(lambda message: message == "STATUS=1 of 2 workers ready")
+            await notify.until(lambda message: message == "STATUS=2 of 2 workers ready", 20)
+            again = run.workers()
+            assert sorted(again) == ["house-bridge-w1", "house-bridge-w2"]
+            assert again["house-bridge-w1"] != workers["house-bridge-w1"]
+            assert again["house-bridge-w2"] == workers["house-bridge-w2"]
+            run.process.send_signal(signal.SIGTERM)
+            assert await run.wait() == 0, run.output()
+            await offline(watcher, {"house-w1", "house-w2"})
+    finally:
+        notify.close()
+    assert run.workers() == {}
+    log = run.output()
+    assert "w1 was killed by SIGKILL; restarting in" in log
+    assert "again: " not in log
+
+
+@pytest.mark.integration
+async def test_ctrl_c_reaches_each_worker_once(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C): no worker sees it twice."""
+    run = Supervised(write_config(tmp_path, broker, simulator), 2)
+    supervised.append(run)
+    async with Client(broker) as watcher:
+        await watcher.subscribe(PRESENCE)
+        await online(watcher, {"house-w1", "house-w2"})
+        os.killpg(run.process.pid, signal.SIGINT)
+        assert await run.wait() == 0, run.output()
+    log = run.output()
+    assert log.count("SIGINT: stopping") == 3  # the supervisor and each worker, once
+    assert "again: " not in log
+
+
+@pytest.mark.integration
+async def test_systemd_hears_ready_once_from_the_supervisor(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """READY=1 once both workers are ready; their own notifications never reach systemd."""
+    notify = NotifySocket()
+    try:
+        run = Supervised(write_config(tmp_path, broker, simulator), 2, NOTIFY_SOCKET=notify.path)
+        supervised.append(run)
+        said = await notify.until(lambda message: message.startswith("READY=1"), 20)
+        assert said[-1] == "READY=1\nSTATUS=2 of 2 workers ready"
+        assert said[:-1] == ["STATUS=1 of 2 workers ready"]
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 0, run.output()
+        said = notify.drain()
+        assert said[0] == "STOPPING=1\nSTATUS=stopping the workers"
+        assert all(message.startswith("STATUS=") for message in said[1:])
+        assert not any("broker" in message or message == "READY=1" for message in notify.seen)
+    finally:
+        notify.close()
+
+
+@pytest.mark.integration
+async def test_a_worker_that_must_not_restart_stops_them_all(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """A worker's exit 78 (here: w2's metrics port would be 65536) ends the supervisor with 78."""
+    config = write_config(tmp_path, broker, simulator)
+    document = json.loads(config.read_text())
+    document["metrics"] = {"enabled": True, "port": 65535}
+    config.write_text(json.dumps(document))
+    run = Supervised(config, 2)
+    supervised.append(run)
+    assert await run.wait(30) == EXIT_CONFIG, run.output()
+    log = run.output()
+    assert "w2 exited with 78: no restart; stopping the others" in log
+    assert "restarting in" not in log
+    assert run.workers() == {}
+
+
+async def log_shows(run: Supervised, text: str, wait: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + wait * SECOND
+    while text not in run.output():
+        assert asyncio.get_running_loop().time() < deadline, f"no {text!r} in\n{run.output()}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.integration
+async def test_watchdog_aborts_a_silent_worker_and_keeps_systemd_pinged(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """No broker, no worker pings: each is aborted (and restarted); systemd still hears from us."""
+    notify = NotifySocket()
+    try:
+        usec = str(int(1.0 * SECOND * 1_000_000))  # WatchdogSec=1s: pings every 0.5 s
+        run = Supervised(
+            write_config(tmp_path, broker, simulator),
+            2,
+            NOTIFY_SOCKET=notify.path,
+            WATCHDOG_USEC=usec,
+        )
+        supervised.append(run)
+        await notify.until(lambda message: message.startswith("READY=1"), 20)
+        await asyncio.to_thread(broker.stop)
+        await log_shows(run, "w1: no watchdog ping in 1.0s: SIGABRT")
+        await log_shows(run, "w1 was killed by SIGABRT; restarting in")
+        assert "Fatal Python error: Aborted" in run.output()  # the stacks, for the journal
+        assert (await notify.during(1.0)).count("WATCHDOG=1") >= 1
+        await asyncio.to_thread(broker.start)
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 0, run.output()
+    finally:
+        notify.close()
