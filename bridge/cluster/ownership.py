@@ -247,8 +247,15 @@ class Ownership:
             if owner_of(connection_id, self.members) == self.me:
                 decisions.append(InstanceLost(connection_id, name, claim.open))
                 decisions.append(PublishClaim(connection_id, None))
-            waiting = self._waiting.get(connection_id)
-            if waiting is not None:
+        return decisions + self.reevaluate()
+
+    def reevaluate(self) -> list[Decision]:
+        """The membership changed (or this instance became ready): commands waiting for an
+        unclaimed id are claimed by their owner now."""
+        decisions: list[Decision] = []
+        for connection_id, waiting in list(self._waiting.items()):
+            claim = self.claims.get(connection_id)
+            if claim is None or claim.instance not in self.members:
                 decisions += self._maybe_claim(connection_id, waiting)
         return decisions
 
@@ -316,9 +323,11 @@ class Roster:
         self._answered = {self.me}
         self.deadline = now + self.roll_call_seconds
 
-    def online(self, name: str) -> bool:
-        """``name`` says it is online; True if it is new to us."""
-        self._answered.add(name)
+    def online(self, name: str, *, live: bool = True) -> bool:
+        """``name`` says it is online (``live``: now; else a retained copy, which answers
+        no roll call: it may be the last word of an instance long gone); True if new."""
+        if live:
+            self._answered.add(name)
         new = name not in self.members
         self.members.add(name)
         return new

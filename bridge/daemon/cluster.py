@@ -81,8 +81,8 @@ class ClusterMember:
         link.listen_filter(f"{base}/claims/+", self._on_claim)
         link.listen_filter(topics.state, self._on_state)
         link.offline_at_stop = lambda: len(self.roster.members) <= 1
-        self._say_online(roll=True)
-        self.roster.start_roll_call(time.monotonic())
+        self._roll_called = False  # the first roll call waits for the broker link
+        self._stopped = False  # said `offline`: says nothing else
 
     # Inbound ------------------------------------------------------------------------
 
@@ -98,11 +98,11 @@ class ClusterMember:
         except ValueError:
             return
         if isinstance(document, dict) and document.get("state") == "online":
-            new = self.roster.online(name)
+            new = self.roster.online(name, live=not retained)
             self.ownership.member_online(name)
             if new:
                 logger.info("instance %s is here (%d instances)", name, len(self.roster.members))
-            if document.get("roll") and not retained:
+            if document.get("roll") and not retained and not self._stopped:
                 self._say_online(roll=False)  # answer the roll call
         elif self.roster.offline(name):
             logger.info("instance %s stopped", name)
@@ -114,6 +114,8 @@ class ClusterMember:
         self._carry_out(self.ownership.claim_seen(connection_id, claim))
 
     def _on_state(self, topic: str, payload: bytes, retained: bool, _: bytes | None) -> None:
+        if self._stopped:
+            return
         if payload == b"offline" and not retained:  # an instance's will, or the last one stopped
             self.link.reannounce()  # we are still here: `online` again
             self._say_online(roll=True)
@@ -124,13 +126,21 @@ class ClusterMember:
     def sweep(self) -> None:
         """Every second or so: roll calls, unclaimed commands, claims no longer needed."""
         now = time.monotonic()
+        if not self._roll_called:
+            if not self.link.connected.is_set():
+                return
+            self._roll_called = True  # who is alive, of those the retained presences name
+            self._say_online(roll=True)
+            self.roster.start_roll_call(now)
         for name in self.roster.roll_call_over(now):
             logger.warning("instance %s did not answer the roll call: it is lost", name)
             self._carry_out(self.ownership.member_offline(name))
+        decisions: list[Decision] = []
         if not self.ownership.ready and self.roster.deadline is None:
             self.ownership.ready = True
             logger.info("cluster: %d instances: %s", len(self.roster.members), self.roster.members)
-        decisions = self.ownership.sweep(now)
+            decisions += self.ownership.reevaluate()
+        decisions += self.ownership.sweep(now)
         for connection_id in self.ownership.held_here():
             open_ = self.core.phase(connection_id) is not None
             in_use = open_ or connection_id in self.core.conversations
@@ -139,6 +149,7 @@ class ClusterMember:
 
     def stop(self) -> None:
         """A clean stop: this instance's claims cleared, its presence `offline`."""
+        self._stopped = True
         self._carry_out(self.ownership.release_all())
         self.link.announce(self.presence_topic, b'{"state":"offline"}')
 
@@ -179,9 +190,7 @@ class ClusterMember:
         self._carry_out(self.ownership.settle(connection_id))
 
     def _say_online(self, *, roll: bool) -> None:
+        """Say this instance is online (retained, and again after each reconnect); ``roll``
+        asks the others to say so too."""
         document = {"state": "online", "instance": self.name, "roll": roll}
         self.link.announce(self.presence_topic, json.dumps(document).encode())
-        if roll:  # an announcement goes out on connect; a live roll call now, too
-            self.link.publish(
-                Publish(self.presence_topic, json.dumps(document).encode(), self.qos, retain=True)
-            )

@@ -153,3 +153,20 @@ def test_two_held_claims_after_a_partition_the_better_one_keeps_the_id() -> None
     assert stronger.claim_seen(cid, Claim(low, True)) == [
         PublishClaim(cid, Claim(high, True, True))
     ]
+
+
+def test_a_retained_presence_answers_no_roll_call() -> None:
+    """The last word of an instance long gone is retained: it must not count as alive."""
+    roster = Roster("a", roll_call_seconds=1.0)
+    roster.members.add("a")
+    roster.start_roll_call(now=0.0)
+    assert roster.online("stale", live=False) is True
+    assert roster.online("b") is True
+    assert roster.roll_call_over(now=1.0) == ["stale"]
+
+
+def test_waiting_commands_are_claimed_when_their_owner_turns_out_gone() -> None:
+    b = member("b", "stale")
+    cid = an_id_owned_by("stale", ["b", "stale"])
+    assert b.command(cid, "cmd", now=0.0) == []
+    assert b.member_offline("stale") == [PublishClaim(cid, Claim("b", False)), Settle(cid, 0.25)]
