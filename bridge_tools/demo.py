@@ -59,6 +59,11 @@ class DemoFailed(BridgeError):
     """The flow did not complete; the message says where it stopped."""
 
 
+FOLLOW_UP = "What about Venus?"
+# Server events that end a request.
+ENDINGS = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
+
+
 async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> None:
     """Run the seed flow end to end; raise DemoFailed (or BridgeError) if it does not finish."""
     show = Printer(out, raw=options.raw)
@@ -82,7 +87,10 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> None:
             with contextlib.suppress(BridgeError):
                 await asyncio.wait_for(bridge, 30)
     show.line("")
-    show.line("The seed flow ran end to end over MQTT: connect, send, stream, close.")
+    show.line(
+        "The seed flow ran end to end over MQTT: connect, send, stream, close;"
+        " then two asks, the second continuing the first."
+    )
 
 
 async def _pick_broker(
@@ -207,18 +215,24 @@ async def _run_flow(host: str, port: int, prefix: str, options: DemoOptions, sho
         await publish({"action": "send", "connection_id": CONNECTION_ID, "event": event})
         while True:
             document = await receive()
-            if document.get("type") in {
-                "response.completed",
-                "response.failed",
-                "response.incomplete",
-                "error",
-            }:
+            if document.get("type") in ENDINGS:
                 break
             if document.get("action") == "disconnected":
                 raise DemoFailed(f"the upstream went away: {document['reason']}")
         await publish(
             {"action": "close", "connection_id": CONNECTION_ID, "reason": "Example flow complete"}
         )
+        while (await receive()).get("action") not in {"close", "disconnected"}:
+            pass
+        # The same with `ask`: one command per question; the bridge opens the connection
+        # and keeps the conversation (the follow-up continues it), nothing to track.
+        show.line("")
+        show.line("The same with `ask`, one command per question:")
+        for question in (options.question, FOLLOW_UP):
+            await publish({"action": "ask", "connection_id": CONNECTION_ID, "input": question})
+            while (await receive()).get("type") not in ENDINGS:
+                pass
+        await publish({"action": "close", "connection_id": CONNECTION_ID})
         while (await receive()).get("action") not in {"close", "disconnected"}:
             pass
 
@@ -267,6 +281,7 @@ class Printer:
         detail = {
             "connect": "open a Responses WebSocket",
             "send": f"response.create: {command.get('event', {}).get('input', '')!r}",
+            "ask": f"{command.get('input', '')!r}",
             "close": f"reason {command.get('reason', 'OK')!r}",
         }[command["action"]]
         self.line(f"→ {command['action']:<10} {detail}")
@@ -295,7 +310,7 @@ class Printer:
             return f"← error      {error.get('code')}: {error.get('message')}"
         if action == "connect":
             return f"← connected  {document.get('url')}"
-        if action == "send":
+        if action in {"send", "ask"}:
             return f"← accepted   {document.get('event_type')}"
         if action in {"close", "disconnected"}:
             return f"← {action:<10} {document.get('code')} {document.get('reason')}"

@@ -32,6 +32,7 @@ async def test_demo_on_the_configured_broker(broker: Broker) -> None:
         "← completed",
         "→ close",
         "← close",
+        "→ ask",
     ]
     positions = [next(i for i, line in enumerate(lines) if line.startswith(step)) for step in order]
     assert positions == sorted(positions)
@@ -48,11 +49,18 @@ async def test_demo_starts_a_private_broker_when_none_answers() -> None:
     received = [json.loads(line[2:]) for line in lines if line.startswith("< ")]
     assert received[0]["action"] == "connect"
     assert received[0]["connection_id"] == CONNECTION_ID
-    assert received[-1] == {
+    closes = [event for event in received if event.get("action") == "close"]
+    assert closes[0] == {
         "object": "response.websocket.connection",
         "action": "close",
         "connection_id": CONNECTION_ID,
         "code": 1000,
         "reason": "Example flow complete",
     }
-    assert any(event.get("type") == "response.completed" for event in received)
+    assert received[-1] == closes[1]  # the asks' connection, closed at the end
+    # Then two asks: the second continues the first (the simulator says so).
+    completed = [event for event in received if event.get("type") == "response.completed"]
+    assert len(completed) == 3
+    assert sum(event.get("action") == "ask" for event in received) == 2
+    follow_up = completed[2]["response"]["output"][0]["content"][0]["text"]
+    assert follow_up.startswith(("Building on", "Following up", "To continue"))
