@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
+from bridge.daemon.cluster import instance_name
 from bridge.daemon.config import Settings
 from bridge.errors import ConfigError
 from bridge.ops import systemd
@@ -33,7 +34,7 @@ from bridge.ops.discovery import discovery_messages, info_topic, status_topic
 from bridge.ops.info import Tally, info_document, iso_time, model_of, usage_of
 from bridge.ops.observer import Observer
 from bridge.protocol import contract
-from bridge.protocol.contract import Topics
+from bridge.protocol.contract import RESERVED_ID, Topics
 from bridge.protocol.messages import (
     Acknowledged,
     Outcome,
@@ -62,6 +63,12 @@ class Operations(Observer):
         config = settings.config
         topics = Topics(config.mqtt.topic_prefix)
         self.info_topic = info_topic(topics)
+        # Several instances: each also keeps its own document under its presence topic.
+        self.instance_info_topic = (
+            f"{topics.prefix}/{RESERVED_ID}/instances/{instance_name(config)}/info"
+            if config.cluster.enabled
+            else None
+        )
         self.tally = Tally.for_assistants(config.homeassistant.assistants)
         self.started_at = time.time()
         self._started = time.monotonic()
@@ -231,7 +238,10 @@ class Operations(Observer):
             )
             if state != published:
                 published = state
-                service.link.announce(self.info_topic, self.info_payload(service))
+                payload = self.info_payload(service)
+                service.link.announce(self.info_topic, payload)
+                if self.instance_info_topic is not None:
+                    service.link.announce(self.instance_info_topic, payload)
                 await asyncio.sleep(INFO_MIN_INTERVAL)
 
     async def _next_change(self, service: Service) -> None:

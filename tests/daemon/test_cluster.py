@@ -153,6 +153,11 @@ async def test_three_instances_carry_out_every_command_once(
         got = counts[connection_id]
         assert (got["connect"], got["ask"], got["response.completed"]) == (1, 2, 2), got
     assert len(simulator.received) == 20 + 40  # one request upstream per send and ask
+    # Each instance keeps its own P/bridge/info under its presence topic.
+    async with Client(broker) as reader:
+        await reader.subscribe("ai/bridge/instances/+/info")
+        infos = {str(m.topic).split("/")[3] for m in await reader.quiet(1.0)}
+    assert infos == {"i1", "i2", "i3"}
     # Each id was served where rendezvous hashing puts it (no instance joined or left).
     claims = await retained_claims(broker)
     for connection_id in asks:
