@@ -20,7 +20,8 @@ from typing import Final
 
 from bridge import __version__
 from bridge.daemon import logs
-from bridge.daemon.config import Settings, load_settings, redacted_dump
+from bridge.daemon.config import Settings, load_settings
+from bridge.daemon.config_dump import redacted_dump
 from bridge.daemon.service import Service
 from bridge.errors import BridgeError, BrokerError, BrokerRefused, ConfigError
 from bridge.ops.operations import Operations

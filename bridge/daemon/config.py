@@ -32,11 +32,10 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.cluster.config import ClusterConfig
 from bridge.daemon.config_sources import (
     FROM_FILE,
-    Sources,
     annotate_error,
-    annotated_yaml,
     apply_environment,
     file_sources,
     source_of,
@@ -55,12 +54,9 @@ from bridge.protocol.sessions import (
 )
 from bridge.protocol.tools import ToolConfig, check_tools
 from bridge.upstream.endpoint import (
-    REDACTED,
     Endpoint,
     build_endpoint,
     endpoint_secrets,
-    is_secret_name,
-    redact_url,
     websocket_url,
 )
 
@@ -235,25 +231,6 @@ class HomeAssistantConfig(_Section):
         return _topic_prefix(value)
 
 
-class ClusterConfig(_Section):
-    """Several instances on one prefix (section ``cluster``; README, "Several instances")."""
-
-    enabled: bool = False
-    # This instance's name, unique per prefix; None: <host name>-<mqtt.client_id>.
-    instance: str | None = None
-    claim_window: float = Field(0.25, gt=0, le=10)  # seconds a new claim waits for a rival
-    roll_call: float = Field(1.0, gt=0, le=30)  # seconds instances have to say they live
-
-    @field_validator("instance")
-    @classmethod
-    def _instance_name(cls, value: str | None) -> str | None:
-        if value is not None:
-            problem = connection_id_problem(value)  # the same rules as a topic level
-            if problem is not None:
-                raise ValueError(problem.replace("connection id", "instance name"))
-        return value
-
-
 class Config(_Section):
     """The whole configuration, as the user wrote it (secrets excluded)."""
 
@@ -411,49 +388,3 @@ def _read_yaml(path: Path) -> Any:
     except (yaml.YAMLError, ValueError) as exc:
         # Never str(exc): PyYAML quotes the offending lines, which may hold a password.
         raise ConfigError("", f"{path} is {yaml_error_text(exc)}") from None
-
-
-def redacted_document(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, with every secret replaced.
-
-    Secrets are replaced by name (``mqtt.password``, credential headers) and
-    then by value, wherever they are.
-    """
-    document = settings.config.model_dump(mode="json")
-    mqtt, openai = document["mqtt"], document["openai"]
-    openai["base_url"] = redact_url(openai["base_url"])
-    mqtt["password"] = _shown(settings.mqtt_password)
-    if settings.mqtt_tls_key is not None:
-        mqtt["tls"]["key_file"] = settings.mqtt_tls_key.value
-    openai["api_key"] = _shown(settings.api_key)
-    for section in ("headers", "query"):
-        openai[section] = {
-            name: REDACTED if is_secret_name(name) else value
-            for name, value in openai[section].items()
-        }
-    openai["websocket_url"] = settings.endpoint.display_url
-    redacted: dict[str, Any] = settings.redactor.redact_json(document)
-    return redacted
-
-
-def redacted_dump(settings: Settings) -> str:
-    """The effective configuration as YAML, every secret replaced, every value's source noted.
-
-    Each line ends in ``# (from file)``, ``# (from env NAME)`` or ``# (default)``.
-    """
-    notes: Sources = dict(settings.sources)
-    for key, secret in (
-        ("mqtt.password", settings.mqtt_password),
-        ("openai.api_key", settings.api_key),
-    ):
-        if secret is not None:
-            notes[key] = "secret"  # the value says where it came from
-    tls_key = settings.mqtt_tls_key
-    if tls_key is not None and tls_key.source.startswith("systemd credential"):
-        notes["mqtt.tls.key_file"] = f"from {tls_key.source}"
-    notes["openai.websocket_url"] = "derived from openai.base_url"
-    return settings.redactor.redact(annotated_yaml(redacted_document(settings), notes))
-
-
-def _shown(secret: Secret | None) -> str | None:
-    return f"{REDACTED} (from {secret.source})" if secret else None

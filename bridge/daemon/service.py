@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -28,11 +27,11 @@ from bridge.daemon.buffer_waits import BufferWaits
 from bridge.daemon.cluster import ClusterMember
 from bridge.daemon.config import Settings
 from bridge.daemon.relay import Relay
-from bridge.daemon.usage_store import UsageStore, default_state_dir
+from bridge.daemon.usage_store import UsageStore, default_state_dir, keep_usage
 from bridge.errors import UpstreamError
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.ops.observer import Observer
-from bridge.ops.usage import usage_document, usage_topic
+from bridge.ops.usage import usage_topic
 from bridge.protocol.actions import (
     AbortUpstream,
     Action,
@@ -56,7 +55,6 @@ BROKER_FLUSH_GRACE: Final = 5.0  # seconds to deliver what is buffered once upst
 # Room in an inbound packet for its topic and properties besides the payload.
 PACKET_OVERHEAD_BYTES: Final = 256 * 1024
 IDLE_SWEEP_INTERVAL: Final = 1.0  # seconds between looks for idle connections, at most
-USAGE_INTERVAL: Final = 5.0  # seconds between saves and publications of changed usage
 
 
 @dataclass(eq=False, slots=True)
@@ -173,7 +171,16 @@ class Service:
         ready = asyncio.create_task(self.link.connected.wait(), name="bridge.ready")
         stopping = asyncio.create_task(stop.wait(), name="bridge.stop")
         sweeper = asyncio.create_task(self._sweep_idle(), name="bridge.idle_sweep")
-        usage = asyncio.create_task(self._keep_usage(), name="bridge.usage")
+        usage = asyncio.create_task(
+            keep_usage(
+                self.usage_store,
+                self.core.guardrails,
+                self.link,
+                usage_topic(self.topics),
+                lambda: local_time(self.wall_clock(), self.core.timezone),
+            ),
+            name="bridge.usage",
+        )
         try:
             done, _ = await asyncio.wait(
                 [link, ready, stopping], return_when=asyncio.FIRST_COMPLETED
@@ -209,22 +216,6 @@ class Service:
             self._perform(self.core.sweep(time.monotonic(), self.wall_clock()))
             if self.cluster is not None:
                 self.cluster.sweep()
-
-    async def _keep_usage(self) -> None:
-        """Publish ``P/bridge/usage`` (retained) and save it: at start, then at most every
-        few seconds while it changes (a new day is a change)."""
-        guardrails = self.core.guardrails
-        topic = usage_topic(self.topics)
-        first = True
-        while True:
-            now = local_time(self.wall_clock(), self.core.timezone)
-            guardrails.usage.roll(now.date())
-            if first or guardrails.usage.changed:
-                document = usage_document(guardrails, now)
-                self.link.announce(topic, json.dumps(document, separators=(",", ":")).encode())
-                self.usage_store.save(guardrails.usage)
-                first = False
-            await asyncio.sleep(USAGE_INTERVAL)
 
     # Inbound facts ------------------------------------------------------------------
 

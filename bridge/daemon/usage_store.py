@@ -11,21 +11,26 @@ never a silent reset.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import time
-from datetime import date
+from collections.abc import Callable
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bridge.protocol.guardrails import Tokens, UsageBook
+from bridge.mqtt.link import MqttLink
+from bridge.ops.usage import usage_document
+from bridge.protocol.guardrails import Guardrails, Tokens, UsageBook
 
 logger = logging.getLogger(__name__)
 
 APP_DIRECTORY: Final = "openai-mqtt-bridge"
 FILE_NAME: Final = "usage.json"
 FORMAT_VERSION: Final = 1
+USAGE_INTERVAL: Final = 5.0  # seconds between saves and publications of changed usage
 
 
 def default_state_dir(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
@@ -119,3 +124,24 @@ def _tokens(value: Any) -> Tokens:
     if not all(isinstance(count, int) and not isinstance(count, bool) for count in counts):
         raise TypeError(f"token counts must be integers: {value!r}")
     return Tokens(*counts)
+
+
+async def keep_usage(
+    store: UsageStore,
+    guardrails: Guardrails,
+    link: MqttLink,
+    topic: str,
+    local_now: Callable[[], datetime],
+) -> None:
+    """Publish ``P/bridge/usage`` (retained) and save it: at start, then at most every
+    few seconds while it changes (a new day is a change)."""
+    first = True
+    while True:
+        now = local_now()
+        guardrails.usage.roll(now.date())
+        if first or guardrails.usage.changed:
+            document = usage_document(guardrails, now)
+            link.announce(topic, json.dumps(document, separators=(",", ":")).encode())
+            store.save(guardrails.usage)
+            first = False
+        await asyncio.sleep(USAGE_INTERVAL)
