@@ -187,6 +187,30 @@ def check_example(
     return str(notification["message"])
 
 
+TOOL_QUESTION: Final = 'call read_temperature with {"room":"hall"}'  # the simulator's phrase
+
+
+def check_tool_loop(ha: HomeAssistant, assistant: dict[str, str], watch: list[Child]) -> str:
+    """script.ask_house asks for a tool call; Home Assistant's own automation answers it
+    (sensor.hall_temperature); the Answer sensor shows the model quoting the reply."""
+    answer_id = assistant["Answer"]
+    ha.call_service("script", "ask_house", {"question": TOOL_QUESTION})
+
+    def answered() -> dict[str, Any]:
+        answer: dict[str, Any] = (ha.state(answer_id) or {"attributes": {}})["attributes"]
+        if not str(answer.get("request_id") or "").startswith("ha-house-"):
+            raise NotYet(f"{answer_id} holds no answer to ask_house: {answer}")
+        return answer
+
+    answer = wait_until("the tool loop answers ask_house", answered, SCRIPT_TIMEOUT, watch=watch)
+    text = str(answer.get("text"))
+    if answer.get("status") != "completed" or "read_temperature returned" not in text:
+        raise CheckFailed(f"{answer_id}: no answer quoting the tool's reply: {answer}")
+    if '"celsius":21.5' not in text.replace(" ", ""):
+        raise CheckFailed(f"the automation's reply is not the sensor's value: {text!r}")
+    return text
+
+
 def _last_step(log: Path, script_id: str) -> str:
     """The last step a script logged that it began, from Home Assistant's log."""
     marker = f"[homeassistant.components.script.{script_id}] {script_id}: Executing step "

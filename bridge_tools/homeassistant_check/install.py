@@ -30,7 +30,7 @@ from bridge_tools.homeassistant_check import CheckFailed
 from bridge_tools.homeassistant_check.processes import log_tail
 
 # The top-level keys of the check's configuration.yaml, and MQTT (a config entry).
-CONFIGURED: Final = ("http", "logger", "script", "mqtt")
+CONFIGURED: Final = ("http", "logger", "script", "mqtt", "template")
 # Integrations imported by loaded ones without being declared as dependencies.
 IMPORTED_TOO: Final = {
     "recorder": "analytics imports its helpers (SQLAlchemy)",

@@ -33,6 +33,7 @@ from bridge_tools.homeassistant_check.examples import (
     check_example,
     check_example_entities,
     check_packages,
+    check_tool_loop,
     homeassistant_log_problems,
     load_examples,
     sort_examples,
@@ -222,6 +223,8 @@ def _check(
             f"the example packages load: {', '.join(p.name for p in packages)}"
         ) as note:
             note(", ".join(check_packages(ha, packages)))
+        with report.step("a tool call answered by Home Assistant's automation") as note:
+            note(_short(check_tool_loop(ha, assistant, watch)))
 
     for example in examples:
         with report.step(f"script.{example.script_id} answers twice in a row") as note:

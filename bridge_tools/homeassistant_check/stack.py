@@ -29,15 +29,19 @@ from bridge_tools.local_broker import free_port, is_listening
 ASSISTANT_ID: Final = "home-assistant"  # the id the examples ask on (ai/home-assistant/cmd)
 TOPIC_PREFIX: Final = "ai"
 START_TIMEOUT: Final = 60.0
+TOOLS_EXAMPLE: Final = Path(__file__).parents[2] / "examples" / "tools" / "bridge-config.yaml"
 
 
 def bridge_config(broker_host: str, broker_port: int, simulator_port: int) -> dict[str, Any]:
-    """The bridge's config: the private broker, the simulator, discovery and one assistant."""
+    """The bridge's config: the private broker, the simulator, discovery and one assistant,
+    with the tools, profiles and sessions of examples/tools/bridge-config.yaml."""
+    tools_example = yaml.safe_load(TOOLS_EXAMPLE.read_text())
     return {
         "mqtt": {"host": broker_host, "port": broker_port, "topic_prefix": TOPIC_PREFIX},
         "openai": {"base_url": f"http://127.0.0.1:{simulator_port}/v1"},
         "homeassistant": {"discovery": True, "assistants": [ASSISTANT_ID]},
         "shutdown": {"grace_seconds": 3},
+        **{key: tools_example[key] for key in ("tools", "profiles", "sessions")},
     }
 
 
@@ -68,6 +72,13 @@ http:
 logger:
   default: info
 script: !include_dir_merge_named scripts
+# What examples/home-assistant/tools.yaml's automation reads for read_temperature.
+template:
+  - sensor:
+      - name: Hall temperature
+        unique_id: check_hall_temperature
+        unit_of_measurement: "°C"
+        state: "21.5"
 """
     keys = set(re.findall(r"^(\w+):", text, re.MULTILINE)) - {"homeassistant"}
     assert keys <= set(CONFIGURED), "install.CONFIGURED lists what is installed for"
