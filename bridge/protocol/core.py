@@ -54,6 +54,7 @@ from bridge.protocol.sessions import (
     ProfileConfig,
     SessionsConfig,
     default_profiles,
+    response_of,
 )
 from bridge.protocol.spending import CHARGED_EVENTS, Spending
 from bridge.protocol.tool_rounds import ToolRounds
@@ -276,11 +277,14 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
     def _request_ended(
         self, connection: Connection, event_type: str, raw: bytes
     ) -> list[Action] | None:
-        """A response ended (or an error came): the turn ends, or its tool round's actions."""
-        if event_type in CHARGED_EVENTS:
-            self._charge(connection, raw)
+        """A response ended (or an error came): the turn ends, or its tool round's actions.
+
+        The event is parsed once, here, for the usage, the tool round and the memory.
+        """
+        response = response_of(raw) if event_type in CHARGED_EVENTS else {}
+        self._charge(connection, response)
         if event_type == RESPONSE_COMPLETED and connection.tool_turn is not None:
-            going_on = self._tool_round(connection, raw)
+            going_on = self._tool_round(connection, response)
             if going_on is not None:
                 return going_on
         self._tools_ended(connection)
@@ -288,7 +292,7 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
         self._idle.request_ended(connection_id)
         connection.turn = None
         if connection_id in self.conversations:  # an `ask` session: its memory
-            self._turn_ended(connection_id, event_type, raw)
+            self._turn_ended(connection_id, event_type, response)
         return None
 
     def upstream_closed(self, connection_id: str, code: int, reason: str) -> list[Action]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -86,14 +87,9 @@ class Spending:
         )
         return self._refuse(command.connection_id, rejection, reply_to)
 
-    def _charge(self, connection: Connection, raw: bytes) -> None:
+    def _charge(self, connection: Connection, response: Mapping[str, Any]) -> None:
         """A response finished: its usage counts against today's budgets."""
-        try:
-            document = json.loads(raw)
-        except (ValueError, RecursionError):
-            return
-        response = document.get("response") if isinstance(document, dict) else None
-        tokens = tokens_of(response.get("usage")) if isinstance(response, dict) else None
+        tokens = tokens_of(response.get("usage"))
         if tokens is None:
             return
         usage = self.guardrails.usage

@@ -27,7 +27,7 @@ from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted, ToolCalled
 from bridge.protocol.replies import encode
 from bridge.protocol.server_events import DIRECTION_SERVER, user_properties
-from bridge.protocol.sessions import Conversations, response_of
+from bridge.protocol.sessions import Conversations
 from bridge.protocol.tools import Call, Rendered, ToolBox, reply_text
 
 TOOL_ROUNDS_EXCEEDED: Final = "tool_rounds_exceeded"
@@ -100,13 +100,14 @@ class ToolRounds:
 
     # The loop --------------------------------------------------------------------------
 
-    def _tool_round(self, connection: Connection, raw: bytes) -> list[Action] | None:
+    def _tool_round(
+        self, connection: Connection, response: Mapping[str, Any]
+    ) -> list[Action] | None:
         """A response of a tool turn completed: the round's actions, or None if the turn
         ends here (no bridge tool was called)."""
         turn = connection.tool_turn
         assert turn is not None
         connection_id = connection.connect.connection_id
-        response = response_of(raw)
         calls = [_call(item) for item in response.get("output") or [] if _is_call(item)]
         if not any(call.name in turn.offered for call in calls):
             return None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import TYPE_CHECKING, Final
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 from bridge.protocol import contract
 from bridge.protocol.actions import Action, CloseUpstream, SendUpstream
@@ -20,7 +21,7 @@ from bridge.protocol.guardrails import Checked
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.replies import Replies
-from bridge.protocol.sessions import Conversations, response_of
+from bridge.protocol.sessions import Conversations
 from bridge.protocol.tool_rounds import ToolTurn
 from bridge.protocol.tools import ToolBox
 
@@ -195,8 +196,8 @@ class AskTurns:
         self.conversations.socket_ended(connection_id)
         return [CloseUpstream(connection_id, REPLACED_CLOSE_CODE, SOCKET_REPLACED_REASON)]
 
-    def _turn_ended(self, connection_id: str, event_type: str, raw: bytes) -> None:
+    def _turn_ended(self, connection_id: str, event_type: str, response: Mapping[str, Any]) -> None:
         if event_type == RESPONSE_COMPLETED:
-            self.conversations.completed(connection_id, response_of(raw), self._clock)
+            self.conversations.completed(connection_id, response, self._clock)
         else:
             self.conversations.ended(connection_id)
