@@ -170,3 +170,15 @@ def test_waiting_commands_are_claimed_when_their_owner_turns_out_gone() -> None:
     cid = an_id_owned_by("stale", ["b", "stale"])
     assert b.command(cid, "cmd", now=0.0) == []
     assert b.member_offline("stale") == [PublishClaim(cid, Claim("b", False)), Settle(cid, 0.25)]
+
+
+def test_garbage_claims_are_no_claims() -> None:
+    """P/bridge/claims/<id> is the bridges' own (the README's ACL); still, what is not a
+    claim (deep, huge, wrong types) reads as none, and cannot take an id."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for payload in (deep, b"x" * (1 << 20), b'{"instance": 7}', b"[]", b"\xff"):
+        assert Claim.decode(payload) is None
+    a = member("a")
+    a.command("x", "cmd", 0.0)
+    assert a.claim_seen("x", Claim.decode(deep)) == []  # a clear of nothing: ours stands
+    assert [type(d) for d in a.settle("x")] == [PublishClaim, Handle]

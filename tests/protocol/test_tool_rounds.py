@@ -237,3 +237,19 @@ def test_payload_templates_place_values_in_a_fixed_shape() -> None:
     assert isinstance(rendered, Rendered)
     # The value lands as a value: it can never add a key or change the shape.
     assert json.loads(rendered.payload) == {"set": {"value": 'x"}, "evil": 1', "by": "model {{v}}"}}
+
+
+def test_a_hostile_reply_is_cut_and_decoded_safely() -> None:
+    """Anyone who may publish on a reply topic: a huge or non-UTF-8 reply reaches the model
+    cut to 8 KiB, as text; nothing else is kept of it."""
+    core = make_core(v5=False)
+    asked(core)
+    round_of(core, completed("resp_1", call("call_1")))
+    huge = b"\xff\xfe" + b"x" * (1 << 20)
+    actions = core.tool_reply("zigbee2mqtt/kitchen", huge, False, None)
+    (output,) = continuation(actions)["input"]
+    assert output["output"].endswith(" [cut]")
+    assert len(output["output"].encode()) < 9 * 1024
+    assert output["output"].startswith("\ufffd")
+    # A reply nobody waits for is dropped, whatever it holds.
+    assert core.tool_reply("zigbee2mqtt/kitchen", huge, False, b"forged") == []
