@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from bridge.protocol import contract
 from bridge.protocol.actions import Action, CloseUpstream, OpenUpstream, SendUpstream
@@ -19,9 +19,8 @@ from bridge.protocol.idle import IdleTracker
 from bridge.protocol.limits import LimitsConfig
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.replies import Replies
+from bridge.protocol.server_events import RESPONSE_CREATE
 from bridge.protocol.sessions import Conversations
-
-RESPONSE_CREATE: Final = "response.create"
 
 
 class SeedCommands:

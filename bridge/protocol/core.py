@@ -49,6 +49,7 @@ from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies
 from bridge.protocol.response_topics import ResponseTopicPolicy
+from bridge.protocol.server_events import RESPONSE_COMPLETED, RESPONSE_ENDINGS
 from bridge.protocol.sessions import (
     Conversations,
     ProfileConfig,
@@ -56,12 +57,11 @@ from bridge.protocol.sessions import (
     default_profiles,
     response_of,
 )
-from bridge.protocol.spending import CHARGED_EVENTS, Spending
+from bridge.protocol.spending import Spending
 from bridge.protocol.tool_rounds import ToolRounds
 from bridge.protocol.tools import ToolBox, ToolConfig
 from bridge.protocol.turns import AskTurns
 
-RESPONSE_COMPLETED: Final = "response.completed"
 # Server events that carry an error message: the only ones scrubbed of the
 # bridge's secrets (a server could echo a credential it was sent); every other
 # event is relayed byte for byte, unread.
@@ -281,7 +281,7 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
 
         The event is parsed once, here, for the usage, the tool round and the memory.
         """
-        response = response_of(raw) if event_type in CHARGED_EVENTS else {}
+        response = response_of(raw) if event_type in RESPONSE_ENDINGS else {}
         self._charge(connection, response)
         if event_type == RESPONSE_COMPLETED and connection.tool_turn is not None:
             going_on = self._tool_round(connection, response)

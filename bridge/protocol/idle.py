@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from bridge.protocol.server_events import RESPONSE_ENDINGS
+
 # Server events that end a request (the Responses API's terminal events and `error`).
-REQUEST_ENDING_EVENTS: Final = frozenset(
-    {"response.completed", "response.failed", "response.incomplete", "error"}
-)
+REQUEST_ENDING_EVENTS: Final = RESPONSE_ENDINGS | {"error"}
 
 
 @dataclass(slots=True)

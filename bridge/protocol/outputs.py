@@ -24,9 +24,9 @@ from bridge.protocol.contract import Connect
 from bridge.protocol.device_output import DeviceOutput
 from bridge.protocol.messages import Publish
 from bridge.protocol.output_options import OutputConfig
+from bridge.protocol.server_events import RESPONSE_COMPLETED
 from bridge.protocol.sessions import Conversations
 
-RESPONSE_COMPLETED: Final = "response.completed"
 # What Home Assistant's assistant entities need, whatever the id's profile says.
 ASSISTANT_OUTPUT: Final = {"answer": True, "status": True}
 

@@ -6,6 +6,13 @@ from __future__ import annotations
 import json
 from typing import Final
 
+# Event types the bridge acts on ----------------------------------------------------
+
+RESPONSE_CREATE: Final = "response.create"
+RESPONSE_COMPLETED: Final = "response.completed"
+# The server events that end a response; its `response` carries its status and usage.
+RESPONSE_ENDINGS: Final = frozenset({RESPONSE_COMPLETED, "response.incomplete", "response.failed"})
+
 # MQTT v5 user properties, like the seed node's msg.openai ----------------------
 
 TRANSPORT: Final = "responses.websocket"

@@ -14,18 +14,15 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from bridge.protocol.actions import Action
 from bridge.protocol.connections import Connection
 from bridge.protocol.contract import Ask, Rejection, Send
 from bridge.protocol.guardrails import Checked, Guardrails, Refusal, local_time, tokens_of
 from bridge.protocol.messages import ReplyTo
+from bridge.protocol.server_events import RESPONSE_CREATE
 from bridge.protocol.sessions import Conversations
-
-RESPONSE_CREATE: Final = "response.create"
-# Terminal events whose response carries the usage the budgets count.
-CHARGED_EVENTS: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 class Spending:

@@ -26,12 +26,11 @@ from bridge.protocol.contract import Rejection, Topics, rejection_of
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted, ToolCalled
 from bridge.protocol.replies import encode
-from bridge.protocol.server_events import DIRECTION_SERVER, user_properties
+from bridge.protocol.server_events import DIRECTION_SERVER, RESPONSE_COMPLETED, user_properties
 from bridge.protocol.sessions import Conversations
 from bridge.protocol.tools import Call, Rendered, ToolBox, reply_text
 
 TOOL_ROUNDS_EXCEEDED: Final = "tool_rounds_exceeded"
-RESPONSE_COMPLETED: Final = "response.completed"
 OBJECT_TOOL_CALL: Final = "response.websocket.tool_call"
 NOT_AVAILABLE: Final = "this tool is not available: it was not called"
 

@@ -21,11 +21,11 @@ from bridge.protocol.guardrails import Checked
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.replies import Replies
+from bridge.protocol.server_events import RESPONSE_COMPLETED
 from bridge.protocol.sessions import Conversations
 from bridge.protocol.tool_rounds import ToolTurn
 from bridge.protocol.tools import ToolBox
 
-RESPONSE_COMPLETED: Final = "response.completed"
 REPLACED_CLOSE_CODE: Final = 1000
 SOCKET_REPLACED_REASON: Final = "replaced before the server's 60-minute limit"
 RETRY_CLOSE_REASON: Final = "the turn is sent again on a new socket"
