@@ -51,8 +51,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bench.goals import goal
-from bench.relay_throughput import CpuMeter, wait_online
-from bridge_tools.local_broker import LocalMosquitto, free_port, is_listening
+from bench.relay_throughput import CpuMeter, simulator_serving, wait_online
+from bridge_tools.local_broker import LocalMosquitto
 from bridge_tools.simulator.text import generate_answer, tokenize
 
 QUESTION = "How do I keep basil alive on a windowsill?"
@@ -95,36 +95,6 @@ def reply_text(words: int) -> str:
                 count += len(sentence.split())
         seed += 1
     return " ".join(sentences)
-
-
-@contextlib.contextmanager
-def simulator(reply: str, tokens_per_second: float | None) -> Iterator[tuple[str, int]]:
-    """The simulator in a process of its own; yields its base URL and process id."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import asyncio, json, sys; "
-            "from bridge_tools.simulator import SimulatorOptions, serve; "
-            "asyncio.run(serve('127.0.0.1', int(sys.argv[1]), SimulatorOptions("
-            "fixed_reply=sys.argv[2], tokens_per_second=json.loads(sys.argv[3]))))",
-            str(port),
-            reply,
-            json.dumps(tokens_per_second),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not is_listening("127.0.0.1", port):
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the simulator did not start")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/v1", process.pid
-    finally:
-        process.terminate()
-        process.wait()
 
 
 @contextlib.contextmanager
@@ -309,7 +279,10 @@ def part_one(
 ) -> dict[str, dict[str, Tally]]:
     """Each mode's tallies, per kind, for ``args.asks`` answers over ``args.ids`` ids."""
     results = {}
-    with simulator(reply, args.tokens_per_second) as (base_url, _), daemon(broker, base_url):
+    with (
+        simulator_serving(reply, args.tokens_per_second) as (base_url, _),
+        daemon(broker, base_url),
+    ):
         for mode, output in MODES:
             ids = [f"dev-{mode.replace('+', '-')}-{n}" for n in range(args.ids)]
             devices = Devices(
@@ -378,7 +351,7 @@ def part_two(
     runs: dict[str, list[CostRun]] = {mode: [] for mode, _ in COST_MODES}
     assert broker.process is not None
     with (
-        simulator(reply, None) as (base_url, simulator_pid),
+        simulator_serving(reply, None) as (base_url, simulator_pid),
         daemon(broker, base_url) as bridge_pid,
     ):
         for attempt in range(args.repeat):

@@ -222,28 +222,36 @@ def baseline(host: str, port: int, count: int, qos: int, protocol: str, broker_p
 
 @contextlib.contextmanager
 def simulator_process(deltas: int) -> Iterator[tuple[str, int]]:
-    """The simulator in a process of its own (it must not share the bridge's CPU time).
+    """The simulator answering ``deltas`` words at full speed, in a process of its own
+    (it must not share the bridge's CPU time). Yields its base URL and its process id."""
+    with simulator_serving(" ".join(["word"] * deltas)) as running:
+        yield running
 
-    Yields its base URL and its process id.
-    """
+
+@contextlib.contextmanager
+def simulator_serving(
+    reply: str, tokens_per_second: float | None = None
+) -> Iterator[tuple[str, int]]:
+    """The simulator in a process of its own, answering ``reply`` to every request."""
     port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import asyncio, sys; from bridge_tools.simulator import SimulatorOptions, serve; "
-            "reply = ' '.join(['word'] * int(sys.argv[2])); "
-            "asyncio.run(serve('127.0.0.1', int(sys.argv[1]), "
-            "SimulatorOptions(fixed_reply=reply)))",
+            "import asyncio, json, sys; "
+            "from bridge_tools.simulator import SimulatorOptions, serve; "
+            "asyncio.run(serve('127.0.0.1', int(sys.argv[1]), SimulatorOptions("
+            "fixed_reply=sys.argv[2], tokens_per_second=json.loads(sys.argv[3]))))",
             str(port),
-            str(deltas),
+            reply,
+            json.dumps(tokens_per_second),
         ],
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 15
         while not is_listening("127.0.0.1", port):
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError("the simulator did not start")
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}/v1", process.pid

@@ -45,6 +45,16 @@ def is_listening(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class LocalMosquitto:
     """Mosquitto on 127.0.0.1 and a free port, in a directory of its own."""
 
@@ -93,12 +103,7 @@ class LocalMosquitto:
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process, timeout)
             self.process = None
 
     def __enter__(self) -> Self:

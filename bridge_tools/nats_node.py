@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bridge.errors import BrokerError
-from bridge_tools.local_broker import free_port, is_listening
+from bridge_tools.local_broker import free_port, is_listening, stop_process
 
 SEARCH_PATH: Final = ("/usr/sbin/nats-server", "/usr/local/bin/nats-server", "/usr/bin/nats-server")
 HOST: Final = "127.0.0.1"
@@ -81,12 +81,7 @@ class NatsNode:
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process, timeout)
             self.process = None
 
     def kill(self) -> None:
