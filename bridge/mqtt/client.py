@@ -7,6 +7,8 @@ register ``loop.add_reader``/``add_writer``, so paho reads and writes on the
 event loop thread, and a one-second timer runs ``loop_misc`` (keepalive).
 The paho client and its callbacks stay in this module
 (:mod:`bridge.mqtt.properties` builds the MQTT 5 properties of what it publishes).
+paho's bytes reach the socket through a :class:`~bridge.mqtt.write_buffer.WriteBuffer`:
+one system call per pass of the writer callback, not one per packet.
 
 Inbound: each message is handled in ``on_message`` as paho reads it and
 acknowledged once handled (manual acks), so no queue of commands builds up
@@ -48,6 +50,7 @@ from bridge.daemon.config import MqttConfig
 from bridge.errors import BrokerError
 from bridge.mqtt.outbox import Entry, Outbox
 from bridge.mqtt.properties import properties_of
+from bridge.mqtt.write_buffer import WriteBuffer, shut_down
 from bridge.protocol.messages import ReplyTo
 
 logger = logging.getLogger(__name__)
@@ -82,6 +85,24 @@ class LinkLost(BrokerUnavailable):
     """The connection to the broker ended (``reason`` says how)."""
 
 
+class _Client(paho.Client):
+    """paho, protocol owner as ever, its packets sent through :attr:`write_buffer`.
+
+    Why: paho sends each packet with a system call of its own, the relay's
+    largest cost per event (see :mod:`bridge.mqtt.write_buffer`). ``_sock_send``
+    is the one place paho sends from (its ``_packet_write``); the buffer keeps
+    its contract: bytes taken, or BlockingIOError, or OSError.
+    """
+
+    write_buffer: WriteBuffer
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        sock = self.socket()
+        if sock is None:
+            raise ConnectionError("no socket")
+        return self.write_buffer.take(sock, buf)
+
+
 class BrokerConnection:
     """One connection to the broker, through one paho client that nothing else touches."""
 
@@ -105,7 +126,7 @@ class BrokerConnection:
         self._lost: asyncio.Future[str] = self._loop.create_future()
         self._subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._misc: asyncio.TimerHandle | None = None
-        self._client = client = paho.Client(
+        self._client = client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
@@ -114,6 +135,7 @@ class BrokerConnection:
             reconnect_on_failure=False,
             manual_ack=True,
         )
+        client.write_buffer = self._buffer = WriteBuffer()
         client.enable_logger(PAHO_LOGGER)
         client.connect_timeout = config.connect_timeout
         client.max_inflight_messages_set(config.max_inflight)
@@ -375,6 +397,7 @@ class BrokerConnection:
         if sock.fileno() > -1:
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
+        self._buffer.clear()  # its messages were not completed: they go again after reconnecting
         self._stop_misc()
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -382,9 +405,12 @@ class BrokerConnection:
             self._loop.add_writer(sock, self._write, client)
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if sock.fileno() > -1:
-            self._loop.remove_writer(sock)
-        self._written()  # paho wrote out everything: every QoS 0 message handed to it
+        # paho holds nothing more. What it wrote may still be in the buffer: then _write,
+        # which flushes it, decides.
+        if not self._buffer:
+            if sock.fileno() > -1:
+                self._loop.remove_writer(sock)
+            self._written()
 
     def _read(self, client: paho.Client) -> None:
         # A failure closes the socket and calls on_disconnect. TLS may hold decrypted
@@ -395,7 +421,28 @@ class BrokerConnection:
                 return
 
     def _write(self, client: paho.Client) -> None:
-        client.loop_write()
+        """One pass: what the socket did not take last time, then paho's queue, in one send."""
+        sock = client.socket()
+        if sock is None:
+            return
+        buffer = self._buffer
+        try:
+            if buffer.flush(sock):
+                client.loop_write()  # paho writes its queue into the buffer
+                if client.socket() is not sock:
+                    return  # closed (a DISCONNECT went out): on_socket_close cleaned up
+                buffer.flush(sock)
+        except OSError as exc:  # the link is broken: the reader sees it end, paho drops it
+            logger.debug("cannot write to the broker: %s", exc)
+            self._loop.remove_writer(sock)
+            buffer.clear()
+            shut_down(sock)
+            return
+        if buffer:
+            return  # the socket is full: the writer stays registered, for the rest
+        self._written()  # everything paho marked written is on the wire now
+        if not client.want_write():
+            self._loop.remove_writer(sock)
 
     def _run_misc(self) -> None:
         self._misc = None

@@ -1,0 +1,105 @@
+"""The packets of one write pass of paho, sent to the socket in one system call.
+
+paho writes every packet with its own ``send()``: with the bridge handing it
+up to 64 messages at a time, that was one system call per relayed event
+(32,096 sends for 32,031 events, the largest single cost of the bridge's own
+work; issue 29). :class:`WriteBuffer` stands between paho and the socket
+(:mod:`bridge.mqtt.client` routes paho's ``_sock_send`` to :meth:`take`): it
+gathers what paho writes in one pass of the event loop's writer callback and
+:meth:`flush` sends it at the end of that pass, never later (no timer: a lone
+message leaves in the same loop iteration as before).
+
+What the kernel does not take waits here, in order, and goes first at the
+next writable event; until then paho is told the socket would block, so the
+rest stays queued in paho (which keeps its QoS 1 state and back pressure as
+before) and nothing is reordered. At most :data:`GATHER_LIMIT` bytes are
+gathered before they are sent mid-pass; a packet that large, and a
+DISCONNECT (after which paho closes the socket at once), are sent directly,
+once everything before them is out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from typing import Final, Protocol
+
+GATHER_LIMIT: Final = 64 * 1024  # bytes gathered before they are sent mid-pass
+_DISCONNECT: Final = 0xE0  # MQTT fixed header, packet type 14
+# The socket cannot take more now (TLS may also have to read first): try at the next
+# writable event.
+_WOULD_BLOCK: Final = (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError)
+
+
+class Sendable(Protocol):
+    def send(self, data: bytes | bytearray, /) -> int: ...
+
+
+class WriteBuffer:
+    """Bytes paho wrote and the socket has not taken yet, in order."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._blocked = False  # the socket took only part: paho waits for a writable event
+        self._direct = False  # a packet sent directly went out in part; paho sends the rest
+        self.sends = 0  # system calls made (tests, benchmarks)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def take(self, sock: Sendable, data: bytes | bytearray) -> int:
+        """paho's ``send()``: gather ``data`` (a whole packet) and return its length.
+
+        Raises BlockingIOError (paho keeps the packet and stops the pass) while
+        bytes wait for the socket; passes OSError on (paho drops the link).
+        """
+        if self._direct:  # the rest of a packet sent directly
+            return self._send_directly(sock, data)
+        if self._blocked:
+            raise BlockingIOError
+        direct = len(data) >= GATHER_LIMIT or data[0] & 0xF0 == _DISCONNECT
+        full = direct or len(self._data) + len(data) > GATHER_LIMIT
+        if self._data and full and not self.flush(sock):
+            raise BlockingIOError
+        if direct:
+            return self._send_directly(sock, data)
+        self._data += data
+        return len(data)
+
+    def flush(self, sock: Sendable) -> bool:
+        """Send what is gathered; True if all of it went. Passes OSError on."""
+        if not self._data:
+            return True
+        try:
+            sent = self._send(sock, self._data)
+        except _WOULD_BLOCK:
+            sent = 0
+        # A TLS socket takes all or nothing, so a retry sends the same bytes, as TLS needs.
+        del self._data[:sent]
+        self._blocked = bool(self._data)
+        return not self._blocked
+
+    def clear(self) -> None:
+        """The socket is gone: what it did not take is dropped."""
+        self._data.clear()
+        self._blocked = self._direct = False
+
+    def _send_directly(self, sock: Sendable, data: bytes | bytearray) -> int:
+        try:
+            sent = self._send(sock, data)
+        except _WOULD_BLOCK:
+            raise BlockingIOError from None
+        self._direct = sent < len(data)
+        return sent
+
+    def _send(self, sock: Sendable, data: bytes | bytearray) -> int:
+        self.sends += 1
+        return sock.send(data)
+
+
+def shut_down(sock: object) -> None:
+    """End a socket whose send failed, so its reader sees the end and paho drops the link."""
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
