@@ -43,7 +43,6 @@ class WriteBuffer:
         self._data = bytearray()
         self._blocked = False  # the socket took only part: paho waits for a writable event
         self._direct = False  # a packet sent directly went out in part; paho sends the rest
-        self.sends = 0  # system calls made (tests, benchmarks)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -72,7 +71,7 @@ class WriteBuffer:
         if not self._data:
             return True
         try:
-            sent = self._send(sock, self._data)
+            sent = sock.send(self._data)
         except _WOULD_BLOCK:
             sent = 0
         # A TLS socket takes all or nothing, so a retry sends the same bytes, as TLS needs.
@@ -87,15 +86,11 @@ class WriteBuffer:
 
     def _send_directly(self, sock: Sendable, data: bytes | bytearray) -> int:
         try:
-            sent = self._send(sock, data)
+            sent = sock.send(data)
         except _WOULD_BLOCK:
             raise BlockingIOError from None
         self._direct = sent < len(data)
         return sent
-
-    def _send(self, sock: Sendable, data: bytes | bytearray) -> int:
-        self.sends += 1
-        return sock.send(data)
 
 
 def shut_down(sock: object) -> None:
