@@ -313,9 +313,8 @@ class BrokerConnection:
         if publish.qos:
             self._acknowledged[info.mid] = (entry, started)
         else:
+            # Never written at once: paho only queues it (its writer callback is set).
             self._unwritten.append((entry, info, started))
-            if info.is_published():  # written at once
-                self._written()
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, *args: Any) -> None:
         found = self._acknowledged.pop(mid, None)
@@ -326,7 +325,12 @@ class BrokerConnection:
         self._settle()
 
     def _written(self) -> None:
+        """Complete the QoS 0 messages on the wire (called when the write buffer is empty)."""
         unwritten = self._unwritten
+        if not self._client.want_write():  # paho holds none: all are (no lock per message)
+            while unwritten:
+                entry, _, started = unwritten.popleft()
+                self._complete(entry, started)
         while unwritten and unwritten[0][1].is_published():
             entry, _, started = unwritten.popleft()
             self._complete(entry, started)
