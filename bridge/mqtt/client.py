@@ -7,8 +7,6 @@ register ``loop.add_reader``/``add_writer``, so paho reads and writes on the
 event loop thread, and a one-second timer runs ``loop_misc`` (keepalive).
 The paho client and its callbacks stay in this module
 (:mod:`bridge.mqtt.properties` builds the MQTT 5 properties of what it publishes).
-paho's bytes reach the socket through a :class:`~bridge.mqtt.write_buffer.WriteBuffer`:
-one system call per pass of the writer callback, not one per packet.
 
 Inbound: each message is handled in ``on_message`` as paho reads it and
 acknowledged once handled (manual acks), so no queue of commands builds up
@@ -22,8 +20,10 @@ message. Two callbacks complete them:
   only while such a message is in flight, because paho builds a reason code
   and a properties object for every QoS 0 message it writes whenever the
   callback is set (a fifth of the CPU time of a QoS 0 relay).
-- ``on_socket_unregister_write``: paho wrote out everything it held, so every
-  QoS 0 message handed to it is on the wire.
+- the writer callback: paho writes its queue into a
+  :class:`~bridge.mqtt.write_buffer.WriteBuffer`, which sends it with one
+  system call, not one per packet. Once paho holds nothing and the buffer
+  is empty, every QoS 0 message handed to paho is on the wire.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import socket
 import ssl
 import time
 from collections import deque
@@ -49,8 +48,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bridge.daemon.config import MqttConfig
 from bridge.errors import BrokerError
 from bridge.mqtt.outbox import Entry, Outbox
-from bridge.mqtt.properties import properties_of
-from bridge.mqtt.write_buffer import WriteBuffer, shut_down
+from bridge.mqtt.properties import correlation_of, properties_of, reply_to_of
+from bridge.mqtt.write_buffer import WriteBuffer
 from bridge.protocol.messages import ReplyTo
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,6 @@ PAHO_LOGGER: Final = logging.getLogger("bridge.paho")
 # 52-55 us of CPU per QoS 1 event with 256, 45-51 with 64, worse again with 16.
 PUBLISH_WINDOW: Final = 64
 MISC_INTERVAL: Final = 1.0  # seconds between paho's keepalive checks
-_SOCKET_ERRORS: Final = (OSError, ssl.SSLError, socket.gaierror)
 
 # topic, payload, retained, where a v5 command wants its reply, the message's Correlation Data
 OnMessage = Callable[[str, bytes, bool, ReplyTo | None, bytes | None], None]
@@ -86,13 +84,10 @@ class LinkLost(BrokerUnavailable):
 
 
 class _Client(paho.Client):
-    """paho, protocol owner as ever, its packets sent through :attr:`write_buffer`.
-
-    Why: paho sends each packet with a system call of its own, the relay's
-    largest cost per event (see :mod:`bridge.mqtt.write_buffer`). ``_sock_send``
-    is the one place paho sends from (its ``_packet_write``); the buffer keeps
-    its contract: bytes taken, or BlockingIOError, or OSError.
-    """
+    """paho, still the protocol's owner, its bytes sent through :attr:`write_buffer`: paho
+    sends each packet with a system call of its own, the relay's largest cost per event
+    (:mod:`bridge.mqtt.write_buffer`). ``_sock_send`` is where its ``_packet_write`` sends;
+    the buffer keeps its contract: bytes taken, or BlockingIOError, or OSError."""
 
     write_buffer: WriteBuffer
 
@@ -172,7 +167,6 @@ class BrokerConnection:
         # While paho connects in the executor, its socket callbacks come from that thread.
         client.on_socket_open = self._from_thread(self._on_socket_open)
         client.on_socket_register_write = self._from_thread(self._on_socket_register_write)
-        client.on_socket_unregister_write = self._from_thread(self._on_socket_unregister_write)
         try:
             clean: bool | Literal[3] = (
                 self._clean_start if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
@@ -191,7 +185,6 @@ class BrokerConnection:
         finally:
             client.on_socket_open = self._on_socket_open
             client.on_socket_register_write = self._on_socket_register_write
-            client.on_socket_unregister_write = self._on_socket_unregister_write
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise LinkLost(f"cannot connect: {paho.error_string(rc)}")
         async with asyncio.timeout(self.config.connect_timeout):
@@ -377,8 +370,8 @@ class BrokerConnection:
                 message.topic,
                 bytes(message.payload),
                 bool(message.retain),
-                _reply_to(message),
-                _correlation(message),
+                reply_to_of(message),
+                correlation_of(message),
             )
         except Exception:
             # No message may end the link, and with it the daemon.
@@ -408,14 +401,6 @@ class BrokerConnection:
         if sock.fileno() > -1:
             self._loop.add_writer(sock, self._write, client)
 
-    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        # paho holds nothing more. What it wrote may still be in the buffer: then _write,
-        # which flushes it, decides.
-        if not self._buffer:
-            if sock.fileno() > -1:
-                self._loop.remove_writer(sock)
-            self._written()
-
     def _read(self, client: paho.Client) -> None:
         # A failure closes the socket and calls on_disconnect. TLS may hold decrypted
         # bytes the selector cannot see: read on while it does.
@@ -425,28 +410,14 @@ class BrokerConnection:
                 return
 
     def _write(self, client: paho.Client) -> None:
-        """One pass: what the socket did not take last time, then paho's queue, in one send."""
+        # The one place paho writes from (no on_socket_unregister_write: this decides).
         sock = client.socket()
-        if sock is None:
-            return
-        buffer = self._buffer
-        try:
-            if buffer.flush(sock):
-                client.loop_write()  # paho writes its queue into the buffer
-                if client.socket() is not sock:
-                    return  # closed (a DISCONNECT went out): on_socket_close cleaned up
-                buffer.flush(sock)
-        except OSError as exc:  # the link is broken: the reader sees it end, paho drops it
-            logger.debug("cannot write to the broker: %s", exc)
-            self._loop.remove_writer(sock)
-            buffer.clear()
-            shut_down(sock)
-            return
-        if buffer:
-            return  # the socket is full: the writer stays registered, for the rest
-        self._written()  # everything paho marked written is on the wire now
-        if not client.want_write():
-            self._loop.remove_writer(sock)
+        if sock is None or not self._buffer.write_pass(sock, client.loop_write):
+            return  # the socket took only part: the writer stays registered for the rest
+        if client.socket() is sock:  # not closed by a DISCONNECT
+            self._written()  # what paho marked written is on the wire now
+            if not client.want_write():
+                self._loop.remove_writer(sock)
 
     def _run_misc(self) -> None:
         self._misc = None
@@ -457,17 +428,3 @@ class BrokerConnection:
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
-
-
-def _correlation(message: paho.MQTTMessage) -> bytes | None:
-    correlation = getattr(message.properties, "CorrelationData", None)
-    return bytes(correlation) if correlation is not None else None
-
-
-def _reply_to(message: paho.MQTTMessage) -> ReplyTo | None:
-    properties = message.properties
-    topic = getattr(properties, "ResponseTopic", None) if properties else None
-    if not topic:
-        return None
-    correlation = getattr(properties, "CorrelationData", None)
-    return ReplyTo(str(topic), bytes(correlation) if correlation is not None else None)

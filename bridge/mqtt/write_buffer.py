@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Final, Protocol
 
 GATHER_LIMIT: Final = 64 * 1024  # bytes gathered before they are sent mid-pass
@@ -65,6 +66,23 @@ class WriteBuffer:
             return self._send_directly(sock, data)
         self._data += data
         return len(data)
+
+    def write_pass(self, sock: Sendable, write: Callable[[], object]) -> bool:
+        """One pass of the writer callback: what waits goes first; if all of it went,
+        ``write()`` (paho's loop_write, which calls :meth:`take`) and one send.
+
+        True if everything went; False if the rest waits for the next writable
+        event. A socket that fails to send is shut down and its bytes kept (not
+        written): its reader sees the end, and paho drops the link.
+        """
+        try:
+            if self.flush(sock):
+                write()
+                return self.flush(sock)
+        except OSError:
+            self._blocked = True
+            shut_down(sock)
+        return False
 
     def flush(self, sock: Sendable) -> bool:
         """Send what is gathered; True if all of it went. Passes OSError on."""

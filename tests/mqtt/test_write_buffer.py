@@ -210,3 +210,22 @@ def test_gathered_packets_leave_in_order_however_much_the_socket_takes() -> None
     assert any(0 < taken < offered for offered, taken in left.sends)  # partial writes
     assert len(left.sends) < len(packets) / 4
     assert GATHER_LIMIT > SMALL_BUFFER  # the socket, not the limit, cut the writes
+
+
+class BrokenSocket(socket.socket):
+    def send(self, data: Any, flags: int = 0, /) -> int:
+        raise ConnectionResetError
+
+
+def test_a_socket_that_fails_to_send_is_shut_down_and_nothing_counts_as_sent() -> None:
+    """A send that fails (the broker reset the link) ends the socket for its reader,
+    which makes paho drop the link; the bytes stay, so nothing is taken for written."""
+    plain, right = socket.socketpair()
+    with BrokenSocket(fileno=plain.detach()) as left, right:
+        left.setblocking(False)
+        buffer = WriteBuffer()
+        assert not buffer.write_pass(left, lambda: buffer.take(left, b"\x30\x00"))
+        assert len(buffer) == 2
+        with pytest.raises(BlockingIOError):
+            buffer.take(left, b"\x30\x00")
+        assert left.recv(1) == b""  # shut down: the reader sees the end at once
