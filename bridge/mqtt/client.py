@@ -258,12 +258,11 @@ class BrokerConnection:
         self._outbox, self._observe = outbox, on_published
         try:
             while not self._lost.done():
-                if self.in_flight >= window:
+                room = window - self.in_flight
+                if room <= 0:
                     self._room.clear()
                     await self._room.wait()  # set by an acknowledgement, or the link's end
-                elif (entry := outbox.take_nowait()) is not None:
-                    self._hand(entry)
-                else:
+                elif not self._hand_some(outbox, room):
                     await outbox.wait_pending()  # woken by a message, or the link's end
             raise LinkLost(self._lost.result())
         finally:
@@ -281,12 +280,24 @@ class BrokerConnection:
         """Whether paho's on_publish is set (only while a QoS 1-2 ack is awaited)."""
         return self._client.on_publish is not None
 
+    def _hand_some(self, outbox: Outbox, most: int) -> bool:
+        """Hand up to ``most`` waiting messages to paho; False if none waited."""
+        take, hand = outbox.take_nowait, self._hand
+        for handed in range(most):
+            entry = take()
+            if entry is None:
+                return handed > 0
+            hand(entry)
+        return True
+
     def _hand(self, entry: Entry) -> None:
         publish = entry.publish
         assert self._outbox is not None
-        # Under MQTT 3.1.1 the core gives no properties, so this is None.
-        properties = properties_of(
-            publish.properties, publish.correlation_data, publish.response_topic
+        # MQTT 3.1.1 carries no properties (paho would not send them).
+        properties = (
+            properties_of(publish.properties, publish.correlation_data, publish.response_topic)
+            if self._v5
+            else None
         )
         if publish.qos and not self._acknowledged:
             self._client.on_publish = self._on_publish
@@ -319,14 +330,21 @@ class BrokerConnection:
 
     def _written(self) -> None:
         """Complete the QoS 0 messages on the wire (called when the write buffer is empty)."""
-        unwritten = self._unwritten
-        if not self._client.want_write():  # paho holds none: all are (no lock per message)
-            while unwritten:
-                entry, _, started = unwritten.popleft()
-                self._complete(entry, started)
-        while unwritten and unwritten[0][1].is_published():
+        unwritten, outbox, observe = self._unwritten, self._outbox, self._observe
+        if not unwritten:
+            return
+        # paho holds none: all of them are (and no lock per message to ask).
+        every = not self._client.want_write()
+        now = time.monotonic() if observe is not None else 0.0
+        before = len(unwritten)
+        while unwritten and (every or unwritten[0][1].is_published()):
             entry, _, started = unwritten.popleft()
-            self._complete(entry, started)
+            if outbox is not None:
+                outbox.done(entry)
+            if observe is not None:
+                observe(now - started)
+        if len(unwritten) < before:
+            self._room.set()
 
     def _complete(self, entry: Entry, started: float) -> None:
         if self._outbox is not None:

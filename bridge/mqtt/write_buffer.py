@@ -54,18 +54,22 @@ class WriteBuffer:
         Raises BlockingIOError (paho keeps the packet and stops the pass) while
         bytes wait for the socket; passes OSError on (paho drops the link).
         """
+        size = len(data)
+        if (
+            not (self._blocked or self._direct)
+            and len(self._data) + size < GATHER_LIMIT
+            and data[0] & 0xF0 != _DISCONNECT
+        ):
+            self._data += data  # the common case: gathered
+            return size
         if self._direct:  # the rest of a packet sent directly
             return self._send_directly(sock, data)
-        if self._blocked:
+        if self._blocked or (self._data and not self.flush(sock)):
             raise BlockingIOError
-        direct = len(data) >= GATHER_LIMIT or data[0] & 0xF0 == _DISCONNECT
-        full = direct or len(self._data) + len(data) > GATHER_LIMIT
-        if self._data and full and not self.flush(sock):
-            raise BlockingIOError
-        if direct:
+        if size >= GATHER_LIMIT or data[0] & 0xF0 == _DISCONNECT:
             return self._send_directly(sock, data)
         self._data += data
-        return len(data)
+        return size
 
     def write_pass(self, sock: Sendable, write: Callable[[], object]) -> bool:
         """One pass of the writer callback: what waits goes first; if all of it went,
