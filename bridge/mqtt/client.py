@@ -14,13 +14,14 @@ however fast a client publishes (README, Security).
 
 Outbound: :meth:`BrokerConnection.publish_outbox` hands the outbox to paho,
 up to :data:`PUBLISH_WINDOW` messages in flight, awaiting nothing per
-message. Two callbacks complete them:
+message. The socket callbacks complete them, in order:
 
-- ``on_publish``: the broker acknowledged a QoS 1 or 2 message. It is set
-  only while such a message is in flight, because paho builds a reason code
-  and a properties object for every QoS 0 message it writes whenever the
-  callback is set (a fifth of the CPU time of a QoS 0 relay).
-- the writer callback: paho writes its queue into a
+- the reader: paho marks a QoS 1 or 2 message published when the broker
+  acknowledges it (brokers acknowledge in order). paho's ``on_publish`` is
+  never set: whenever it is, paho builds a reason code and a properties
+  object for every QoS 0 message it writes (a fifth of the CPU time of a
+  QoS 0 relay).
+- the writer: paho writes its queue into a
   :class:`~bridge.mqtt.write_buffer.WriteBuffer`, which sends it with one
   system call, not one per packet. Once paho holds nothing and the buffer
   is empty, every QoS 0 message handed to paho is on the wire.
@@ -63,6 +64,8 @@ PAHO_LOGGER: Final = logging.getLogger("bridge.paho")
 PUBLISH_WINDOW: Final = 64
 MISC_INTERVAL: Final = 1.0  # seconds between paho's keepalive checks
 
+# A message handed to paho: its outbox entry, paho's handle on it, when (for on_published)
+_Handed = tuple[Entry, paho.MQTTMessageInfo, float]
 # topic, payload, retained, where a v5 command wants its reply, the message's Correlation Data
 OnMessage = Callable[[str, bytes, bool, ReplyTo | None, bytes | None], None]
 
@@ -155,8 +158,8 @@ class BrokerConnection:
         # The publish path (see the module docstring).
         self._outbox: Outbox | None = None
         self._observe: Callable[[float], None] | None = None
-        self._acknowledged: dict[int, tuple[Entry, float]] = {}  # QoS 1-2, by message id
-        self._unwritten: deque[tuple[Entry, paho.MQTTMessageInfo, float]] = deque()
+        self._unacknowledged: deque[_Handed] = deque()  # QoS 1-2
+        self._unwritten: deque[_Handed] = deque()  # QoS 0
         self._room = asyncio.Event()
 
     # Connecting and disconnecting -----------------------------------------------------
@@ -266,19 +269,18 @@ class BrokerConnection:
                     await outbox.wait_pending()  # woken by a message, or the link's end
             raise LinkLost(self._lost.result())
         finally:
-            self._client.on_publish = None
-            self._acknowledged.clear()
+            self._unacknowledged.clear()
             self._unwritten.clear()
             self._outbox = None
 
     @property
     def in_flight(self) -> int:
-        return len(self._acknowledged) + len(self._unwritten)
+        return len(self._unacknowledged) + len(self._unwritten)
 
     @property
     def awaits_acknowledgements(self) -> bool:
-        """Whether paho's on_publish is set (only while a QoS 1-2 ack is awaited)."""
-        return self._client.on_publish is not None
+        """Whether QoS 1-2 messages wait for the broker's acknowledgement."""
+        return bool(self._unacknowledged)
 
     def _hand_some(self, outbox: Outbox, most: int) -> bool:
         """Hand up to ``most`` waiting messages to paho; False if none waited."""
@@ -299,8 +301,6 @@ class BrokerConnection:
             if self._v5
             else None
         )
-        if publish.qos and not self._acknowledged:
-            self._client.on_publish = self._on_publish
         try:
             info = self._client.publish(
                 publish.topic, publish.payload, publish.qos, publish.retain, properties
@@ -309,54 +309,33 @@ class BrokerConnection:
             # A topic MQTT cannot carry (wildcards, bad UTF-8): drop this message only.
             logger.warning("cannot publish to %r: %s", publish.topic[:200], exc)
             self._outbox.done(entry)
-            self._settle()
             return
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             return  # the link is gone; the entry stays unacknowledged and is sent again
         started = time.monotonic() if self._observe else 0.0
-        if publish.qos:
-            self._acknowledged[info.mid] = (entry, started)
-        else:
-            # Never written at once: paho only queues it (its writer callback is set).
-            self._unwritten.append((entry, info, started))
-
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, *args: Any) -> None:
-        found = self._acknowledged.pop(mid, None)
-        if found is None:
-            return  # a QoS 0 message written while an ack is awaited: _written has it
-        entry, started = found
-        self._complete(entry, started)
-        self._settle()
+        # Never written at once: paho only queues it (its writer callback is set).
+        (self._unacknowledged if publish.qos else self._unwritten).append((entry, info, started))
 
     def _written(self) -> None:
         """Complete the QoS 0 messages on the wire (called when the write buffer is empty)."""
-        unwritten, outbox, observe = self._unwritten, self._outbox, self._observe
-        if not unwritten:
-            return
-        # paho holds none: all of them are (and no lock per message to ask).
-        every = not self._client.want_write()
+        if self._unwritten:
+            # paho holds none: all of them are (and no lock per message to ask).
+            self._complete(self._unwritten, every=not self._client.want_write())
+
+    def _complete(self, handed: deque[_Handed], *, every: bool = False) -> None:
+        """Complete the messages at the front of ``handed`` that paho marked published
+        (QoS 0: written; QoS 1-2: acknowledged), or all of them if ``every``."""
+        outbox, observe = self._outbox, self._observe
         now = time.monotonic() if observe is not None else 0.0
-        before = len(unwritten)
-        while unwritten and (every or unwritten[0][1].is_published()):
-            entry, _, started = unwritten.popleft()
+        before = len(handed)
+        while handed and (every or handed[0][1].is_published()):
+            entry, _, started = handed.popleft()
             if outbox is not None:
                 outbox.done(entry)
             if observe is not None:
                 observe(now - started)
-        if len(unwritten) < before:
+        if len(handed) < before:
             self._room.set()
-
-    def _complete(self, entry: Entry, started: float) -> None:
-        if self._outbox is not None:
-            self._outbox.done(entry)
-        if self._observe is not None:
-            self._observe(time.monotonic() - started)
-        self._room.set()
-
-    def _settle(self) -> None:
-        """No acknowledgement awaited: stop paying for paho's on_publish on every write."""
-        if not self._acknowledged:
-            self._client.on_publish = None
 
     # paho's callbacks, on the event loop ---------------------------------------------
 
@@ -425,7 +404,9 @@ class BrokerConnection:
         while client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS:
             sock = client.socket()
             if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
-                return
+                break
+        if self._unacknowledged:  # acknowledgements come in with what was read
+            self._complete(self._unacknowledged)
 
     def _write(self, client: paho.Client) -> None:
         # The one place paho writes from (no on_socket_unregister_write: this decides).
