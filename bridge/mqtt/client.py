@@ -50,6 +50,7 @@ from bridge.daemon.config import MqttConfig
 from bridge.errors import BrokerError
 from bridge.mqtt.outbox import Entry, Outbox
 from bridge.mqtt.properties import correlation_of, properties_of, reply_to_of
+from bridge.mqtt.read_buffer import ReadBuffer
 from bridge.mqtt.write_buffer import WriteBuffer
 from bridge.protocol.messages import ReplyTo
 
@@ -87,12 +88,17 @@ class LinkLost(BrokerUnavailable):
 
 
 class _Client(paho.Client):
-    """paho, still the protocol's owner, its bytes sent through :attr:`write_buffer`: paho
-    sends each packet with a system call of its own, the relay's largest cost per event
-    (:mod:`bridge.mqtt.write_buffer`). ``_sock_send`` is where its ``_packet_write`` sends;
-    the buffer keeps its contract: bytes taken, or BlockingIOError, or OSError."""
+    """paho, still the protocol's owner, its bytes sent through :attr:`write_buffer` and
+    read through :attr:`read_buffer`: paho sends each packet with a system call of its own,
+    the relay's largest cost per event, and reads each with three (modules of the buffers).
+    ``_sock_send`` and ``_sock_recv`` are where paho sends and reads; the buffers keep
+    their contract: bytes, or BlockingIOError, or OSError."""
 
     write_buffer: WriteBuffer
+    read_buffer: ReadBuffer
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        return self.read_buffer.take(bufsize, super()._sock_recv)
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
         sock = self.socket()
@@ -134,6 +140,7 @@ class BrokerConnection:
             manual_ack=True,
         )
         client.write_buffer = self._buffer = WriteBuffer()
+        client.read_buffer = self._reads = ReadBuffer()
         client.enable_logger(PAHO_LOGGER)
         client.connect_timeout = config.connect_timeout
         client.max_inflight_messages_set(config.max_inflight)
@@ -392,6 +399,7 @@ class BrokerConnection:
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
         self._buffer.clear()  # its messages were not completed: they go again after reconnecting
+        self._reads.clear()
         self._stop_misc()
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -399,11 +407,11 @@ class BrokerConnection:
             self._loop.add_writer(sock, self._write, client)
 
     def _read(self, client: paho.Client) -> None:
-        # A failure closes the socket and calls on_disconnect. TLS may hold decrypted
-        # bytes the selector cannot see: read on while it does.
+        # A failure closes the socket and calls on_disconnect. The read buffer, and TLS,
+        # may hold bytes the selector cannot see: read on while they do.
         while client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS:
             sock = client.socket()
-            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            if not (self._reads or (isinstance(sock, ssl.SSLSocket) and sock.pending())):
                 break
         if self._unacknowledged:  # acknowledgements come in with what was read
             self._complete(self._unacknowledged)
