@@ -47,7 +47,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.daemon.config import MqttConfig
-from bridge.errors import BrokerError
+from bridge.mqtt.errors import BrokerRefusedConnection, BrokerUnavailable, LinkLost
 from bridge.mqtt.outbox import Entry, Outbox
 from bridge.mqtt.properties import correlation_of, properties_of, reply_to_of
 from bridge.mqtt.read_buffer import ReadBuffer
@@ -69,22 +69,6 @@ MISC_INTERVAL: Final = 1.0  # seconds between paho's keepalive checks
 _Handed = tuple[Entry, paho.MQTTMessageInfo, float]
 # topic, payload, retained, where a v5 command wants its reply, the message's Correlation Data
 OnMessage = Callable[[str, bytes, bool, ReplyTo | None, bytes | None], None]
-
-
-class BrokerUnavailable(BrokerError):
-    """The broker cannot be used now (lost, refused, not answering): reconnecting may help."""
-
-
-class BrokerRefusedConnection(BrokerUnavailable):
-    """The broker answered CONNECT with a failure reason code (``code``, v5 numbering)."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"the broker refused the connection: {reason} ({code})")
-        self.code = code
-
-
-class LinkLost(BrokerUnavailable):
-    """The connection to the broker ended (``reason`` says how)."""
 
 
 class _Client(paho.Client):

@@ -10,7 +10,8 @@ import aiomqtt
 import pytest
 
 from bridge.daemon.config import MqttConfig
-from bridge.mqtt.client import BrokerConnection, BrokerRefusedConnection
+from bridge.mqtt.client import BrokerConnection
+from bridge.mqtt.errors import BrokerRefusedConnection
 from bridge.mqtt.outbox import Outbox
 from bridge.protocol.messages import Publish
 from bridge.protocol.server_events import DIRECTION_SERVER, user_properties
