@@ -85,10 +85,9 @@ class _Client(paho.Client):
         return self.read_buffer.take(bufsize, super()._sock_recv)
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
-        sock = self.socket()
-        if sock is None:
-            raise ConnectionError("no socket")
-        return self.write_buffer.take(sock, buf)
+        if self._sock is None:
+            raise ConnectionError("self._sock is None")  # as paho's own
+        return self.write_buffer.take(self._sock, buf)
 
 
 class BrokerConnection:
@@ -316,16 +315,17 @@ class BrokerConnection:
     def _complete(self, handed: deque[_Handed], *, every: bool = False) -> None:
         """Complete the messages at the front of ``handed`` that paho marked published
         (QoS 0: written; QoS 1-2: acknowledged), or all of them if ``every``."""
-        outbox, observe = self._outbox, self._observe
+        observe = self._observe
         now = time.monotonic() if observe is not None else 0.0
-        before = len(handed)
+        finished: list[Entry] = []
         while handed and (every or handed[0][1].is_published()):
             entry, _, started = handed.popleft()
-            if outbox is not None:
-                outbox.done(entry)
+            finished.append(entry)
             if observe is not None:
                 observe(now - started)
-        if len(handed) < before:
+        if finished:
+            if self._outbox is not None:
+                self._outbox.done(*finished)
             self._room.set()
 
     # paho's callbacks, on the event loop ---------------------------------------------
