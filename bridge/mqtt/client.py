@@ -51,7 +51,7 @@ from bridge.mqtt.errors import BrokerRefusedConnection, BrokerUnavailable, LinkL
 from bridge.mqtt.outbox import Entry, Outbox
 from bridge.mqtt.properties import correlation_of, properties_of, reply_to_of
 from bridge.mqtt.read_buffer import ReadBuffer
-from bridge.mqtt.write_buffer import WriteBuffer
+from bridge.mqtt.write_buffer import WriteBuffer, no_delay
 from bridge.protocol.messages import ReplyTo
 
 logger = logging.getLogger(__name__)
@@ -374,6 +374,7 @@ class BrokerConnection:
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if sock.fileno() > -1:
+            no_delay(sock)
             self._loop.add_reader(sock, self._read, client)
         if self._misc is None:
             self._misc = self._loop.call_later(MISC_INTERVAL, self._run_misc)

@@ -120,3 +120,12 @@ def shut_down(sock: object) -> None:
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def no_delay(sock: object) -> None:
+    """Send each write at once (TCP_NODELAY): the buffer already makes one segment of a
+    pass, and with Nagle's algorithm a lone message after a large write waited for the
+    broker's delayed ACK (40 ms): large segments make the broker's kernel delay its ACKs."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
