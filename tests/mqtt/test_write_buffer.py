@@ -49,6 +49,7 @@ class StallingBroker:
     go: asyncio.Event = field(default_factory=asyncio.Event)
     packets: list[tuple[int, bytes]] = field(default_factory=list)  # (type, body) after CONNECT
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    client: socket.socket | None = None  # the bridge's end
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
@@ -102,6 +103,7 @@ async def stalling_broker(
         plain = create_connection(*args, **kwargs)
         sock = CountingSocket(fileno=plain.detach())
         sock.sends = sends
+        broker.client = sock
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
         return sock
 
@@ -112,6 +114,7 @@ async def stalling_broker(
     connection = BrokerConnection(config, clean_start=True, will=None, on_message=lambda *_: None)
     try:
         await connection.open()
+        assert broker.client is not None
         yield broker, connection, sends
     finally:
         await connection.close(grace=0)
@@ -139,6 +142,8 @@ async def test_queued_publishes_leave_in_few_writes_and_a_full_socket_loses_noth
     publishes = relayed(2000)
     outbox = Outbox(max_messages=100_000, max_bytes=1 << 26)
     async with stalling_broker(monkeypatch) as (broker, connection, sends):
+        assert broker.client is not None  # each write leaves at once, not after an ACK (Nagle)
+        assert broker.client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         task = asyncio.create_task(connection.publish_outbox(outbox))
         for publish in publishes:
             assert outbox.put(publish)
