@@ -392,12 +392,16 @@ class BrokerConnection:
             self._loop.add_writer(sock, self._write, client)
 
     def _read(self, client: paho.Client) -> None:
-        # A failure closes the socket and calls on_disconnect. The read buffer, and TLS,
-        # may hold bytes the selector cannot see: read on while they do.
+        # A failure closes the socket and calls on_disconnect. TLS may hold decrypted
+        # bytes the selector cannot see: read on while it does.
         while client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS:
             sock = client.socket()
-            if not (self._reads or (isinstance(sock, ssl.SSLSocket) and sock.pending())):
+            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                 break
+        # paho takes a few packets a call: the rest of what was read waits in the read
+        # buffer, which the selector cannot see either, and is read next time round.
+        if self._reads and client.socket() is not None:
+            self._loop.call_soon(self._read, client)
         if self._unacknowledged:  # acknowledgements come in with what was read
             self._complete(self._unacknowledged)
 
