@@ -394,7 +394,10 @@ class BrokerConnection:
     def _read(self, client: paho.Client) -> None:
         # A failure closes the socket and calls on_disconnect. TLS may hold decrypted
         # bytes the selector cannot see: read on while it does.
-        while client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        while True:
+            self._reads.next_pass()
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
             sock = client.socket()
             if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                 break
