@@ -23,7 +23,7 @@ from bridge.daemon import logs
 from bridge.daemon.config import Settings, load_settings
 from bridge.daemon.config_dump import redacted_dump
 from bridge.daemon.service import Service
-from bridge.errors import BridgeError, BrokerError, BrokerRefused, ConfigError
+from bridge.errors import BridgeError, BrokerError, BrokerRefused, ConfigError, InstanceConflict
 from bridge.ops.operations import Operations
 
 logger = logging.getLogger("bridge")
@@ -43,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         return _simulate(args)
     if args.command == "demo":
         return _demo(args)
+    environ: dict[str, str] = dict(os.environ)
+    if getattr(args, "workers", None) is not None:  # every worker is a cluster instance
+        environ["OPENAI_MQTT_BRIDGE__CLUSTER__ENABLED"] = "true"
     try:
-        settings = load_settings(args.config, os.environ)
+        settings = load_settings(args.config, environ)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -160,6 +163,11 @@ def _run(settings: Settings) -> int:
         asyncio.run(_serve(settings))
     except ConfigError as exc:
         logger.error("config error: %s", exc)
+        return EXIT_CONFIG
+    except InstanceConflict:  # said in full when found; not restarted (exit 78, as config)
+        logger.error(
+            "stopped: another bridge serves this prefix; not retrying (exit %d)", EXIT_CONFIG
+        )
         return EXIT_CONFIG
     except BrokerRefused as exc:
         logger.error("%s; not retrying (exit %d)", exc, EXIT_REFUSED)

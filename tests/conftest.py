@@ -97,6 +97,8 @@ def bridge_settings(
             "close_timeout": 2 * SECOND,
         },
         "shutdown": {"grace_seconds": 5 * SECOND},
+        # The roll call every bridge holds before it serves: short on a private broker.
+        "cluster": {"roll_call": 0.1 * SECOND},
     }
     for name, values in sections.items():
         if isinstance(values, dict):

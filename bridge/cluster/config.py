@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridge.protocol.contract import connection_id_problem
 
@@ -16,7 +16,23 @@ class ClusterConfig(BaseModel):
     # This instance's name, unique per prefix; None: <host name>-<mqtt.client_id>.
     instance: str | None = None
     claim_window: float = Field(0.25, gt=0, le=10)  # seconds a new claim waits for a rival
-    roll_call: float = Field(1.0, gt=0, le=30)  # seconds instances have to say they live
+    # Seconds bridges have to say they live. Every bridge, standalone too, calls the roll
+    # when it starts (and holds commands meanwhile) so two never serve one prefix.
+    roll_call: float = Field(1.0, gt=0, le=30)
+
+    @model_validator(mode="after")
+    def _no_inert_keys(self) -> ClusterConfig:
+        """Keys that only a cluster instance uses are an error without ``enabled: true``:
+        the bridge would run standalone while the owner believes it is one of several."""
+        inert = sorted({"instance", "claim_window"} & self.model_fields_set)
+        if inert and not self.enabled:
+            named = " and ".join(f"cluster.{key}" for key in inert)
+            raise ValueError(
+                f"{named} only apply to a cluster instance, and cluster.enabled is not true: "
+                "add `enabled: true` to the cluster section (on every bridge of this "
+                "prefix; `run --workers N` implies it), or remove them"
+            )
+        return self
 
     @field_validator("instance")
     @classmethod

@@ -24,11 +24,12 @@ from typing import Final
 
 from bridge.daemon import logs
 from bridge.daemon.buffer_waits import BufferWaits
-from bridge.daemon.cluster import ClusterMember
+from bridge.daemon.cluster import ClusterMember, instance_name
 from bridge.daemon.config import Settings
+from bridge.daemon.membership import MembershipAgent
 from bridge.daemon.relay import Relay
 from bridge.daemon.usage_store import UsageStore, default_state_dir, keep_usage
-from bridge.errors import UpstreamError
+from bridge.errors import InstanceConflict, UpstreamError
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.ops.observer import Observer
 from bridge.ops.usage import usage_topic
@@ -42,7 +43,7 @@ from bridge.protocol.actions import (
     SendUpstream,
     ToolDeadline,
 )
-from bridge.protocol.contract import Topics
+from bridge.protocol.contract import Rejection, Topics, peek
 from bridge.protocol.core import BridgeCore, Phase
 from bridge.protocol.guardrails import local_time
 from bridge.protocol.messages import Publish
@@ -121,9 +122,29 @@ class Service:
         for tool in config.tools:  # replies to tool calls (MQTT v5 correlation, or the first)
             if tool.reply is not None:
                 self.link.listen_for_replies(tool.reply.topic, self._on_tool_reply)
+        # Every bridge says who it is on its prefix and serves only after a roll call
+        # found no other bridge it cannot share the prefix with (README: Several instances).
+        self.membership = MembershipAgent(
+            instance_name(config),
+            self.topics,
+            self.link,
+            standalone=not config.cluster.enabled,
+            roll_call=config.cluster.roll_call,
+            carry_out=self._handle,
+            busy=self._busy,
+            on_error=self.observer.error,
+        )
         # Several instances on one prefix: which commands are this one's (cluster.enabled).
         self.cluster = (
-            ClusterMember(config, self.topics, self.link, self.core, self._perform, self._handle)
+            ClusterMember(
+                config,
+                self.topics,
+                self.link,
+                self.core,
+                self._perform,
+                self._handle,
+                self.membership,
+            )
             if config.cluster.enabled
             else None
         )
@@ -147,8 +168,9 @@ class Service:
 
     @property
     def ready(self) -> asyncio.Event:
-        """Set while the broker link is up and commands are subscribed."""
-        return self.link.connected
+        """Set while this bridge serves: the broker link is up, commands are subscribed,
+        and no other bridge serves the prefix that it cannot share it with."""
+        return self.membership.serving
 
     @property
     def events_relayed(self) -> int:
@@ -167,9 +189,11 @@ class Service:
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], object] | None = None) -> None:
         """Run until ``stop`` is set, then shut down in order; raise if the link is fatal."""
+        self.membership.start()
         link = asyncio.create_task(self.link.run(), name="bridge.mqtt_link")
-        ready = asyncio.create_task(self.link.connected.wait(), name="bridge.ready")
+        ready = asyncio.create_task(self.membership.serving.wait(), name="bridge.ready")
         stopping = asyncio.create_task(stop.wait(), name="bridge.stop")
+        refused = asyncio.create_task(self.membership.refused_event.wait(), name="bridge.refused")
         sweeper = asyncio.create_task(self._sweep_idle(), name="bridge.idle_sweep")
         usage = asyncio.create_task(
             keep_usage(
@@ -183,19 +207,23 @@ class Service:
         )
         try:
             done, _ = await asyncio.wait(
-                [link, ready, stopping], return_when=asyncio.FIRST_COMPLETED
+                [link, ready, stopping, refused], return_when=asyncio.FIRST_COMPLETED
             )
             if ready in done and on_ready is not None:
                 on_ready()
-            if not done & {link, stopping}:
-                done, _ = await asyncio.wait([link, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not done & {link, stopping, refused}:
+                done, _ = await asyncio.wait(
+                    [link, stopping, refused], return_when=asyncio.FIRST_COMPLETED
+                )
             if link in done:
                 link.result()  # raises the fatal broker error that ended the link
                 return
             await self._shutdown()
             await link
+            if refused in done:
+                raise InstanceConflict("another bridge serves this prefix (logged above)")
         finally:
-            for task in (ready, stopping, sweeper, usage):
+            for task in (ready, stopping, refused, sweeper, usage):
                 task.cancel()
             self.usage_store.save(self.core.guardrails.usage)
             await self._cancel_all()
@@ -220,10 +248,14 @@ class Service:
     # Inbound facts ------------------------------------------------------------------
 
     def _on_inbound(self, message: Inbound) -> None:
-        if self.cluster is not None:
-            self.cluster.command(message)
-        else:
-            self._handle(message)
+        self.membership.command(message)  # on to the cluster, or to _handle
+
+    def _busy(self, message: Inbound) -> None:
+        """Refuse a command that cannot be placed now (retryable)."""
+        action, request_id = peek(message.payload, max_bytes=1 << 20)
+        message_text = "too many commands wait for this bridge to join; publish it again"
+        rejection = Rejection("instance_busy", message_text, action, request_id)
+        self._perform(self.core.replies.refuse(message.connection_id, rejection, None))
 
     def _handle(self, message: Inbound) -> None:
         """Carry out a command here: the core decides, the actions are performed."""
@@ -414,6 +446,7 @@ class Service:
             await self._cancel_all()
         if self.cluster is not None:
             self.cluster.stop()
+        self.membership.stop()
         self.link.stop(BROKER_FLUSH_GRACE)
 
     async def _cancel_all(self) -> None:

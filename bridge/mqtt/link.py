@@ -129,6 +129,8 @@ class MqttLink:
         # Whether a clean stop says `offline` on P/bridge/state (not while other instances
         # of the prefix still run).
         self.offline_at_stop: Callable[[], bool] = lambda: True
+        # Called as each connection starts, before anything can arrive on it.
+        self.on_connecting: Callable[[], None] = lambda: None
         self.outbox = Outbox(config.buffer_max_messages, config.buffer_max_bytes)
         self.connected = asyncio.Event()
         self.connects = 0
@@ -172,6 +174,7 @@ class MqttLink:
         while not self._stop.is_set():
             connected_at: float | None = None
             try:
+                self.on_connecting()  # before anything can arrive on the new connection
                 connection = self._connection(clean=self.connects == 0)
                 try:
                     await connection.open()

@@ -128,6 +128,9 @@ class Operations(Observer):
                 if metrics is not None:
                     metrics.tool_called(name, status)
 
+    def error(self, code: str, message: str) -> None:
+        self._note_error(code, message, None)
+
     def _note_error(self, code: str, message: str, connection_id: str | None) -> None:
         self.tally.note_error(code, message, connection_id, iso_time(time.time()))
         self._changed.set()
@@ -180,7 +183,7 @@ class Operations(Observer):
             )
             tasks.append(
                 asyncio.create_task(
-                    systemd.watchdog(self.watchdog_interval, service.ready.is_set),
+                    systemd.watchdog(self.watchdog_interval, service.link.connected.is_set),
                     name="bridge.ops.operations.watchdog",
                 )
             )

@@ -29,6 +29,9 @@ from tests.ops_helpers import NotifySocket
 
 PRESENCE = "ai/bridge/instances/+"
 
+# What `run --workers N` reads the config with: every worker is a cluster instance.
+AS_WORKERS = {"OPENAI_MQTT_BRIDGE__CLUSTER__ENABLED": "true"}
+
 
 def write_config(tmp_path: Path, broker: Broker, simulator: Simulator, **mqtt: Any) -> Path:
     path = tmp_path / "bridge.yaml"
@@ -129,7 +132,7 @@ def test_each_worker_is_an_instance_with_its_own_client_id(tmp_path: Path) -> No
     state = tmp_path / "state"
     document = {"mqtt": {"client_id": "b"}, "metrics": {"enabled": True}, "state_dir": str(state)}
     path.write_text(json.dumps(document))
-    specs = worker_specs(2, load_settings(path, {}), path)
+    specs = worker_specs(2, load_settings(path, AS_WORKERS), path)
     assert [spec.instance for spec in specs] == [f"{socket.gethostname()}-b-w{i}" for i in (1, 2)]
     assert specs[1].argv == (sys.executable, "-m", "bridge", "run", "--config", str(path))
     assert specs[1].overrides == {
@@ -146,8 +149,8 @@ def test_each_worker_is_an_instance_with_its_own_client_id(tmp_path: Path) -> No
     assert settings.config.mqtt.client_id == "b-w2"
     assert settings.config.state_dir == state / "w2"
     path.write_text(json.dumps({"cluster": {"instance": "house"}}))
-    assert worker_specs(1, load_settings(path, {}), None)[0].argv[-1] == "run"
-    assert worker_specs(1, load_settings(path, {}), None)[0].instance == "house-w1"
+    assert worker_specs(1, load_settings(path, AS_WORKERS), None)[0].argv[-1] == "run"
+    assert worker_specs(1, load_settings(path, AS_WORKERS), None)[0].instance == "house-w1"
 
 
 def test_workers_must_be_a_positive_number(capsys: Any) -> None:
