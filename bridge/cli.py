@@ -165,9 +165,7 @@ def _run(settings: Settings) -> int:
         logger.error("config error: %s", exc)
         return EXIT_CONFIG
     except InstanceConflict:  # said in full when found; not restarted (exit 78, as config)
-        logger.error(
-            "stopped: another bridge serves this prefix; not retrying (exit %d)", EXIT_CONFIG
-        )
+        logger.error("another bridge serves this prefix; not retrying (exit %d)", EXIT_CONFIG)
         return EXIT_CONFIG
     except BrokerRefused as exc:
         logger.error("%s; not retrying (exit %d)", exc, EXIT_REFUSED)

@@ -24,8 +24,14 @@ class ClusterConfig(BaseModel):
     def _no_inert_keys(self) -> ClusterConfig:
         """Keys that only a cluster instance uses are an error without ``enabled: true``:
         the bridge would run standalone while the owner believes it is one of several."""
-        inert = sorted({"instance", "claim_window"} & self.model_fields_set)
-        if inert and not self.enabled:
+        if self.enabled:
+            return self
+        inert = [
+            key
+            for key in ("instance", "claim_window")
+            if getattr(self, key) != type(self).model_fields[key].default
+        ]
+        if inert:
             named = " and ".join(f"cluster.{key}" for key in inert)
             raise ValueError(
                 f"{named} only apply to a cluster instance, and cluster.enabled is not true: "

@@ -130,6 +130,7 @@ class Operations(Observer):
 
     def error(self, code: str, message: str) -> None:
         self._note_error(code, message, None)
+        self._changed.set()  # the owner must see it now
 
     def _note_error(self, code: str, message: str, connection_id: str | None) -> None:
         self.tally.note_error(code, message, connection_id, iso_time(time.time()))
@@ -205,6 +206,8 @@ class Operations(Observer):
         mqtt = self.settings.config.mqtt
         if service.ready.is_set():
             return f"broker connected; {connections}"
+        if service.link.connected.is_set():
+            return "broker connected; calling the roll of the bridges on this prefix"
         if service.link.connects == 0:
             return f"connecting to the broker at {mqtt.host}:{mqtt.port}"
         return f"broker unreachable, reconnecting; {connections}"
@@ -239,7 +242,9 @@ class Operations(Observer):
                 self.tally.revision,
                 service.buffer_waits,
             )
-            if state != published:
+            # Only a serving bridge speaks for the prefix: one that joins, or was refused
+            # because another serves it, must not write over that one's document.
+            if state != published and service.ready.is_set():
                 published = state
                 payload = self.info_payload(service)
                 service.link.announce(self.info_topic, payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,23 @@ def test_redacted_dump_hides_secrets(tmp_path: Path) -> None:
     assert document["openai"]["headers"] == {"X-Api-Token": "REDACTED", "X-Plain": "ok"}
     assert document["openai"]["websocket_url"].endswith("code=REDACTED")
     assert document["mqtt"]["password"] == "REDACTED (from config file)"
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [{"instance": "bridge-a"}, {"claim_window": 1.0}, {"enabled": False, "instance": "b"}],
+)
+def test_cluster_keys_without_cluster_enabled_are_an_error_that_says_what_to_add(
+    tmp_path: Path, cluster: dict[str, object]
+) -> None:
+    """A bridge must not run standalone while its owner believes it is one of several."""
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"cluster": cluster}))
+    with pytest.raises(ConfigError, match=r"add `enabled: true`") as raised:
+        load_settings(path, {})
+    assert raised.value.path.startswith("cluster")
+    # The roll call alone is every bridge's, and the defaults stated are no error.
+    path.write_text(json.dumps({"cluster": {"roll_call": 2, "instance": None}}))
+    assert load_settings(path, {}).config.cluster.roll_call == 2
+    path.write_text(json.dumps({"cluster": {**cluster, "enabled": True}}))
+    assert load_settings(path, {}).config.cluster.enabled
