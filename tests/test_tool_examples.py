@@ -101,8 +101,11 @@ def test_the_config_fragment_loads_and_offers_both_tools_to_both_ids() -> None:
     assert house.request["store"] is False
     for connection_id in (HA_ID, NODERED_ID):
         assert profile_for(config.profiles, config.sessions, connection_id, None) == PROFILE
-    # Another id keeps the default profile: no tools.
+    # Another id keeps the default profile: the built-in one (the fragment does not
+    # restate it), with no tools.
+    assert "default" not in fragment()["profiles"]
     assert profile_for(config.profiles, config.sessions, "kitchen", None) == "default"
+    assert config.profiles["default"] == parse_config(None).profiles["default"]
     assert config.profiles["default"].mqtt_tools == ()
 
 
