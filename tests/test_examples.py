@@ -93,6 +93,30 @@ def test_node_red_flow_is_importable_json() -> None:
             assert nodes[node["broker"]]["type"] == "mqtt-broker"
 
 
+def test_node_red_flows_share_one_broker_node() -> None:
+    """Every example flow carries the same broker configuration node (same id, same
+    settings): Node-RED keeps one on import, so the flows open one connection and the
+    broker address is edited in one place. Apart from it, no id is in two flows."""
+    flows = sorted((EXAMPLES / "node-red").glob("*.json"))
+    assert {path.name for path in flows} >= {"flow.json", "tools-flow.json"}
+    brokers: list[dict[str, Any]] = []
+    ids_of_flows: list[set[str]] = []
+    for path in flows:
+        nodes = json.loads(path.read_text())
+        (broker,) = [node for node in nodes if node["type"] == "mqtt-broker"]
+        assert "z" not in broker  # global, as a config node must be to be shared
+        users = [node for node in nodes if node["type"] in {"mqtt in", "mqtt out"}]
+        assert users, path.name
+        assert {node["broker"] for node in users} == {broker["id"]}, path.name
+        brokers.append(broker)
+        ids_of_flows.append({node["id"] for node in nodes} - {broker["id"]})
+    assert all(broker == brokers[0] for broker in brokers)
+    assert (brokers[0]["broker"], brokers[0]["port"]) == ("localhost", "1883")
+    for index, ids in enumerate(ids_of_flows):
+        for other in ids_of_flows[index + 1 :]:
+            assert not ids & other
+
+
 def test_node_red_injects_publish_the_seed_commands() -> None:
     """The inject nodes reach the mqtt out node on P/<id>/cmd with connect, send, close."""
     nodes = nodes_by_id()

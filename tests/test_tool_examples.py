@@ -367,12 +367,15 @@ def switch_output(switch: dict[str, Any], payload: dict[str, Any]) -> int | None
 
 
 def test_node_red_flow_is_importable_json() -> None:
-    """One tab, its own broker node; unique ids, also next to flow.json's; wires resolve."""
+    """One tab and flow.json's broker node; other ids unique, also next to flow.json's;
+    wires resolve."""
     nodes = flow_nodes()
     (tab,) = of_type(nodes, "tab")
     assert tab["label"] == "tools"
     (broker,) = of_type(nodes, "mqtt-broker")
-    assert not set(nodes) & set(flow_nodes(OTHER_FLOW_FILE))  # both can be imported
+    other = flow_nodes(OTHER_FLOW_FILE)
+    assert set(nodes) & set(other) == {broker["id"]}  # the shared broker node, nothing else
+    assert other[broker["id"]] == broker
     for node in nodes.values():
         assert isinstance(node["type"], str)
         if node["type"] not in {"tab", "mqtt-broker"}:
