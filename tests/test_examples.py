@@ -245,7 +245,7 @@ def test_home_assistant_ask_script_speaks_the_contract() -> None:
     script = ha_script("ask_openai")
     variables = script["variables"]
     connection_id = TOPICS.connection_id_of(variables["commands"])
-    assert connection_id == HA_ID
+    assert connection_id == HA_ID == variables["assistant"]
     entities = discovered_entity_ids(connection_id)
     assert variables["answer_sensor"] == entities["Answer"]
     assert "now()" in variables["request_id"]  # new for every run: no redelivery clash
@@ -265,12 +265,17 @@ def test_home_assistant_entity_script_asks_through_the_ask_entity() -> None:
     """text.set_value on the Ask entity, then a wait for a newer state of the Answer sensor."""
     script = ha_script("ask_openai_entity")
     variables = script["variables"]
+    assert variables["assistant"] == HA_ID
     entities = discovered_entity_ids(HA_ID)
     assert variables["ask_entity"] == entities["Ask"]
     assert variables["answer_sensor"] == entities["Answer"]
-    assert "answer_sensor" in variables["before"]  # taken when the run starts, before asking
     steps = ha_steps(script["sequence"])
     (set_value,) = [step for step in steps if step.get("service") == "text.set_value"]
+    (noted,) = [step["variables"] for step in steps if "variables" in step]
+    assert "answer_sensor" in noted["before"]  # taken before asking
+    assert (
+        steps.index(set_value) == next(i for i, step in enumerate(steps) if "variables" in step) + 1
+    )
     assert set_value["target"]["entity_id"] == "{{ ask_entity }}"
     assert set_value["data"]["value"] == "{{ question }}"
     (wait,) = [step["wait_template"] for step in steps if "wait_template" in step]
@@ -286,9 +291,37 @@ def test_home_assistant_examples_notify_the_answer_or_its_absence() -> None:
         assert {step["data"]["notification_id"] for step in notes} == {name}
         assert notes[-1] is steps[-1]
         assert notes[-1]["data"]["message"] == "{{ state_attr(answer_sensor, 'text') }}"
-        (failure,) = [step for step in steps if "if" in step]
-        assert "not wait.completed" in failure["if"]
+        (failure,) = [step for step in steps if "not wait.completed" in step.get("if", "")]
         assert failure["then"][-1]["error"] is True
+
+
+# The entity ids an example names, by its variable: those discovery makes for `assistant`.
+_ASSISTANT_ENTITY_VARIABLES = {"answer_sensor": "Answer", "ask_entity": "Ask"}
+
+
+def test_home_assistant_examples_say_which_assistant_is_missing_before_asking() -> None:
+    """A script whose assistant's entities do not exist (the id is not in the bridge's
+    homeassistant.assistants) asks nothing and waits for nothing: its first step notifies
+    which entry is missing and stops with an error. scripts/check-homeassistant runs it."""
+    for name in ("ask_openai", "ask_openai_entity"):
+        script = ha_script(name)
+        variables = script["variables"]
+        entities = discovered_entity_ids(variables["assistant"])
+        named = {var: variables[var] for var in _ASSISTANT_ENTITY_VARIABLES if var in variables}
+        assert named == {var: entities[_ASSISTANT_ENTITY_VARIABLES[var]] for var in named}
+        # Nothing before the check needs the entities: the script-level variables don't.
+        assert "states" not in json.dumps(variables)
+        check = script["sequence"][0]
+        tested = re.findall(r"states\[(\w+)\] is none", check["if"])
+        assert sorted(tested) == sorted(named), check["if"]
+        notify, stop = check["then"]
+        assert notify["service"] == "persistent_notification.create"
+        assert notify["data"]["notification_id"] == name
+        message = notify["data"]["message"]
+        assert "homeassistant.assistants" in message
+        assert "{{ assistant }} is not there" in message
+        assert "assistants: [{{ assistant }}]" in " ".join(message.split())
+        assert stop["error"] is True
 
 
 # Node-RED: the "ask (text and answer)" tab --------------------------------------------
