@@ -244,10 +244,16 @@ class Config(_Section):
     # Tools over MQTT: the model publishes to these fixed topics (bridge/protocol/tools.py).
     tools: tuple[ToolConfig, ...] = ()
 
+    @field_validator("profiles")
+    @classmethod
+    def _keep_the_default(cls, value: dict[str, ProfileConfig]) -> dict[str, ProfileConfig]:
+        # A `profiles:` section adds to the built-in `default`; it replaces it only by name.
+        if DEFAULT_PROFILE in value:
+            return value
+        return {**default_profiles(), **value}
+
     @model_validator(mode="after")
     def _profiles_known(self) -> Config:
-        if DEFAULT_PROFILE not in self.profiles:
-            raise ValueError(f"profiles needs a profile named {DEFAULT_PROFILE!r}")
         check_tools(self.tools, self.profiles, (self.mqtt.topic_prefix, self.homeassistant.prefix))
         for pattern, profile in self.sessions.profile_by_id.items():
             if profile not in self.profiles:

@@ -53,6 +53,29 @@ def test_example_config_is_valid() -> None:
         assert fields <= shown, f"{section}: not shown in the example: {fields - shown}"
 
 
+def test_a_profiles_section_keeps_the_built_in_default(tmp_path: Path) -> None:
+    """`profiles:` with one profile adds it: `default` stays the built-in one,
+    check-config shows it (from the defaults), and only naming it replaces it."""
+    config = write(
+        tmp_path,
+        "profiles:\n  kitchen:\n    request: {model: gpt-5.4-mini}\n"
+        "sessions:\n  profile_by_id: {kitchen-*: kitchen}\n",
+    )
+    settings = load_settings(config, {})
+    built_in = parse_config(None).profiles["default"]
+    assert built_in.request == {"model": "gpt-5.4-nano", "store": False}
+    assert settings.config.profiles["default"] == built_in
+    assert settings.config.profiles["kitchen"].request == {"model": "gpt-5.4-mini"}
+    dump = redacted_dump(settings)
+    assert yaml.safe_load(dump)["profiles"]["default"]["request"] == built_in.request
+    model_lines = [line for line in dump.splitlines() if "model: gpt-5.4-nano" in line]
+    assert len(model_lines) == 1
+    assert model_lines[0].endswith("# (default)")
+    replaced = parse_config({"profiles": {"default": {"request": {"model": "m"}}}})
+    assert set(replaced.profiles) == {"default"}
+    assert replaced.profiles["default"].request == {"model": "m"}
+
+
 @pytest.mark.parametrize(
     ("text", "where", "what"),
     [
