@@ -1,0 +1,137 @@
+"""Wrong answers from outside, on a real Mosquitto: tool replies that must not match the
+wrong call, and an upstream that calls tools as no real model would (issue 22)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge_tools.simulator import Simulator
+from tests.conftest import Broker, Client
+from tests.daemon.test_tools import answer_text, ask, tool_calls
+from tests.helpers import SECOND
+
+pytestmark = pytest.mark.integration
+
+TOOLS = [
+    {
+        "name": "lock_door",
+        "parameters": {"type": "object", "properties": {"state": {"enum": ["LOCK", "UNLOCK"]}}},
+        "publish": {"topic": "dev/door/set"},
+        "reply": {"topic": "dev/door/state", "timeout": 1},
+    },
+    {
+        "name": "set_light",
+        "parameters": {"type": "object", "properties": {"state": {"enum": ["ON", "OFF"]}}},
+        "publish": {"topic": "dev/light/set"},
+        "reply": {"topic": "dev/light/state", "timeout": 2},
+    },
+    {
+        "name": "set_level",
+        "parameters": {"type": "object", "properties": {"level": {"type": "number"}}},
+        "publish": {"topic": "dev/level/set"},
+    },
+    {"name": "chime", "publish": {"topic": "house/chime", "qos": 0}},
+]
+PROFILE = {
+    "request": {"model": "gpt-5.4-nano", "store": False},
+    "mqtt_tools": ["lock_door", "set_light", "set_level", "chime"],
+}
+
+
+async def start(start_bridge: Any, broker: Broker, upstream: Any, **sections: Any) -> Any:
+    return await start_bridge(
+        broker, upstream, tools=TOOLS, profiles={"default": PROFILE}, **sections
+    )
+
+
+class Device:
+    """An MQTT v5 client on the device side: what the bridge asked, and a way to answer."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.client = client
+        self.asked: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+
+    async def next(self) -> aiomqtt.Message:
+        return await asyncio.wait_for(self.asked.get(), 10 * SECOND)
+
+    async def reply(self, topic: str, payload: str, correlation: bytes | None = None) -> None:
+        properties = None
+        if correlation is not None:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.CorrelationData = correlation
+        await self.client.publish(topic, payload, qos=1, properties=properties)
+
+
+@contextlib.asynccontextmanager
+async def device(broker: Broker, *topics: str) -> AsyncIterator[Device]:
+    async with aiomqtt.Client(
+        broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=10 * SECOND
+    ) as client:
+        for topic in topics:
+            await client.subscribe(topic, qos=1)
+        found = Device(client)
+
+        async def read() -> None:
+            async for message in client.messages:
+                found.asked.put_nowait(message)
+
+        task = asyncio.create_task(read())
+        try:
+            yield found
+        finally:
+            task.cancel()
+
+
+def payload_of(message: aiomqtt.Message) -> Any:
+    assert isinstance(message.payload, bytes)
+    return json.loads(message.payload)
+
+
+def correlation_of(message: aiomqtt.Message) -> bytes:
+    data = getattr(message.properties, "CorrelationData", None)
+    assert isinstance(data, bytes)
+    return data
+
+
+async def test_a_reply_counts_only_on_its_own_calls_reply_topic(
+    broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
+) -> None:
+    """Item 1: the door call's correlation data on the light's reply topic is no reply."""
+    await start(start_bridge, broker, simulator)
+    async with device(broker, "dev/door/set") as door:
+        asking = asyncio.create_task(ask(client, 'call lock_door with {"state":"UNLOCK"}'))
+        request = await door.next()
+        await door.reply("dev/light/state", '{"door":"forged"}', correlation_of(request))
+        seen = await asking
+    (call,) = tool_calls(seen)
+    assert call["status"] == "timeout"
+    assert "forged" not in answer_text(seen)
+
+
+async def test_a_late_reply_of_a_timed_out_call_answers_no_newer_call(
+    broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
+) -> None:
+    """Item 2: call A times out; B waits on the same topic; A's late reply (its correlation
+    data) is dropped, and B takes its own reply."""
+    await start(start_bridge, broker, simulator)
+    async with device(broker, "dev/door/set") as door:
+        asking = asyncio.create_task(ask(client, 'call lock_door with {"state":"LOCK"}'))
+        first = await door.next()
+        (timed_out,) = tool_calls(await asking)
+        assert timed_out["status"] == "timeout"
+        asking = asyncio.create_task(ask(client, 'call lock_door with {"state":"UNLOCK"}'))
+        second = await door.next()
+        await door.reply("dev/door/state", '{"state":"LOCKED"}', correlation_of(first))
+        await door.reply("dev/door/state", '{"state":"UNLOCKED"}', correlation_of(second))
+        seen = await asking
+    (call,) = tool_calls(seen)
+    assert (call["status"], call["output"]) == ("replied", '{"state":"UNLOCKED"}')

@@ -1,0 +1,84 @@
+"""Wrong answers from outside, in the core (no I/O): replies that must not match the wrong
+call, and calls no real model makes (issue 22, items 1-6)."""
+
+from __future__ import annotations
+
+from bridge.protocol.actions import Action, SendUpstream, ToolDeadline
+from bridge.protocol.core import BridgeCore
+from bridge.protocol.tools import ToolConfig
+from tests.protocol.test_core import cmd
+from tests.protocol.test_tool_rounds import (
+    SET_LIGHT,
+    answer,
+    asked,
+    call,
+    completed,
+    continuation,
+    make_core,
+    published,
+    round_of,
+    tool_messages,
+)
+
+DOOR = ToolConfig.model_validate(
+    {
+        "name": "lock_door",
+        "parameters": {"type": "object", "properties": {"state": {"enum": ["LOCK", "UNLOCK"]}}},
+        "publish": {"topic": "dev/door/set"},
+        "reply": {"topic": "dev/door/state", "timeout": 5},
+    }
+)
+LOCK = '{"state":"LOCK"}'
+
+
+def deadlines(actions: list[Action]) -> list[ToolDeadline]:
+    return [action for action in actions if isinstance(action, ToolDeadline)]
+
+
+def ask_again(core: BridgeCore, text: str) -> None:
+    actions = core.receive_command("c1", cmd("ask", input=text, request_id="q2"))
+    assert any(isinstance(action, SendUpstream) for action in actions)
+
+
+def test_a_reply_on_another_tools_topic_answers_nothing() -> None:
+    """Item 1: the door call's correlation data on the light's reply topic."""
+    core = make_core(tools=(SET_LIGHT, DOOR))
+    asked(core)
+    actions = round_of(core, completed("resp_1", call("call_1", "lock_door", LOCK)))
+    (door,) = published(actions, "dev/door/set")
+    assert door.response_topic == "dev/door/state"
+    assert core.tool_reply("zigbee2mqtt/kitchen", b"forged", False, door.correlation_data) == []
+    actions = core.tool_reply("dev/door/state", b"locked", False, door.correlation_data)
+    assert [o["output"] for o in continuation(actions)["input"]] == ["locked"]
+
+
+def test_a_late_reply_of_a_timed_out_call_answers_no_newer_call() -> None:
+    """Item 2: A timed out; B waits on the same topic; A's late reply is dropped."""
+    core = make_core(tools=(DOOR,))
+    asked(core)
+    actions = round_of(core, completed("resp_1", call("call_a", "lock_door", LOCK)))
+    (request_a,) = published(actions, "dev/door/set")
+    (deadline_a,) = deadlines(actions)
+    continuation(core.tool_timed_out(deadline_a.wait))
+    assert core.upstream_event("c1", answer("resp_2", "It did not answer.")) is not None
+    ask_again(core, "Try again")
+    actions = round_of(core, completed("resp_3", call("call_b", "lock_door", LOCK)))
+    assert core.tool_reply("dev/door/state", b"late A", False, request_a.correlation_data) == []
+    assert core.tool_timed_out(deadline_a.wait) == []  # a spent deadline, twice
+    actions = core.tool_reply("dev/door/state", b"B", False, None)  # no correlation: oldest
+    (said,) = tool_messages(actions)
+    assert (said["call_id"], said["output"]) == ("call_b", "B")
+
+
+def test_a_call_id_used_again_in_a_later_round_meets_no_old_deadline() -> None:
+    core = make_core(tools=(DOOR,))
+    asked(core)
+    actions = round_of(core, completed("resp_1", call("call_1", "lock_door", LOCK)))
+    (old,) = deadlines(actions)
+    actions = core.tool_reply("dev/door/state", b"locked", False, None)
+    actions = round_of(core, completed("resp_2", call("call_1", "lock_door", LOCK)))
+    (new,) = deadlines(actions)
+    assert new.wait != old.wait
+    assert core.tool_timed_out(old.wait) == []  # the first round's timer: not this call's
+    (said,) = tool_messages(core.tool_timed_out(new.wait))
+    assert said["status"] == "timeout"
