@@ -102,7 +102,8 @@ class ToolRounds:
             return []
         reply = self.toolbox.tools[turn.calls[wait.position].name].reply
         timeout = reply.timeout if reply is not None else 0.0
-        return self._call_done(wait, f"no reply within {timeout:g} s (timeout)", TIMEOUT)
+        silence = f"no reply on {wait.topic} within {timeout:g} s (timeout)"
+        return self._call_done(wait, silence, TIMEOUT, error=silence)
 
     # The loop --------------------------------------------------------------------------
 

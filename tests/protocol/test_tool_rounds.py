@@ -181,8 +181,10 @@ def test_a_timeout_is_an_output_too() -> None:
     actions = core.tool_timed_out(deadline.wait)
     (said,) = tool_messages(actions)
     assert said["status"] == "timeout"
+    # Which reply topic stayed silent: on the events topic and to the model.
+    assert said["error"] == "no reply on zigbee2mqtt/kitchen within 3 s (timeout)"
     (output,) = continuation(actions)["input"]
-    assert output["output"] == "no reply within 3 s (timeout)"
+    assert output["output"] == "no reply on zigbee2mqtt/kitchen within 3 s (timeout)"
     assert core.tool_reply("zigbee2mqtt/kitchen", b"late", False, None) == []
 
 
