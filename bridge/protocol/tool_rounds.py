@@ -8,8 +8,9 @@ exactly one output the conversation continues with them. The loop ends with a
 response that calls no bridge tool, or with ``tool_rounds_exceeded`` after
 ``sessions.max_tool_rounds`` rounds. Calls of tools the bridge does not run (a profile's
 own request tools) are relayed, and answered "not available" when they come
-with bridge calls, so no call is ever left without an output. Which waiting
-call a reply answers is :mod:`bridge.protocol.reply_waits`.
+with bridge calls; calls whose id is missing or shared are answered
+"refused": no call is ever left without an output. Which waiting call a reply
+answers is :mod:`bridge.protocol.reply_waits`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bridge.protocol.replies import encode
 from bridge.protocol.reply_waits import ReplyWaits, Wait
 from bridge.protocol.server_events import DIRECTION_SERVER, RESPONSE_COMPLETED, user_properties
 from bridge.protocol.sessions import Conversations
-from bridge.protocol.tools import Call, Rendered, ToolBox, reply_text
+from bridge.protocol.tools import Call, Rendered, ToolBox, call_id_refusals, reply_text
 
 TOOL_ROUNDS_EXCEEDED: Final = "tool_rounds_exceeded"
 OBJECT_TOOL_CALL: Final = "response.websocket.tool_call"
@@ -40,6 +41,7 @@ PUBLISHED: Final = "published"
 REPLIED: Final = "replied"
 TIMEOUT: Final = "timeout"
 INVALID_ARGUMENTS: Final = "invalid_arguments"
+REFUSED: Final = "refused"
 
 
 @dataclass(slots=True)
@@ -128,8 +130,8 @@ class ToolRounds:
             connection_id, response_id if isinstance(response_id, str) else None
         )
         actions: list[Action] = []
-        for position in range(len(calls)):
-            actions += self._run(connection_id, turn, position)
+        for position, refusal in enumerate(call_id_refusals(calls)):
+            actions += self._run(connection_id, turn, position, refusal)
         return actions + self._maybe_continue(connection_id, turn)
 
     def _round_refused(self, connection: Connection, turn: ToolTurn) -> list[Action] | None:
@@ -143,21 +145,20 @@ class ToolRounds:
             )
         return None
 
-    def _run(self, connection_id: str, turn: ToolTurn, position: int) -> list[Action]:
-        """One call of the round: invalid, published (and perhaps awaited)."""
+    def _run(
+        self, connection_id: str, turn: ToolTurn, position: int, refusal: str | None
+    ) -> list[Action]:
+        """One call of the round: refused, invalid, published (and perhaps awaited)."""
         call = turn.calls[position]
         if call.name not in turn.offered:
             turn.outputs[position] = NOT_AVAILABLE
             return []
         tool = self.toolbox.tools[call.name]
-        rendered = self.toolbox.render(call)
+        rendered = refusal if refusal is not None else self.toolbox.render(call)
         if not isinstance(rendered, Rendered):
             turn.outputs[position] = rendered
-            return [
-                self._said(
-                    connection_id, call, tool.publish.topic, INVALID_ARGUMENTS, error=rendered
-                )
-            ]
+            status = REFUSED if refusal is not None else INVALID_ARGUMENTS
+            return [self._said(connection_id, call, tool.publish.topic, status, error=rendered)]
         publish = Publish(rendered.topic, rendered.payload, rendered.qos, retain=rendered.retain)
         if tool.reply is None:
             turn.outputs[position] = json.dumps({"status": PUBLISHED, "topic": rendered.topic})
@@ -282,9 +283,10 @@ def _is_call(item: object) -> bool:
 
 
 def _call(item: dict[str, Any]) -> Call:
-    arguments = item.get("arguments")
+    """A ``function_call`` item as the bridge runs it (a call id that is no string: "")."""
+    call_id, arguments = item.get("call_id"), item.get("arguments")
     return Call(
-        str(item.get("call_id", "")),
+        call_id if isinstance(call_id, str) else "",
         str(item.get("name", "")),
         arguments if isinstance(arguments, str) else json.dumps(arguments),
     )

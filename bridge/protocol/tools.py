@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
 import jsonschema
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from bridge.protocol.strict_json import elide
 
 # The most a rendered payload may be: the model writes the arguments.
 MAX_TOOL_PAYLOAD_BYTES: Final = 16 * 1024
@@ -127,9 +130,27 @@ def topic_problem(topic: str) -> str | None:
 class Call:
     """A ``function_call`` item the model made."""
 
-    call_id: str
+    call_id: str  # "": the item had none (or not a string)
     name: str
     arguments: str
+
+
+def call_id_refusals(calls: Sequence[Call]) -> list[str | None]:
+    """For each call of one response, why it is refused before anything else is looked
+    at, or None: a call needs an id of its own to get its output (and its reply)."""
+    uses = Counter(call.call_id for call in calls)
+    refusals: list[str | None] = []
+    for call in calls:
+        if not call.call_id:
+            refusals.append("refused: this call has no call_id; it was not run")
+        elif uses[call.call_id] > 1:
+            refusals.append(
+                f"refused: call_id {elide(call.call_id)!r} is used by {uses[call.call_id]} "
+                "calls in this response; none of them was run"
+            )
+        else:
+            refusals.append(None)
+    return refusals
 
 
 @dataclass(frozen=True, slots=True)

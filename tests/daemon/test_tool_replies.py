@@ -16,6 +16,13 @@ from paho.mqtt.properties import Properties
 
 from bridge_tools.simulator import Simulator
 from tests.conftest import Broker, Client
+from tests.daemon.scripted_upstream import (
+    ScriptedUpstream,
+    function_call,
+    has_outputs,
+    text_answer,
+    user_text,
+)
 from tests.daemon.test_tools import answer_text, ask, tool_calls
 from tests.helpers import SECOND
 
@@ -135,3 +142,46 @@ async def test_a_late_reply_of_a_timed_out_call_answers_no_newer_call(
         seen = await asking
     (call,) = tool_calls(seen)
     assert (call["status"], call["output"]) == ("replied", '{"state":"UNLOCKED"}')
+
+
+def quoting_script(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Calls as the user text says (twice with one id, without an id, or one proper
+    call), and an answer quoting the outputs once they come."""
+    if has_outputs(request):
+        outputs = [item["output"] for item in request["input"] if "output" in item]
+        return text_answer("The tools returned: " + " | ".join(outputs))
+    text = user_text(request)
+    if "twice" in text:
+        return [function_call("call_same", "set_light", '{"state":"ON"}')] * 2
+    if "without an id" in text:
+        return [function_call(None, "set_light", '{"state":"ON"}')]
+    return [function_call(f"call_{len(text)}", "set_light", '{"state":"OFF"}')]
+
+
+async def test_duplicate_or_missing_call_ids_are_refused_and_replies_still_match(
+    broker: Broker, start_bridge: Any, client: Client
+) -> None:
+    """Item 3: calls with one call_id (or none) are refused, each with an output, and
+    never published; later replies without correlation data still find their call."""
+    async with (
+        ScriptedUpstream(quoting_script) as upstream,
+        device(broker, "dev/light/set") as light,
+    ):
+        await start(start_bridge, broker, upstream)
+        twice = await ask(client, "switch it on twice")
+        assert [(c["call_id"], c["status"]) for c in tool_calls(twice)] == [
+            ("call_same", "refused"),
+            ("call_same", "refused"),
+        ]
+        assert "call_id 'call_same' is used by 2 calls" in tool_calls(twice)[0]["error"]
+        assert answer_text(twice).count("refused") == 2
+        missing = await ask(client, "switch it on without an id")
+        assert [c["status"] for c in tool_calls(missing)] == ["refused"]
+        assert "has no call_id" in answer_text(missing)
+        asking = asyncio.create_task(ask(client, "switch it off"))
+        request = await light.next()  # the first publish: nothing refused was published
+        assert payload_of(request) == {"state": "OFF"}
+        await light.reply("dev/light/state", '{"state":"OFF"}')  # zigbee2mqtt: no correlation
+        seen = await asking
+    (call,) = tool_calls(seen)
+    assert (call["status"], call["output"]) == ("replied", '{"state":"OFF"}')

@@ -82,3 +82,41 @@ def test_a_call_id_used_again_in_a_later_round_meets_no_old_deadline() -> None:
     assert core.tool_timed_out(old.wait) == []  # the first round's timer: not this call's
     (said,) = tool_messages(core.tool_timed_out(new.wait))
     assert said["status"] == "timeout"
+
+
+def test_duplicate_call_ids_are_refused_and_leave_no_stale_wait() -> None:
+    """Item 3: two calls with one call_id: neither runs, each gets an output; a later
+    reply without correlation data still finds its call."""
+    core = make_core(v5=False)
+    asked(core)
+    twice = completed("resp_1", call("call_1"), call("call_1"), call("call_2", "chime", "{}"))
+    actions = round_of(core, twice)
+    assert published(actions, "zigbee2mqtt/kitchen/set") == []
+    assert [(m["call_id"], m["status"]) for m in tool_messages(actions)] == [
+        ("call_1", "refused"),
+        ("call_1", "refused"),
+        ("call_2", "published"),
+    ]
+    outputs = [o["output"] for o in continuation(actions)["input"]]
+    assert outputs[0] == outputs[1]
+    assert "call_id 'call_1' is used by 2 calls" in outputs[0]
+    assert core.waiting_replies == 0
+    assert core.upstream_event("c1", answer("resp_2", "No.")) is not None
+    ask_again(core, "Lights off")
+    round_of(core, completed("resp_3", call("call_3")))
+    actions = core.tool_reply("zigbee2mqtt/kitchen", b'{"state":"OFF"}', False, None)
+    assert [o["output"] for o in continuation(actions)["input"]] == ['{"state":"OFF"}']
+
+
+def test_calls_without_a_call_id_are_refused() -> None:
+    core = make_core()
+    asked(core)
+    no_id = {"type": "function_call", "name": "set_light", "arguments": '{"state":"ON"}'}
+    actions = round_of(core, completed("resp_1", no_id, {**no_id, "call_id": None}))
+    assert published(actions, "zigbee2mqtt/kitchen/set") == []
+    assert [m["status"] for m in tool_messages(actions)] == ["refused", "refused"]
+    outputs = continuation(actions)["input"]
+    assert [o["output"] for o in outputs] == [
+        "refused: this call has no call_id; it was not run"
+    ] * 2
+    assert core.waiting_replies == 0
