@@ -185,3 +185,21 @@ async def test_duplicate_or_missing_call_ids_are_refused_and_replies_still_match
         seen = await asking
     (call,) = tool_calls(seen)
     assert (call["status"], call["output"]) == ("replied", '{"state":"OFF"}')
+
+
+async def test_non_json_numbers_in_arguments_are_invalid_and_never_published(
+    broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
+) -> None:
+    """Item 5: NaN, Infinity and 1e999 pass {type: number} in Python; they are refused."""
+    await start(start_bridge, broker, simulator)
+    async with device(broker, "dev/level/set") as level:
+        seen = await ask(
+            client,
+            'call set_level with {"level": NaN} and call set_level with {"level": Infinity} '
+            'and call set_level with {"level": 1e999} and call set_level with {"level": 5}',
+        )
+        first = await level.next()
+    assert first.payload == b'{"level":5}'  # the only one published
+    statuses = [call["status"] for call in tool_calls(seen)]
+    assert statuses == ["invalid_arguments"] * 3 + ["published"]
+    assert all("not JSON" in call["error"] for call in tool_calls(seen)[:3])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bridge.protocol.actions import Action, SendUpstream, ToolDeadline
 from bridge.protocol.core import BridgeCore
-from bridge.protocol.tools import ToolConfig
+from bridge.protocol.tools import Call, ToolBox, ToolConfig
 from tests.protocol.test_core import cmd
 from tests.protocol.test_tool_rounds import (
     SET_LIGHT,
@@ -26,6 +26,13 @@ DOOR = ToolConfig.model_validate(
         "parameters": {"type": "object", "properties": {"state": {"enum": ["LOCK", "UNLOCK"]}}},
         "publish": {"topic": "dev/door/set"},
         "reply": {"topic": "dev/door/state", "timeout": 5},
+    }
+)
+LEVEL = ToolConfig.model_validate(
+    {
+        "name": "set_level",
+        "parameters": {"type": "object", "properties": {"level": {"type": "number"}}},
+        "publish": {"topic": "dev/level/set"},
     }
 )
 LOCK = '{"state":"LOCK"}'
@@ -120,3 +127,16 @@ def test_calls_without_a_call_id_are_refused() -> None:
         "refused: this call has no call_id; it was not run"
     ] * 2
     assert core.waiting_replies == 0
+
+
+def test_non_json_numbers_are_invalid_arguments() -> None:
+    """Item 5: Python reads NaN, Infinity and 1e999, and would publish them as non-JSON."""
+    toolbox = ToolBox([LEVEL])
+    for number in ("NaN", "Infinity", "-Infinity", "1e999", "-1e400"):
+        problem = toolbox.render(Call("c", "set_level", f'{{"level": {number}}}'))
+        assert isinstance(problem, str)
+        assert problem.startswith("invalid arguments: not JSON ("), problem
+    deep = '{"level": 1, "x": ' + "[" * 100 + "]" * 100 + "}"
+    assert "nested deeper" in str(toolbox.render(Call("c", "set_level", deep)))
+    surrogate = toolbox.render(Call("c", "set_level", '{"level": 1, "x": "\\ud800"}'))
+    assert surrogate == "invalid arguments: a string holds a lone surrogate (not UTF-8)"
