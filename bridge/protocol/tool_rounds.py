@@ -8,9 +8,9 @@ exactly one output the conversation continues with them. The loop ends with a
 response that calls no bridge tool, or with ``tool_rounds_exceeded`` after
 ``sessions.max_tool_rounds`` rounds. Calls of tools the bridge does not run (a profile's
 own request tools) are relayed, and answered "not available" when they come
-with bridge calls; calls whose id is missing or shared are answered
-"refused": no call is ever left without an output. Which waiting call a reply
-answers is :mod:`bridge.protocol.reply_waits`.
+with bridge calls; calls past ``sessions.max_tool_calls``, and calls whose id
+is missing or shared, are answered "refused": no call is ever left without an
+output. Which waiting call a reply answers is :mod:`bridge.protocol.reply_waits`.
 """
 
 from __future__ import annotations
@@ -129,9 +129,13 @@ class ToolRounds:
         self.conversations.tool_round(
             connection_id, response_id if isinstance(response_id, str) else None
         )
+        limit = self.conversations.sessions.max_tool_calls
         actions: list[Action] = []
-        for position, refusal in enumerate(call_id_refusals(calls)):
+        refusals = call_id_refusals(calls)  # over all calls: an id past the limit counts
+        for position, refusal in enumerate(refusals[:limit]):
             actions += self._run(connection_id, turn, position, refusal)
+        if len(calls) > limit:
+            actions.append(self._too_many(connection_id, turn, limit))
         return actions + self._maybe_continue(connection_id, turn)
 
     def _round_refused(self, connection: Connection, turn: ToolTurn) -> list[Action] | None:
@@ -175,6 +179,25 @@ class ToolRounds:
         publish = dataclasses.replace(publish, outcome=called)
         deadline = ToolDeadline(connection_id, call.call_id, tool.reply.timeout, wait.number)
         return [publish, deadline]
+
+    def _too_many(self, connection_id: str, turn: ToolTurn, limit: int) -> Publish:
+        """Calls past ``sessions.max_tool_calls``: each is answered, none is run, and one
+        message (not one per call) says so."""
+        excess = len(turn.calls) - limit
+        refused = (
+            f"refused: more than {limit} tool calls in one response "
+            "(sessions.max_tool_calls); this call was not run"
+        )
+        turn.outputs[limit:] = [refused] * excess
+        message = {
+            "object": OBJECT_TOOL_CALL,
+            "connection_id": connection_id,
+            "status": REFUSED,
+            "calls": excess,
+            "error": f"{excess} calls past the first {limit} of one response were refused "
+            "(sessions.max_tool_calls); none of them was run",
+        }
+        return Publish(self.topics.events(connection_id), encode(message), self.qos)
 
     def _call_done(self, wait: Wait, result: str, status: str, **extra: str) -> list[Action]:
         """A waiting call has its output, ``result`` (a reply, or the timeout's message)."""

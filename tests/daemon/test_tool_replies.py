@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -185,6 +186,57 @@ async def test_duplicate_or_missing_call_ids_are_refused_and_replies_still_match
         seen = await asking
     (call,) = tool_calls(seen)
     assert (call["status"], call["output"]) == ("replied", '{"state":"OFF"}')
+
+
+CALLS_AT_ONCE = 10_000
+
+
+def many_calls_script(request: dict[str, Any]) -> list[dict[str, Any]]:
+    if has_outputs(request):
+        return text_answer("Chimed.")
+    text = user_text(request)
+    if "ten thousand" in text:
+        return [
+            function_call(f"call_{n}", "chime", json.dumps({"n": n})) for n in range(CALLS_AT_ONCE)
+        ]
+    if "once more" in text:
+        return [function_call("call_last", "chime", '{"n":-1}')]
+    return text_answer("Tulips are flowers.")
+
+
+async def test_calls_past_max_tool_calls_are_refused_and_other_ids_stay_fast(
+    broker: Broker, start_bridge: Any
+) -> None:
+    """Item 4: one response with 10,000 calls runs sessions.max_tool_calls (16) of them;
+    the rest are answered "refused", and asks on other ids keep their latency."""
+    async with (
+        ScriptedUpstream(many_calls_script) as upstream,
+        device(broker, "house/chime") as chime,
+        Client(broker) as client,
+        Client(broker) as other,
+    ):
+        await client.subscribe("ai/t1/events")
+        await other.subscribe("ai/other/events")
+        await start(start_bridge, broker, upstream)
+        await ask(other, "Describe tulips.", "other")  # open: later asks measure no handshake
+        busy = asyncio.create_task(ask(client, "chime ten thousand times"))
+        latencies: list[float] = []
+        while not busy.done() or not latencies:
+            started = time.monotonic()
+            await ask(other, "Describe tulips.", "other")
+            latencies.append(time.monotonic() - started)
+        seen = await busy
+        said = tool_calls(seen)
+        assert [c["status"] for c in said] == ["published"] * 16 + ["refused"]
+        assert said[-1]["calls"] == CALLS_AT_ONCE - 16
+        (continued,) = [r["input"] for r in upstream.requests if has_outputs(r)]
+        outputs = [i["output"] for i in continued if i.get("type") == "function_call_output"]
+        assert len(outputs) == CALLS_AT_ONCE
+        assert "sessions.max_tool_calls" in outputs[16]
+        await ask(client, "chime once more")
+        chimed = [payload_of(await chime.next()) for _ in range(17)]
+    assert [message["n"] for message in chimed] == [*range(16), -1]
+    assert max(latencies) < 1.0 * SECOND, f"other id's asks took up to {max(latencies):.3f} s"
 
 
 async def test_non_json_numbers_in_arguments_are_invalid_and_never_published(

@@ -3,6 +3,8 @@ call, and calls no real model makes (issue 22, items 1-6)."""
 
 from __future__ import annotations
 
+import json
+
 from bridge.protocol.actions import Action, SendUpstream, ToolDeadline
 from bridge.protocol.core import BridgeCore
 from bridge.protocol.tools import Call, ToolBox, ToolConfig
@@ -127,6 +129,30 @@ def test_calls_without_a_call_id_are_refused() -> None:
         "refused: this call has no call_id; it was not run"
     ] * 2
     assert core.waiting_replies == 0
+
+
+def test_calls_past_max_tool_calls_are_answered_refused_and_not_run() -> None:
+    """Item 4: 10,000 calls in one response: 16 run, one message for the rest."""
+    core = make_core()
+    asked(core)
+    many = [call(f"call_{n}", "chime", json.dumps({"n": n})) for n in range(10_000)]
+    actions = round_of(core, completed("resp_1", *many))
+    assert [json.loads(p.payload)["n"] for p in published(actions, "house/chime")] == [*range(16)]
+    said = tool_messages(actions)
+    assert [m["status"] for m in said] == ["published"] * 16 + ["refused"]
+    assert said[-1]["calls"] == 9_984
+    outputs = [o["output"] for o in continuation(actions)["input"]]
+    assert len(outputs) == 10_000
+    assert outputs[16:] == [outputs[16]] * 9_984
+    assert "more than 16 tool calls in one response (sessions.max_tool_calls)" in outputs[16]
+
+
+def test_a_call_id_past_the_limit_still_counts_as_a_duplicate() -> None:
+    core = make_core(calls=1)
+    asked(core)
+    actions = round_of(core, completed("resp_1", call("call_1", "chime"), call("call_1", "chime")))
+    assert published(actions, "house/chime") == []
+    assert [m["status"] for m in tool_messages(actions)] == ["refused", "refused"]
 
 
 def test_non_json_numbers_are_invalid_arguments() -> None:

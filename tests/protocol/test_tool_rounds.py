@@ -37,6 +37,7 @@ def make_core(
     *,
     v5: bool = True,
     rounds: int = 5,
+    calls: int = 16,
     tools: tuple[ToolConfig, ...] = (SET_LIGHT, CHIME),
     **limits: Any,
 ) -> BridgeCore:
@@ -49,7 +50,7 @@ def make_core(
         qos=1,
         v5=v5,
         limits=LimitsConfig(**{**UNLIMITED, **limits}),
-        sessions=SessionsConfig(idle_timeout=0, max_tool_rounds=rounds),
+        sessions=SessionsConfig(idle_timeout=0, max_tool_rounds=rounds, max_tool_calls=calls),
         profiles={"default": profile},
         tools=tools,
     )
