@@ -5,8 +5,9 @@ with ``function_call`` items for them, the turn goes on: each call's arguments
 are checked against its schema, valid calls are published to their fixed
 topics, replies are awaited (each with its timeout), and once every call has
 exactly one output the conversation continues with them. The loop ends with a
-response that calls no bridge tool, or with ``tool_rounds_exceeded`` after
-``sessions.max_tool_rounds`` rounds. Calls of tools the bridge does not run (a profile's
+response that calls no bridge tool, with ``tool_rounds_exceeded`` after
+``sessions.max_tool_rounds`` rounds, or with ``budget_exceeded`` when a budget
+is used up before a round. Calls of tools the bridge does not run (a profile's
 own request tools) are relayed, and answered "not available" when they come
 with bridge calls; calls past ``sessions.max_tool_calls``, and calls whose id
 is missing or shared, are answered "refused": no call is ever left without an
@@ -25,6 +26,7 @@ from bridge.protocol.actions import Action, SendUpstream, ToolDeadline
 from bridge.protocol.backlogs import Backlogs
 from bridge.protocol.connections import Connection
 from bridge.protocol.contract import Rejection, Topics, rejection_of
+from bridge.protocol.guardrails import Refusal
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted, ToolCalled
 from bridge.protocol.replies import encode
@@ -71,11 +73,13 @@ class ToolRounds:
     qos: int
     v5: bool
 
-    if TYPE_CHECKING:  # the core's own
+    if TYPE_CHECKING:  # the core's own, and Spending's
 
         def _refuse(
             self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
         ) -> list[Action]: ...
+
+        def _budget_spent(self, connection: Connection) -> Refusal | None: ...
 
     @property
     def waiting_replies(self) -> int:
@@ -139,7 +143,7 @@ class ToolRounds:
         return actions + self._maybe_continue(connection_id, turn)
 
     def _round_refused(self, connection: Connection, turn: ToolTurn) -> list[Action] | None:
-        """The turn's end before another round: out of rounds."""
+        """The turn's end before another round: out of rounds, or a budget used up."""
         if turn.rounds >= self.conversations.sessions.max_tool_rounds:
             return self._tool_turn_failed(
                 connection,
@@ -147,6 +151,10 @@ class ToolRounds:
                 f"the model still called tools after {turn.rounds} rounds "
                 "(sessions.max_tool_rounds); the turn ends without an answer",
             )
+        spent = self._budget_spent(connection)
+        if spent is not None:
+            message = f"{spent.message}; the turn ends without an answer, its tool calls not run"
+            return self._tool_turn_failed(connection, spent.code, message, spent.resets_at)
         return None
 
     def _run(
@@ -235,7 +243,9 @@ class ToolRounds:
         self._backlogs.hold(len(data))
         return [SendUpstream(connection_id, data)]
 
-    def _tool_turn_failed(self, connection: Connection, code: str, message: str) -> list[Action]:
+    def _tool_turn_failed(
+        self, connection: Connection, code: str, message: str, resets_at: str | None = None
+    ) -> list[Action]:
         """End the turn with an error the client sees; the conversation is as it was."""
         connection_id = connection.connect.connection_id
         turn, ask = connection.tool_turn, connection.turn
@@ -247,9 +257,8 @@ class ToolRounds:
         if connection.output is not None:
             actions += connection.output.request_error(code, message)
         if ask is not None and turn is not None:
-            actions += self._refuse(
-                connection_id, rejection_of(ask, code, message), connection.turn_reply
-            )
+            rejection = dataclasses.replace(rejection_of(ask, code, message), resets_at=resets_at)
+            actions += self._refuse(connection_id, rejection, connection.turn_reply)
         return actions
 
     def _tools_ended(self, connection: Connection) -> None:

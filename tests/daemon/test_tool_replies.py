@@ -255,3 +255,30 @@ async def test_non_json_numbers_in_arguments_are_invalid_and_never_published(
     statuses = [call["status"] for call in tool_calls(seen)]
     assert statuses == ["invalid_arguments"] * 3 + ["published"]
     assert all("not JSON" in call["error"] for call in tool_calls(seen)[:3])
+
+
+def always_calling(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """A model that keeps calling tools."""
+    return [function_call(f"call_{len(request.get('input') or [])}", "chime")]
+
+
+async def test_the_budget_is_checked_before_each_tool_round(
+    broker: Broker, start_bridge: Any, client: Client
+) -> None:
+    """Item 6: 100 tokens a response against a 150-token budget: the second round is not
+    run, the turn ends with budget_exceeded (it used to take all 6 responses)."""
+    async with (
+        ScriptedUpstream(always_calling, usage_tokens=100) as upstream,
+        device(broker, "house/chime") as chime,
+    ):
+        await start(start_bridge, broker, upstream, limits={"budgets": {"tokens_per_day": 150}})
+        seen = await ask(client, "chime for ever")
+        assert seen[-1]["error"]["code"] == "budget_exceeded"
+        assert seen[-1]["error"]["resets_at"]
+        assert len(upstream.requests) == 2
+        assert [c["status"] for c in tool_calls(seen)] == ["published"]
+        assert payload_of(await chime.next()) == {}
+        # The next ask is refused before anything goes upstream.
+        refused = await ask(client, "chime again")
+        assert refused[-1]["error"]["code"] == "budget_exceeded"
+        assert len(upstream.requests) == 2

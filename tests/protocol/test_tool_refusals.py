@@ -4,11 +4,12 @@ call, and calls no real model makes (issue 22, items 1-6)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from bridge.protocol.actions import Action, SendUpstream, ToolDeadline
 from bridge.protocol.core import BridgeCore
 from bridge.protocol.tools import Call, ToolBox, ToolConfig
-from tests.protocol.test_core import cmd
+from tests.protocol.test_core import cmd, error_codes, messages
 from tests.protocol.test_tool_rounds import (
     SET_LIGHT,
     answer,
@@ -166,3 +167,27 @@ def test_non_json_numbers_are_invalid_arguments() -> None:
     assert "nested deeper" in str(toolbox.render(Call("c", "set_level", deep)))
     surrogate = toolbox.render(Call("c", "set_level", '{"level": 1, "x": "\\ud800"}'))
     assert surrogate == "invalid arguments: a string holds a lone surrogate (not UTF-8)"
+
+
+def usage(response_id: str, total: int, *output: dict[str, Any]) -> bytes:
+    raw = json.loads(completed(response_id, *output))
+    raw["response"]["usage"] = {"input_tokens": 0, "output_tokens": total, "total_tokens": total}
+    return json.dumps(raw).encode()
+
+
+def test_the_budget_is_checked_before_each_tool_round() -> None:
+    """Item 6: 100 tokens a response against 150 a day: the second round is not run."""
+    core = make_core(budgets={"tokens_per_day": 150})
+    asked(core)
+    actions = round_of(core, usage("resp_1", 100, call("call_1", "chime", "{}")))
+    assert len(published(actions, "house/chime")) == 1
+    actions = round_of(core, usage("resp_2", 100, call("call_2", "chime", "{}")))
+    assert published(actions, "house/chime") == []
+    assert not any(isinstance(action, SendUpstream) for action in actions)
+    assert error_codes(actions) == ["budget_exceeded"]
+    (error,) = [m["error"] for m in messages(actions) if "error" in m]
+    assert error["resets_at"]
+    assert "its tool calls not run" in error["message"]
+    # The next ask is refused at once; the conversation is as the turn found it.
+    refused = core.receive_command("c1", cmd("ask", input="Again", request_id="q2"))
+    assert error_codes(refused) == ["budget_exceeded"]
