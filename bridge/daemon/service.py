@@ -289,8 +289,8 @@ class Service:
     ) -> None:
         self._perform(self.core.tool_reply(topic, payload, retained, correlation))
 
-    def _tool_deadline(self, connection_id: str, call_id: str) -> None:
-        self._perform(self.core.tool_timed_out(connection_id, call_id))
+    def _tool_deadline(self, wait: int) -> None:
+        self._perform(self.core.tool_timed_out(wait))
 
     def _output_due(self, connection_id: str) -> None:
         del self._timers[connection_id]
@@ -331,10 +331,8 @@ class Service:
                     )
                 case Observe(outcome):
                     self.observer.observe(outcome)
-                case ToolDeadline(connection_id, call_id, delay):
-                    asyncio.get_running_loop().call_later(
-                        delay, self._tool_deadline, connection_id, call_id
-                    )
+                case ToolDeadline(delay=delay, wait=wait):
+                    asyncio.get_running_loop().call_later(delay, self._tool_deadline, wait)
         if self.core.connection_count != self._observed_count:
             self._observed_count = self.core.connection_count
             self.observer.connections_changed(self._observed_count)

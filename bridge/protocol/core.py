@@ -48,6 +48,7 @@ from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted
 from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies
+from bridge.protocol.reply_waits import ReplyWaits
 from bridge.protocol.response_topics import ResponseTopicPolicy
 from bridge.protocol.server_events import RESPONSE_COMPLETED, RESPONSE_ENDINGS
 from bridge.protocol.sessions import (
@@ -106,8 +107,7 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
         self._reopening: dict[str, DeviceOutput] = {}
         self._kept: dict[str, DeviceOutput] = {}
         self.toolbox = ToolBox(tools)
-        self._waits_by_topic: dict[str, list[tuple[str, str]]] = {}
-        self._waits_by_correlation: dict[bytes, tuple[str, str]] = {}
+        self._reply_waits = ReplyWaits()  # tool calls waiting for their replies
         self._held_event: Publish | None = None  # see ToolRounds._hold
         self.url = url
         self.qos = qos

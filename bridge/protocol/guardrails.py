@@ -216,6 +216,10 @@ class Guardrails:
         lowered = cap if asked is not None else None  # a missing field is filled, not lowered
         return Checked({**request, "max_output_tokens": cap}, lowered)
 
+    def spent(self, connection_id: str, profile: str, now: datetime) -> Refusal | None:
+        """A ``budget_exceeded`` refusal if a budget covering this id is used up, else None."""
+        return self._budget_refusal(connection_id, profile, now)
+
     def _budget_refusal(self, connection_id: str, profile: str, now: datetime) -> Refusal | None:
         if not self.counts_usage:
             return None

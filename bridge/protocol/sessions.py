@@ -77,6 +77,8 @@ class SessionsConfig(BaseModel):
     auto_connect: bool = False
     # Tool rounds one `ask` turn may take before it ends with tool_rounds_exceeded.
     max_tool_rounds: int = Field(5, ge=1, le=50)
+    # Tool calls one response may have run; the rest are answered "refused", never run.
+    max_tool_calls: int = Field(16, ge=1, le=256)
 
 
 def profile_for(

@@ -84,6 +84,13 @@ class Spending:
         )
         return self._refuse(command.connection_id, rejection, reply_to)
 
+    def _budget_spent(self, connection: Connection) -> Refusal | None:
+        """A budget that covers this connection is used up (checked before each tool
+        round: a model that keeps calling tools is not stopped by the ask's check)."""
+        return self.guardrails.spent(
+            connection.connect.connection_id, connection.profile, self.local_now
+        )
+
     def _charge(self, connection: Connection, response: Mapping[str, Any]) -> None:
         """A response finished: its usage counts against today's budgets."""
         tokens = tokens_of(response.get("usage"))

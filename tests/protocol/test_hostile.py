@@ -27,6 +27,9 @@ from bridge.protocol.core import (
 )
 from bridge.protocol.limits import LimitsConfig
 from bridge.protocol.messages import Publish
+from bridge.protocol.sessions import ProfileConfig, SessionsConfig
+from bridge.protocol.strict_json import load_json
+from bridge.protocol.tools import Call, Rendered, ToolBox, ToolConfig
 from bridge_tools.simulator import Simulator, SimulatorOptions
 from tests.conftest import KEY, Broker, Client, body, bridge_settings
 from tests.helpers import SECOND
@@ -150,6 +153,96 @@ def test_only_strict_json_goes_upstream(payload: bytes) -> None:
     for action in actions:
         if isinstance(action, SendUpstream):
             json.loads(action.data, parse_constant=_no_constant)  # NaN/Infinity would raise
+
+
+# Tool calls as a hostile upstream makes them: arguments of any text, numbers Python reads
+# but JSON has not, deep nesting; call ids missing, shared or of any type.
+arguments = st.one_of(
+    st.text(max_size=40),
+    json_values.map(json.dumps),
+    numbers.map(lambda number: '{"level":' + number.decode() + "}"),
+    deep_json.map(lambda inner: '{"level":1,"x":' + inner.decode() + "}"),
+    st.sampled_from(['{"level":"\\ud800"}', '{"level":1e999}', '{"level":NaN}', "[1]", "null"]),
+)
+LEVEL = ToolConfig.model_validate(
+    {
+        "name": "set_level",
+        "parameters": {"type": "object", "properties": {"level": {"type": "number"}}},
+        "publish": {"topic": "dev/level/set", "payload": {"value": "{{level}}"}},
+        "reply": {"topic": "dev/level/state", "timeout": 5},
+    }
+)
+RAW = ToolConfig.model_validate({"name": "raw", "publish": {"topic": "dev/raw"}})
+TOOLBOX = ToolBox([LEVEL, RAW])
+
+
+@given(name=st.sampled_from(["set_level", "raw"]), text=arguments)
+@settings(max_examples=500, deadline=None)
+def test_tool_arguments_are_published_only_as_strict_json(name: str, text: str) -> None:
+    """A call's arguments are published as strict JSON that passed the schema, or refused
+    with a message for the model; never an exception, never NaN or Infinity."""
+    rendered = TOOLBOX.render(Call("call_1", name, text))
+    if isinstance(rendered, Rendered):
+        load_json(rendered.payload)  # strict: NaN, Infinity, 1e999 and deep nesting raise
+    else:
+        assert rendered.startswith(("invalid arguments: ", "the payload would be"))
+
+
+def hostile_call(call_id: object, name: str, text: str) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": "function_call", "name": name, "arguments": text}
+    if call_id != "(none)":
+        item["call_id"] = call_id
+    return item
+
+
+hostile_calls = st.lists(
+    st.builds(
+        hostile_call,
+        st.sampled_from(["call_1", "call_2", "call_3", "", None, 7, "(none)"]),
+        st.sampled_from(["set_level", "raw", "not_offered"]),
+        arguments,
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@given(calls=hostile_calls, v5=st.booleans(), limit=st.integers(min_value=1, max_value=4))
+@settings(max_examples=300, deadline=None)
+def test_a_hostile_tool_round_answers_every_call_once_and_leaves_no_wait(
+    calls: list[dict[str, Any]], v5: bool, limit: int
+) -> None:
+    """Any calls in one response: at most max_tool_calls run, every call gets exactly one
+    output in order, and once the round is over no wait is left behind."""
+    core = BridgeCore(
+        Topics("ai"),
+        url="wss://x/v1/responses",
+        v5=v5,
+        limits=LimitsConfig(),
+        sessions=SessionsConfig(idle_timeout=0, max_tool_calls=limit),
+        profiles={
+            "default": ProfileConfig(request={"model": "m"}, mqtt_tools=("set_level", "raw"))
+        },
+        tools=(LEVEL, RAW),
+    )
+    core.receive_command("c1", b'{"action":"ask","input":"go"}')
+    core.upstream_opened("c1")
+    response = {"id": "resp_1", "status": "completed", "output": calls}
+    raw = json.dumps({"type": "response.completed", "response": response}).encode()
+    if core.upstream_event("c1", raw) is not None:  # no offered tool called: no round
+        return
+    actions = core.take_deferred()
+    devices = [a for a in actions if isinstance(a, Publish) and a.topic.startswith("dev/")]
+    assert len(devices) <= limit
+    for _ in range(core.waiting_replies):  # replies without correlation: the oldest call
+        actions += core.tool_reply("dev/level/state", b"21", False, None)
+    assert core.waiting_replies == 0
+    (sent,) = [a for a in actions if isinstance(a, SendUpstream)]
+    outputs = json.loads(sent.data)["input"]
+    assert [o["type"] for o in outputs] == ["function_call_output"] * len(calls)
+    assert [o["call_id"] for o in outputs] == [
+        c["call_id"] if isinstance(c.get("call_id"), str) else "" for c in calls
+    ]
 
 
 @given(
