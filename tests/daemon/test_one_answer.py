@@ -7,6 +7,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -234,4 +235,4 @@ async def test_an_instance_that_was_stopped_and_taken_over_acts_on_nothing_it_he
     assert not [m for m in late if m.get("type") == "response.created"], late
     assert len(simulator.received) == requests_before  # nothing more went upstream
     _, log = await bridges.stop("i2")
-    assert "dropped 3 commands" in log or "stood still" in log, log
+    assert re.search(r"dropped [3-9] commands that arrived while this instance was away", log), log

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from bridge.cli import EXIT_CONFIG
+from bridge.cluster.ownership import owner_of
 from bridge.daemon.config import load_settings
 from bridge.daemon.workers import worker_specs
 from bridge_tools.simulator import Simulator
@@ -285,3 +287,48 @@ async def test_watchdog_aborts_a_silent_worker_and_keeps_systemd_pinged(
         assert await run.wait() == 0, run.output()
     finally:
         notify.close()
+
+
+@pytest.mark.integration
+async def test_a_stopped_worker_whose_ids_were_taken_over_acts_on_none_of_them(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """SIGSTOP the worker holding an id (no watchdog here to kill it): the other worker
+    declares it lost and serves the retry; after SIGCONT the stopped one carries out none
+    of the asks queued for it meanwhile (issue 21: none done twice, none billed twice)."""
+    run = Supervised(write_config(tmp_path, broker, simulator), 2)
+    supervised.append(run)
+    victim = next(
+        f"v-{n}" for n in range(100) if owner_of(f"v-{n}", ["house-w1", "house-w2"]) == "house-w2"
+    )
+    async with Client(broker) as watcher, Client(broker) as client:
+        await watcher.subscribe(PRESENCE)
+        await client.subscribe("ai/+/events")
+        await online(watcher, {"house-w1", "house-w2"})
+        await client.command(victim, {"action": "ask", "input": "Hello", "request_id": "first"})
+        await client.until(lambda m: m.get("type") == "response.completed", 30)
+        stopped = run.workers()["house-bridge-w2"]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            stale = [f"stale-{n}" for n in range(3)]
+            for request_id in stale:
+                ask = {"action": "ask", "input": "Describe tulips.", "request_id": request_id}
+                await client.command(victim, ask)
+            notice = await client.until(lambda m: m.get("action") == "disconnected", 30)
+            assert notice[-1]["code"] == 1012
+            assert "house-w2" in notice[-1]["reason"]
+            upstream_before = len(simulator.received)
+            while not watcher.received.empty():
+                watcher.received.get_nowait()
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        await online(watcher, {"house-w2"})  # it rejoined
+        late = [body(m) for m in await client.quiet(2.0)]
+        assert not [m for m in late if m.get("request_id") in stale], late
+        assert len(simulator.received) == upstream_before
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 0, run.output()
+    # The three asks, and any redelivery of them (QoS 1 after the lost link).
+    assert re.search(
+        r"dropped [3-9] commands that arrived while this instance was away", run.output()
+    )
