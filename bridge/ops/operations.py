@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import time
@@ -69,7 +68,7 @@ class Operations(Observer):
             if config.cluster.enabled
             else None
         )
-        self.tally = Tally.for_assistants(config.homeassistant.assistants)
+        self.tally = Tally()
         self.started_at = time.time()
         self._started = time.monotonic()
         self._changed = asyncio.Event()
@@ -118,7 +117,7 @@ class Operations(Observer):
                 if metrics is not None:
                     metrics.completed(usage, connection_id, model_of(raw))
                 if usage is not None:
-                    self.tally.add_usage(usage, _today(), connection_id)
+                    self.tally.add_usage(usage)
                     self._changed.set()
             case ToolCalled(connection_id, name, call_id, topic, status, arguments):
                 logger.info(
@@ -210,11 +209,13 @@ class Operations(Observer):
         document = info_document(
             self.settings,
             self.tally,
+            service.core.guardrails.usage,
             started_at=self.started_at,
             uptime=time.monotonic() - self._started,
             connections=service.connection_count,
             broker_connects=service.link.connects,
             buffer_waits=service.buffer_waits,
+            usage_file=service.usage_store.problem,
         )
         return json.dumps(document, separators=(",", ":")).encode()
 
@@ -229,11 +230,12 @@ class Operations(Observer):
             if line != status:
                 systemd.notify(f"STATUS={line}")
                 status = line
-            self.tally.roll(_today())
             state = (
                 service.ready.is_set(),
                 service.connection_count,
                 self.tally.revision,
+                service.core.guardrails.usage.revision,  # tokens_today: every instance's
+                service.usage_store.problem,
                 service.buffer_waits,
             )
             if state != published:
@@ -260,7 +262,3 @@ def _on_homeassistant_status(link: MqttLink, payload: bytes) -> None:
     if payload.strip().lower() == b"online":
         logger.info("Home Assistant is online: announcing the bridge again")
         link.reannounce()
-
-
-def _today() -> str:
-    return datetime.date.today().isoformat()
