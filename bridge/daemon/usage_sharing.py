@@ -90,6 +90,12 @@ class UsageSharing:
                 self._save_due = now + USAGE_INTERVAL
             await self._sleep(seconds=self._wait(now))
 
+    @property
+    def settled(self) -> bool:
+        """The link has been up long enough for our retained document to be read back:
+        the day's totals are whole (``P/bridge/info`` waits for this)."""
+        return self._connected_at is not None and time.monotonic() - self._connected_at >= SETTLE
+
     def publish_now(self) -> None:
         """Before a clean stop: our latest document, whatever the interval."""
         if self._connected_at is not None and self.usage.unpublished:

@@ -93,6 +93,7 @@ class UsageStore:
         self.path = directory / FILE_NAME
         self.instance = instance
         self.problem: str | None = None  # "not writable: ..." while saves fail
+        self.failed_saves = 0  # since start
         self._retry_at = 0.0  # monotonic time of the next save while they fail
         self._delays: Callable[[], float] | None = None
 
@@ -149,6 +150,7 @@ class UsageStore:
             os.close(directory)
 
     def _failed(self, exc: OSError, now: float) -> None:
+        self.failed_saves += 1
         if self.problem is None:
             logger.warning(
                 "could not save token usage to %s: %s; the day's usage is kept in memory "

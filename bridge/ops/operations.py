@@ -238,7 +238,9 @@ class Operations(Observer):
                 service.usage_store.problem,
                 service.buffer_waits,
             )
-            if state != published:
+            # Not before our retained usage is read back: a restart that lost usage.json would
+            # show tokens_today 0 first, and Home Assistant would take it for a reset.
+            if state != published and service.usage_sharing.settled:
                 published = state
                 payload = self.info_payload(service)
                 service.link.announce(self.info_topic, payload)
