@@ -41,7 +41,7 @@ from typing import Final
 from bridge.backoff import backoff_delays
 from bridge.protocol.guardrails import UsageBook
 from bridge.protocol.shared_usage import MAX_INSTANCES, SharedUsage
-from bridge.protocol.usage_documents import file_document, read_file_document
+from bridge.protocol.usage_documents import SavedUsage, file_document, read_file_document
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +101,12 @@ class UsageStore:
         """The usage saved last (its days included), with what the other instances of this
         state directory saved; a fresh start if there is none."""
         usage = SharedUsage(name=self.instance)
-        found = self._read(self.path)
-        if found is not None:
-            name, own, earlier = found
-            if name is None or name == self.instance:  # None: written by an older version
-                usage = SharedUsage(own, earlier, name=self.instance)
+        saved = self._read(self.path)
+        if saved is not None:
+            if saved.instance in (None, self.instance):  # None: written by an older version
+                usage = SharedUsage(saved.own, saved.earlier, saved.folded, name=self.instance)
             else:  # this directory's instance was renamed: the old name's usage
-                usage.merge_peer(name, own)
+                usage.merge_peer(saved.instance, saved.own)
         for name, book in self._neighbours():
             usage.merge_peer(name, book)
         return usage
@@ -119,7 +118,7 @@ class UsageStore:
     def save(self, usage: SharedUsage, now: float | None = None) -> None:
         """Write the own books atomically; a failure is logged once per outage."""
         now = time.monotonic() if now is None else now
-        document = file_document(self.instance, usage.own, usage.earlier)
+        document = file_document(self.instance, usage)
         try:
             self._write(json.dumps(document, separators=(",", ":")).encode())
         except OSError as exc:
@@ -163,11 +162,11 @@ class UsageStore:
         assert self._delays is not None
         self._retry_at = now + self._delays()
 
-    def _read(self, path: Path) -> tuple[str | None, UsageBook, UsageBook | None] | None:
-        """The writer, book and set-aside book of our own file; None if there is none."""
+    def _read(self, path: Path) -> SavedUsage | None:
+        """What our own file holds; None if there is none."""
         try:
             raw = read_regular_file(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             self._set_aside(f"cannot be read ({exc.strerror or exc})")
@@ -192,11 +191,11 @@ class UsageStore:
             if path == self.path:
                 continue
             try:
-                name, book, _ = read_file_document(json.loads(read_regular_file(path)))
+                saved = read_file_document(json.loads(read_regular_file(path)))
             except (OSError, ValueError, RecursionError):
                 continue  # missing, or its own instance's business
-            if name is not None and name != self.instance:
-                yield name, book
+            if saved.instance is not None and saved.instance != self.instance:
+                yield saved.instance, saved.own
 
     def _set_aside(self, problem: str) -> None:
         aside = self.path.with_name(f"{FILE_NAME}.corrupt-{int(time.time())}")

@@ -13,7 +13,9 @@ Days move forward only (a clock that jumps must not hand out fresh budgets):
   new one starts;
 - the clock goes back: counting goes on into the latest day, unless the day
   the clock went back to is the one set aside: then that book is folded back
-  in, with everything counted since (nothing is lost, nothing counted twice).
+  in, with everything counted since (nothing is lost). The later day's book
+  is remembered (``folded``): a copy of it read back later (our retained
+  document, after a restart) adds only what it has more, never all of it again.
 
 Books of one instance for one day only grow, so two copies of one (the file
 and the retained document after a restart, or two documents of a peer) are
@@ -41,11 +43,16 @@ class SharedUsage:
     """This instance's usage of the day and the other instances', as the budgets see it."""
 
     def __init__(
-        self, own: UsageBook | None = None, earlier: UsageBook | None = None, name: str = ""
+        self,
+        own: UsageBook | None = None,
+        earlier: UsageBook | None = None,
+        folded: UsageBook | None = None,
+        name: str = "",
     ) -> None:
         self.name = name  # this instance's
         self.own = own if own is not None else UsageBook()  # the latest day's
         self.earlier = earlier  # set aside by the last forward move of the day
+        self.folded = folded  # the later day's book last folded back into ``own``
         self.peers: dict[str, UsageBook] = {}  # the latest book of each other instance
         self._peer_sum = UsageBook()  # the peers' books of the current day, added up
         self.revision = 0  # bumped whenever a total may have changed
@@ -94,11 +101,12 @@ class SharedUsage:
         if day is None:
             self.own.day = today
         elif today > day:
-            self.earlier, self.own = self.own, UsageBook(day=today)
+            self.earlier, self.own, self.folded = self.own, UsageBook(day=today), None
         elif self.earlier is not None and self.earlier.day == today:
-            folded, self.earlier = self.earlier, None
-            add_book(folded, self.own, limit=MAX_USAGE_IDS)
-            self.own = folded
+            back, self.earlier = self.earlier, None
+            self.folded = copy_book(self.own)
+            add_book(back, self.own, limit=MAX_USAGE_IDS)
+            self.own = back
         else:
             return  # back to a day never counted: counting goes on into the latest one
         self._sum_peers()
@@ -110,18 +118,23 @@ class SharedUsage:
 
     def merge_own(self, book: UsageBook) -> None:
         """This instance's document as the broker kept it (after a restart, say): merged."""
-        own = self.own
+        own, folded = self.own, self.folded
         if book.day is None:
             return
-        if own.day is None or book.day > own.day:  # the later day is counted into
+        if folded is not None and book.day == folded.day:  # folded in already: what is new
+            grown = merge_larger(folded, book)
+            if is_empty(grown):
+                return
+            add_book(own, grown, limit=MAX_USAGE_IDS)
+        elif own.day is None or book.day > own.day:  # the later day is counted into
             if own.day is not None:
                 self.earlier = own
             self.own = book
         elif book.day == own.day:
-            if not merge_larger(own, book):
+            if is_empty(merge_larger(own, book)):
                 return
         elif self.earlier is not None and book.day == self.earlier.day:
-            if merge_larger(self.earlier, book):
+            if not is_empty(merge_larger(self.earlier, book)):
                 self.unsaved = True
             return
         else:
@@ -197,19 +210,35 @@ def subtract_book(into: UsageBook, other: UsageBook) -> None:
                     del counts[name]
 
 
-def merge_larger(into: UsageBook, other: UsageBook) -> bool:
+def merge_larger(into: UsageBook, other: UsageBook) -> UsageBook:
     """Two copies of one instance's book of one day: keep the larger of each count in
-    ``into`` (ids past the bound are left out). Whether anything in ``into`` grew."""
-    grew = _larger(into.bridge, other.bridge)
-    for counts, others in ((into.profiles, other.profiles), (into.ids, other.ids)):
+    ``into`` (ids past the bound are left out). What grew, as a book."""
+    grown = UsageBook(day=into.day, bridge=_larger(into.bridge, other.bridge))
+    for counts, others, grew in (
+        (into.profiles, other.profiles, grown.profiles),
+        (into.ids, other.ids, grown.ids),
+    ):
         for name, tokens in others.items():
             kept = counts.get(name)
             if kept is None:
                 if len(counts) >= MAX_USAGE_IDS:
                     continue
                 kept = counts[name] = Tokens()
-            grew = _larger(kept, tokens) or grew
-    return grew
+            more = _larger(kept, tokens)
+            if more.input or more.output or more.total:
+                grew[name] = more
+    return grown
+
+
+def is_empty(book: UsageBook) -> bool:
+    counts = book.bridge
+    return not (counts.input or counts.output or counts.total or book.profiles or book.ids)
+
+
+def copy_book(book: UsageBook) -> UsageBook:
+    copy = UsageBook(day=book.day)
+    add_book(copy, book)
+    return copy
 
 
 def _subtract(into: Tokens, other: Tokens) -> None:
@@ -218,9 +247,12 @@ def _subtract(into: Tokens, other: Tokens) -> None:
     into.total -= other.total
 
 
-def _larger(into: Tokens, other: Tokens) -> bool:
-    grew = other.input > into.input or other.output > into.output or other.total > into.total
-    into.input = max(into.input, other.input)
-    into.output = max(into.output, other.output)
-    into.total = max(into.total, other.total)
-    return grew
+def _larger(into: Tokens, other: Tokens) -> Tokens:
+    """Raise each count of ``into`` to ``other``'s; by how much."""
+    more = Tokens(
+        max(other.input - into.input, 0),
+        max(other.output - into.output, 0),
+        max(other.total - into.total, 0),
+    )
+    into.add(more)
+    return more

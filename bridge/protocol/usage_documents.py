@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import date
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from bridge.protocol.contract import connection_id_problem
 from bridge.protocol.guardrails import MAX_USAGE_IDS, OTHER_IDS, Tokens, UsageBook
+
+if TYPE_CHECKING:
+    from bridge.protocol.shared_usage import SharedUsage
 
 MAX_DOCUMENT_BYTES: Final = 1024 * 1024
 MAX_COUNT: Final = 10**15  # tokens in one count of one day: far beyond any real spend
@@ -76,16 +80,27 @@ def read_instance_document(name: str, payload: bytes) -> UsageBook:
     return book
 
 
-def file_document(name: str, own: UsageBook, earlier: UsageBook | None) -> dict[str, Any]:
-    """What ``usage.json`` holds: the own book of the latest day, and the one set aside."""
-    document = {"version": FILE_VERSION, "instance": name, **book_json(own, "bridge")}
-    if earlier is not None:
-        document["earlier"] = book_json(earlier, "bridge")
+@dataclass(frozen=True, slots=True)
+class SavedUsage:
+    """What ``usage.json`` holds (see :class:`~bridge.protocol.shared_usage.SharedUsage`)."""
+
+    instance: str | None  # who wrote it (None: a bridge older than the instance documents)
+    own: UsageBook
+    earlier: UsageBook | None = None
+    folded: UsageBook | None = None
+
+
+def file_document(name: str, usage: SharedUsage) -> dict[str, Any]:
+    """``usage.json``: the own book of the latest day, the one set aside, the one folded."""
+    document = {"version": FILE_VERSION, "instance": name, **book_json(usage.own, "bridge")}
+    for key, book in (("earlier", usage.earlier), ("folded", usage.folded)):
+        if book is not None:
+            document[key] = book_json(book, "bridge")
     return document
 
 
-def read_file_document(document: object) -> tuple[str | None, UsageBook, UsageBook | None]:
-    """The instance that wrote ``usage.json``, its book, the one set aside; or an error."""
+def read_file_document(document: object) -> SavedUsage:
+    """What ``usage.json`` holds; UsageDocumentError if it is not a usage file."""
     if not isinstance(document, dict):
         raise UsageDocumentError("not a JSON object")
     if document.get("version") != FILE_VERSION:
@@ -93,8 +108,13 @@ def read_file_document(document: object) -> tuple[str | None, UsageBook, UsageBo
     name = document.get("instance")
     if name is not None and not isinstance(name, str):
         raise UsageDocumentError("the instance is not a string")
-    earlier = document.get("earlier")
-    return name, read_book(document, "bridge"), None if earlier is None else read_book(earlier)
+    earlier, folded = document.get("earlier"), document.get("folded")
+    return SavedUsage(
+        name,
+        read_book(document, "bridge"),
+        None if earlier is None else read_book(earlier),
+        None if folded is None else read_book(folded),
+    )
 
 
 def read_book(document: object, totals: str = "bridge") -> UsageBook:

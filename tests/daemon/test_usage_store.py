@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.daemon.usage_store import UsageStore
-from bridge.protocol.guardrails import Tokens, UsageBook
+from bridge.protocol.guardrails import Tokens
 from bridge.protocol.shared_usage import SharedUsage
 from bridge.protocol.usage_documents import file_document
 
@@ -20,10 +20,11 @@ DAY = date(2026, 6, 1)
 
 
 def saved_by(path: Path, instance: str, total: int, day: date = DAY) -> None:
-    book = UsageBook(day=day)
-    book.charge("kitchen", "default", Tokens(0, total, total))
+    usage = SharedUsage(name=instance)
+    usage.roll(day)
+    usage.charge("kitchen", "default", Tokens(0, total, total))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(file_document(instance, book, None)))
+    path.write_text(json.dumps(file_document(instance, usage)))
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory"])

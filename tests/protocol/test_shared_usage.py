@@ -24,6 +24,7 @@ from bridge.protocol.guardrails import (
 from bridge.protocol.shared_usage import MAX_INSTANCES, SharedUsage
 from bridge.protocol.usage_documents import (
     MAX_DOCUMENT_BYTES,
+    SavedUsage,
     UsageDocumentError,
     file_document,
     instance_document,
@@ -161,6 +162,27 @@ def test_a_future_dated_file_is_counted_into_and_ends_with_its_day() -> None:
     assert usage.day == future
 
 
+def test_a_restart_across_a_fold_counts_the_later_day_once() -> None:
+    """Stopped while the clock was a year ahead, started with the clock right: the file's
+    books fold back; our retained document of the later day then adds only what is new."""
+    usage = shared(a=10)
+    later = DAY + timedelta(days=365)
+    usage.roll(later)
+    usage.charge("a", "default", Tokens(0, 7, 7))
+    retained = read_instance_document("me", instance_document("me", usage.own))
+    saved = read_file_document(json.loads(json.dumps(file_document("me", usage))))
+    restarted = SharedUsage(saved.own, saved.earlier, saved.folded, name="me")
+    restarted.roll(DAY)
+    assert (restarted.day, restarted.used()) == (DAY, 17)
+    restarted.merge_own(retained)
+    assert restarted.used() == 17  # not 24
+    saved = read_file_document(json.loads(json.dumps(file_document("me", restarted))))
+    again = SharedUsage(saved.own, saved.earlier, saved.folded, name="me")
+    again.roll(DAY)
+    again.merge_own(book(later, a=9))  # 2 more were spent before the stop than the file knew
+    assert again.used() == 19
+
+
 def test_a_later_retained_document_folds_into_today() -> None:
     """The file is today's (the disk failed since); the broker has a later day, written
     while the clock was ahead: both count today."""
@@ -284,10 +306,12 @@ def test_our_document_stays_within_the_bound_and_keeps_its_totals() -> None:
     assert read.used_by(busiest) == MAX_USAGE_IDS - 1
 
 
-def test_the_file_keeps_both_books_and_its_writer() -> None:
-    own, earlier = book(DAY + timedelta(days=1), a=1), book(a=2)
-    document = json.loads(json.dumps(file_document("me", own, earlier)))
+def test_the_file_keeps_the_books_and_its_writer() -> None:
+    usage = shared(a=2)
+    usage.roll(DAY + timedelta(days=1))
+    usage.charge("a", "default", Tokens(0, 1, 1))
+    document = json.loads(json.dumps(file_document("me", usage)))
     assert document["bridge"] == {"input": 0, "output": 1, "total": 1}  # older readers' key
-    assert read_file_document(document) == ("me", own, earlier)
+    assert read_file_document(document) == SavedUsage("me", usage.own, usage.earlier, None)
     older = {"version": 1, "day": "2026-06-01", "bridge": GOOD["tokens"], "profiles": {}, "ids": {}}
-    assert read_file_document(older) == (None, UsageBook(DAY, Tokens(1, 2, 3)), None)
+    assert read_file_document(older) == SavedUsage(None, UsageBook(DAY, Tokens(1, 2, 3)))
