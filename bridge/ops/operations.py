@@ -8,8 +8,9 @@ that service beside it:
 
 - systemd: ``READY=1``, a ``STATUS=`` line on every change of the broker link
   or the connection count, ``WATCHDOG=1`` while healthy, ``STOPPING=1``;
-- ``P/bridge/info``, retained, published on connect and on every change,
-  at most once a second (bursts are coalesced);
+- ``P/bridge/info``, retained, published on connect (once the day's usage is
+  read back: :attr:`~bridge.daemon.usage_sharing.UsageSharing.settled`) and
+  on every change, at most once a second (bursts are coalesced);
 - Home Assistant discovery (``homeassistant.discovery``), published again
   when Home Assistant says ``online``;
 - Prometheus metrics (``metrics.enabled``).
@@ -232,6 +233,7 @@ class Operations(Observer):
                 status = line
             state = (
                 service.ready.is_set(),
+                service.link.connects,  # broker_connects
                 service.connection_count,
                 self.tally.revision,
                 service.core.guardrails.usage.revision,  # tokens_today: every instance's
