@@ -115,8 +115,8 @@ class Service:
             self._on_inbound,
             password=settings.mqtt_password.value if settings.mqtt_password else None,
             tls=settings.mqtt_tls,
-            # Commands up to twice the limit still get `payload_too_large`; the
-            # broker drops larger ones before they cost us memory (MQTT v5).
+            # Commands up to twice the limit still get `payload_too_large` (and other
+            # instances' usage documents fit); the broker drops larger ones (MQTT v5).
             max_packet_bytes=max(2 * config.limits.max_command_bytes, MAX_DOCUMENT_BYTES)
             + PACKET_OVERHEAD_BYTES,
             on_published=self.observer.publish_latency,

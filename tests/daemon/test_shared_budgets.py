@@ -10,9 +10,11 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +335,32 @@ async def test_moving_to_workers_and_back_keeps_the_day(
             for connection_id in ("w-a", "w-b"):
                 refused = await asker.ask(connection_id)
                 assert refused["error"]["code"] == "budget_exceeded", refused
+
+
+async def test_bad_usage_documents_are_ignored_with_one_warning_each(
+    broker: Broker,
+    simulator: Simulator,
+    start_bridge: Any,
+    client: Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Documents come from the broker: garbage is ignored (one WARNING per instance), a good
+    one counts against the budget at once."""
+    usage = "ai/bridge/instances/{}/usage"
+    negative = {"instance": "evil", "day": "2026-06-01", "tokens": {"input": -1}}
+    await client.mqtt.publish(usage.format("evil"), b"garbage", qos=1, retain=True)
+    today = datetime.now(UTC).date().isoformat()
+    good = {"instance": "good", "day": today, "profiles": {}, "ids": {}}
+    good["tokens"] = {"input": 0, "output": 100, "total": 100}
+    limits = {"budgets": {"global_tokens_per_day": 100, "timezone": "UTC"}}
+    with caplog.at_level(logging.WARNING):
+        await start_bridge(broker, simulator, limits=limits)
+        for payload in (json.dumps(negative).encode(), json.dumps(good).encode()):
+            name = json.loads(payload)["instance"]
+            await client.mqtt.publish(usage.format(name), payload, qos=1, retain=True)
+        async with asking(client) as asker:
+            refused = await asker.ask("h1")  # published after the documents, on one link
+    assert refused["error"]["code"] == "budget_exceeded", refused
+    warnings = [r.getMessage() for r in caplog.records if "usage document" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "'evil'" in warnings[0]
