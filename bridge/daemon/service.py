@@ -28,11 +28,11 @@ from bridge.daemon.cluster import ClusterMember, instance_name
 from bridge.daemon.config import Settings
 from bridge.daemon.membership import MembershipAgent
 from bridge.daemon.relay import Relay
-from bridge.daemon.usage_store import UsageStore, default_state_dir, keep_usage
+from bridge.daemon.usage_sharing import UsageSharing
+from bridge.daemon.usage_store import UsageStore, default_state_dir
 from bridge.errors import InstanceConflict, UpstreamError
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.ops.observer import Observer
-from bridge.ops.usage import usage_topic
 from bridge.protocol.actions import (
     AbortUpstream,
     Action,
@@ -48,6 +48,7 @@ from bridge.protocol.core import BridgeCore, Phase
 from bridge.protocol.guardrails import local_time
 from bridge.protocol.messages import Publish
 from bridge.protocol.response_topics import ResponseTopicPolicy
+from bridge.protocol.usage_documents import MAX_DOCUMENT_BYTES
 from bridge.upstream.connection import Upstream, UpstreamConnection
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ class Service:
         self.observer = observer or Observer()
         self.topics = Topics(config.mqtt.topic_prefix)
         self.wall_clock = wall_clock  # the budgets' days (tests move it)
-        self.usage_store = UsageStore(config.state_dir or default_state_dir())
+        state_dir = config.state_dir or default_state_dir()
+        self.usage_store = UsageStore(state_dir, instance_name(config))
         self.core = BridgeCore(
             self.topics,
             url=settings.endpoint.display_url,
@@ -114,14 +116,23 @@ class Service:
             self._on_inbound,
             password=settings.mqtt_password.value if settings.mqtt_password else None,
             tls=settings.mqtt_tls,
-            # Commands up to twice the limit still get `payload_too_large`; the
-            # broker drops larger ones before they cost us memory (MQTT v5).
-            max_packet_bytes=2 * config.limits.max_command_bytes + PACKET_OVERHEAD_BYTES,
+            # Commands up to twice the limit still get `payload_too_large` (and other
+            # instances' usage documents fit); the broker drops larger ones (MQTT v5).
+            max_packet_bytes=max(2 * config.limits.max_command_bytes, MAX_DOCUMENT_BYTES)
+            + PACKET_OVERHEAD_BYTES,
             on_published=self.observer.publish_latency,
         )
         for tool in config.tools:  # replies to tool calls (MQTT v5 correlation, or the first)
             if tool.reply is not None:
                 self.link.listen_for_replies(tool.reply.topic, self._on_tool_reply)
+        # The day's usage of every instance on the prefix, as budgets count it.
+        self.usage_sharing = UsageSharing(
+            self.core.guardrails,
+            self.usage_store,
+            self.link,
+            self.topics,
+            lambda: local_time(self.wall_clock(), self.core.timezone),
+        )
         # Every bridge says who it is on its prefix and serves only after a roll call
         # found no other bridge it cannot share the prefix with (README: Several instances).
         self.membership = MembershipAgent(
@@ -195,16 +206,7 @@ class Service:
         stopping = asyncio.create_task(stop.wait(), name="bridge.stop")
         refused = asyncio.create_task(self.membership.refused_event.wait(), name="bridge.refused")
         sweeper = asyncio.create_task(self._sweep_idle(), name="bridge.idle_sweep")
-        usage = asyncio.create_task(
-            keep_usage(
-                self.usage_store,
-                self.core.guardrails,
-                self.link,
-                usage_topic(self.topics),
-                lambda: local_time(self.wall_clock(), self.core.timezone),
-            ),
-            name="bridge.usage",
-        )
+        usage = asyncio.create_task(self.usage_sharing.run(), name="bridge.usage")
         try:
             done, _ = await asyncio.wait(
                 [link, ready, stopping, refused], return_when=asyncio.FIRST_COMPLETED
@@ -444,6 +446,7 @@ class Service:
             await self._cancel_all()
         if self.cluster is not None:
             self.cluster.stop()
+        self.usage_sharing.publish_now()
         self.membership.stop()
         self.link.stop(BROKER_FLUSH_GRACE)
 

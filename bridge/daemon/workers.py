@@ -84,7 +84,8 @@ def worker_specs(count: int, settings: Settings, config: Path | None) -> list[Wo
             f"{ENV}CLUSTER__ENABLED": "true",
             f"{ENV}CLUSTER__INSTANCE": json.dumps(instance),
             f"{ENV}MQTT__CLIENT_ID": json.dumps(f"{mqtt.client_id}-w{index}"),
-            # Each instance counts its own token usage: a file of its own.
+            # Its own usage file; the others' usage comes from the broker (and from their
+            # files in this tree: usage_store.py), so budgets stay the prefix's.
             f"{ENV}STATE_DIR": json.dumps(str(state_dir / f"w{index}")),
         }
         if metrics.enabled:

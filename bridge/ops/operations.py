@@ -8,8 +8,9 @@ that service beside it:
 
 - systemd: ``READY=1``, a ``STATUS=`` line on every change of the broker link
   or the connection count, ``WATCHDOG=1`` while healthy, ``STOPPING=1``;
-- ``P/bridge/info``, retained, published on connect and on every change,
-  at most once a second (bursts are coalesced);
+- ``P/bridge/info``, retained, published on connect (once the day's usage is
+  read back: :attr:`~bridge.daemon.usage_sharing.UsageSharing.settled`) and
+  on every change, at most once a second (bursts are coalesced);
 - Home Assistant discovery (``homeassistant.discovery``), published again
   when Home Assistant says ``online``;
 - Prometheus metrics (``metrics.enabled``).
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import time
@@ -69,7 +69,7 @@ class Operations(Observer):
             if config.cluster.enabled
             else None
         )
-        self.tally = Tally.for_assistants(config.homeassistant.assistants)
+        self.tally = Tally()
         self.started_at = time.time()
         self._started = time.monotonic()
         self._changed = asyncio.Event()
@@ -118,7 +118,7 @@ class Operations(Observer):
                 if metrics is not None:
                     metrics.completed(usage, connection_id, model_of(raw))
                 if usage is not None:
-                    self.tally.add_usage(usage, _today(), connection_id)
+                    self.tally.add_usage(usage)
                     self._changed.set()
             case ToolCalled(connection_id, name, call_id, topic, status, arguments):
                 logger.info(
@@ -216,11 +216,13 @@ class Operations(Observer):
         document = info_document(
             self.settings,
             self.tally,
+            service.core.guardrails.usage,
             started_at=self.started_at,
             uptime=time.monotonic() - self._started,
             connections=service.connection_count,
             broker_connects=service.link.connects,
             buffer_waits=service.buffer_waits,
+            usage_file=service.usage_store.problem,
         )
         return json.dumps(document, separators=(",", ":")).encode()
 
@@ -235,16 +237,21 @@ class Operations(Observer):
             if line != status:
                 systemd.notify(f"STATUS={line}")
                 status = line
-            self.tally.roll(_today())
             state = (
                 service.ready.is_set(),
+                service.link.connects,  # broker_connects
                 service.connection_count,
                 self.tally.revision,
+                service.core.guardrails.usage.revision,  # tokens_today: every instance's
+                service.usage_store.problem,
                 service.buffer_waits,
             )
             # Only a serving bridge speaks for the prefix: one that joins, or was refused
-            # because another serves it, must not write over that one's document.
-            if state != published and service.ready.is_set():
+            # because another serves it, must not write over that one's document. And not
+            # before our retained usage is read back: a restart that lost usage.json would
+            # show tokens_today 0 first, and Home Assistant would take it for a reset.
+            serving = service.ready.is_set() and service.usage_sharing.settled
+            if state != published and serving:
                 published = state
                 payload = self.info_payload(service)
                 service.link.announce(self.info_topic, payload)
@@ -268,7 +275,3 @@ def _on_homeassistant_status(link: MqttLink, payload: bytes) -> None:
     if payload.strip().lower() == b"online":
         logger.info("Home Assistant is online: announcing the bridge again")
         link.reannounce()
-
-
-def _today() -> str:
-    return datetime.date.today().isoformat()

@@ -40,7 +40,7 @@ from bridge.protocol.contract import (
 )
 from bridge.protocol.device_output import DeviceOutput
 from bridge.protocol.endings import ConnectionEndings
-from bridge.protocol.guardrails import Guardrails, UsageBook
+from bridge.protocol.guardrails import Guardrails
 from bridge.protocol.idle import REQUEST_ENDING_EVENTS, IdleTracker
 from bridge.protocol.intake import CommandIntake
 from bridge.protocol.limits import LimitsConfig
@@ -58,6 +58,7 @@ from bridge.protocol.sessions import (
     default_profiles,
     response_of,
 )
+from bridge.protocol.shared_usage import SharedUsage
 from bridge.protocol.spending import Spending
 from bridge.protocol.tool_rounds import ToolRounds
 from bridge.protocol.tools import ToolBox, ToolConfig
@@ -92,7 +93,7 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
         sessions: SessionsConfig | None = None,
         profiles: Mapping[str, ProfileConfig] | None = None,
         assistants: Collection[str] = (),
-        usage: UsageBook | None = None,
+        usage: SharedUsage | None = None,
         tools: Sequence[ToolConfig] = (),
     ) -> None:
         self.topics = topics
@@ -115,7 +116,7 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
         self.guardrails = Guardrails(
             self.limits.guardrails,
             {name: profile.limits for name, profile in self.conversations.profiles.items()},
-            usage or UsageBook(),
+            usage or SharedUsage(),
         )
         self.timezone = self.limits.budgets.timezone
         self._wall = 0.0

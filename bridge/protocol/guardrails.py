@@ -3,10 +3,12 @@
 The rules come from ``limits`` (the whole bridge) and from each profile's
 ``limits``; where both speak, both hold (a model must be allowed by both, the
 lower cap wins, every budget must have room). :class:`Guardrails` checks one
-``response.create`` against them before anything goes upstream, and
-:class:`UsageBook` keeps today's tokens, counted from the ``usage`` of every
-finished response. Time comes in as an aware ``datetime``; nothing here reads
-a clock or a file.
+``response.create`` against them before anything goes upstream, against the
+day's usage of every instance on the prefix
+(:class:`~bridge.protocol.shared_usage.SharedUsage`); a :class:`UsageBook` is
+one instance's tokens of one day, counted from the ``usage`` of every finished
+response. Time comes in as an aware ``datetime``; nothing here reads a clock
+or a file.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from bridge.protocol.shared_usage import SharedUsage
 
 MODEL_NOT_ALLOWED: Final = "model_not_allowed"
 BUDGET_EXCEEDED: Final = "budget_exceeded"
@@ -117,19 +122,16 @@ class Tokens:
 
 @dataclass(slots=True)
 class UsageBook:
-    """Today's tokens: the whole bridge, per profile, per connection id."""
+    """One day's tokens of one instance: the whole bridge, per profile, per connection id.
+
+    Which day counts, and the other instances' books, are
+    :class:`~bridge.protocol.shared_usage.SharedUsage`'s business.
+    """
 
     day: date | None = None
     bridge: Tokens = field(default_factory=Tokens)
     profiles: dict[str, Tokens] = field(default_factory=dict)
     ids: dict[str, Tokens] = field(default_factory=dict)
-    changed: bool = False  # since the owner last saved or published it
-
-    def roll(self, today: date) -> None:
-        """A new day starts every count from zero."""
-        if self.day != today:
-            self.day, self.bridge, self.profiles, self.ids = today, Tokens(), {}, {}
-            self.changed = True
 
     def charge(self, connection_id: str, profile: str, tokens: Tokens) -> None:
         self.bridge.add(tokens)
@@ -137,7 +139,6 @@ class UsageBook:
         if connection_id not in self.ids and len(self.ids) >= MAX_USAGE_IDS:
             connection_id = OTHER_IDS
         self.ids.setdefault(connection_id, Tokens()).add(tokens)
-        self.changed = True
 
     def used_by(self, connection_id: str) -> int:
         tokens = self.ids.get(connection_id)
@@ -170,6 +171,16 @@ def next_midnight(now: datetime) -> datetime:
     return datetime.combine(tomorrow, time(0)).astimezone()  # the system's zone
 
 
+def day_end(now: datetime, day: date | None) -> datetime:
+    """When the budgets' day ``day`` ends, seen at ``now``: the next midnight, or the end of
+    a later day the usage still counts into (a clock that went back)."""
+    if day is None or day <= now.date():
+        return next_midnight(now)
+    if isinstance(now.tzinfo, ZoneInfo):
+        return next_midnight(datetime.combine(day, time(12), tzinfo=now.tzinfo))
+    return next_midnight(datetime.combine(day, time(12)).astimezone())
+
+
 def model_allowed(model: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns)
 
@@ -178,7 +189,10 @@ class Guardrails:
     """The bridge's rules and each profile's, applied to one request at a time."""
 
     def __init__(
-        self, bridge: GuardrailsConfig, profiles: Mapping[str, GuardrailsConfig], usage: UsageBook
+        self,
+        bridge: GuardrailsConfig,
+        profiles: Mapping[str, GuardrailsConfig],
+        usage: SharedUsage,
     ) -> None:
         self.bridge = bridge
         self.profiles = {name: rules for name, rules in profiles.items() if rules.active}
@@ -223,10 +237,10 @@ class Guardrails:
     def _budget_refusal(self, connection_id: str, profile: str, now: datetime) -> Refusal | None:
         if not self.counts_usage:
             return None
-        self.usage.roll(now.date())
-        usage = self.usage
+        usage = self.usage  # every instance's usage of the day
+        usage.roll(now.date())
         checks: list[tuple[int | None, int, str]] = [
-            (self.bridge.budgets.global_tokens_per_day, usage.bridge.total, "the bridge's daily"),
+            (self.bridge.budgets.global_tokens_per_day, usage.used(), "the bridge's daily"),
             (self.bridge.budgets.tokens_per_day, usage.used_by(connection_id), "this id's daily"),
         ]
         rules = self.profiles.get(profile)
@@ -245,7 +259,7 @@ class Guardrails:
             ]
         for limit, used, name in checks:
             if limit is not None and used >= limit:
-                resets_at = next_midnight(now).isoformat()
+                resets_at = day_end(now, usage.day).isoformat()
                 return Refusal(
                     BUDGET_EXCEEDED,
                     f"{name} budget of {limit} tokens is used up ({used} used); "

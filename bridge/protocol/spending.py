@@ -2,8 +2,9 @@
 
 A ``send`` of a ``response.create`` and every ``ask`` pass
 :class:`~bridge.protocol.guardrails.Guardrails` before anything goes upstream;
-every finished response is charged to today's
-:class:`~bridge.protocol.guardrails.UsageBook`. With no rule configured a
+every finished response is charged to the day's
+:class:`~bridge.protocol.shared_usage.SharedUsage` (the budgets read every
+instance's usage there). With no rule configured a
 ``send`` is not even parsed again. The wall-clock time comes in with the
 facts (``wall``, epoch seconds), like the monotonic ``now``.
 """

@@ -21,7 +21,6 @@ from bridge.protocol.guardrails import (
     GuardrailsConfig,
     Refusal,
     Tokens,
-    UsageBook,
     local_time,
     model_allowed,
     next_midnight,
@@ -29,6 +28,7 @@ from bridge.protocol.guardrails import (
 )
 from bridge.protocol.limits import LimitsConfig
 from bridge.protocol.sessions import ProfileConfig, SessionsConfig
+from bridge.protocol.shared_usage import SharedUsage
 from tests.protocol.test_core import UNLIMITED, URL, cmd, error_codes, messages
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -56,7 +56,7 @@ def rules(**fields: Any) -> GuardrailsConfig:
 
 
 def check(bridge: GuardrailsConfig, request: dict[str, Any], **profiles: Any) -> Any:
-    guardrails = Guardrails(bridge, profiles, UsageBook())
+    guardrails = Guardrails(bridge, profiles, SharedUsage())
     return guardrails.check("c1", "default", request, NOON)
 
 
@@ -105,7 +105,7 @@ def test_both_scopes_must_allow_the_model() -> None:
 
 @given(st.integers(0, 10_000), st.integers(0, 10_000))
 def test_a_budget_refuses_once_used_up(limit: int, used: int) -> None:
-    usage = UsageBook()
+    usage = SharedUsage()
     usage.roll(NOON.date())
     usage.charge("c1", "default", Tokens(0, used, used))
     guardrails = Guardrails(rules(budgets=BudgetsConfig(tokens_per_day=limit)), {}, usage)
@@ -116,7 +116,7 @@ def test_a_budget_refuses_once_used_up(limit: int, used: int) -> None:
 
 
 def test_a_new_day_restores_the_budget() -> None:
-    usage = UsageBook()
+    usage = SharedUsage()
     usage.roll(NOON.date())
     usage.charge("c1", "default", Tokens(10, 90, 100))
     budgets = BudgetsConfig(global_tokens_per_day=100)
@@ -128,7 +128,7 @@ def test_a_new_day_restores_the_budget() -> None:
     assert isinstance(guardrails.check("c9", "default", {"model": "m"}, just_before), Refusal)
     midnight = datetime(2026, 6, 2, 0, 0, tzinfo=BERLIN)
     assert isinstance(guardrails.check("c1", "default", {"model": "m"}, midnight), Checked)
-    assert usage.bridge.total == 0
+    assert usage.used() == 0
 
 
 @pytest.mark.parametrize(
