@@ -63,15 +63,23 @@ class Bridges:
         )
 
     async def start(self, name: str, config: Path) -> str:
-        """Spawn it; return its instance name once it published its usage (live)."""
+        """Spawn it; return its instance name once it serves (its presence says ``online``
+        after its roll call) and has published its usage (both live)."""
         instance = instance_name(load_settings(config, {}).config)
+        presence = f"ai/bridge/instances/{instance}"
         async with Client(self.broker) as watcher:
-            await watcher.subscribe(f"ai/bridge/instances/{instance}/usage")
+            await watcher.subscribe(presence, f"{presence}/usage")
             self.processes[name] = spawn_daemon(config)
-            while True:
+            waiting = {presence, f"{presence}/usage"}
+            while waiting:
                 message = await watcher.next(20)
-                if not message.retain:
-                    return instance
+                topic = str(message.topic)
+                if message.retain:
+                    continue
+                if topic == presence and body(message).get("state") != "online":
+                    continue
+                waiting.discard(topic)
+            return instance
 
     def kill(self, name: str) -> None:
         self.processes[name].send_signal(signal.SIGKILL)
