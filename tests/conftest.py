@@ -24,6 +24,9 @@ from bridge_tools.local_broker import LocalMosquitto, find_mosquitto
 from bridge_tools.simulator import Simulator, SimulatorOptions
 from tests.helpers import SECOND
 
+# Fixtures of their own modules (bridge processes for the several-instances tests).
+pytest_plugins = ["tests.bridge_processes"]
+
 KEY = "sk-test-canary-0123456789abcdefXYZ"  # a canary: it must never show up on MQTT or in logs
 
 

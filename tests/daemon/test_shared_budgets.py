@@ -12,8 +12,7 @@ import contextlib
 import json
 import logging
 import signal
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,99 +20,16 @@ from typing import Any
 import pytest
 
 from bridge.cluster.ownership import owner_of
-from bridge.daemon.cluster import instance_name
-from bridge.daemon.config import load_settings
 from bridge_tools.simulator import Simulator, SimulatorOptions
+from tests.bridge_processes import KEEPALIVE
+from tests.bridge_processes import BridgeProcesses as Bridges
 from tests.conftest import KEY, Broker, Client, body
 from tests.daemon.test_workers import Supervised
 from tests.helpers import SECOND
-from tests.ops_helpers import daemon_config, finish, spawn_daemon
 
 pytestmark = pytest.mark.integration
 
-KEEPALIVE = 5
 USAGE = "ai/bridge/instances/+/usage"
-
-
-class Bridges:
-    """Bridge daemons as processes, each with its own config, state and client id."""
-
-    def __init__(self, tmp_path: Path, broker: Broker, simulator: Simulator) -> None:
-        self.tmp_path, self.broker, self.simulator = tmp_path, broker, simulator
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.killed: set[str] = set()
-
-    def config(self, name: str, *, cluster: bool = True, **sections: dict[str, Any]) -> Path:
-        directory = self.tmp_path / name
-        directory.mkdir(exist_ok=True)
-        limits = {"max_connections": 500, "commands_per_second": 1000, "command_burst": 1000}
-        extra: dict[str, Any] = {**sections, "limits": {**limits, **sections.get("limits", {})}}
-        if cluster:
-            extra["cluster"] = {"enabled": True, "instance": name, "roll_call": 0.5}
-        return daemon_config(
-            directory,
-            {
-                "host": self.broker.host,
-                "port": self.broker.port,
-                "client_id": f"bridge-{name}",
-                "keepalive": KEEPALIVE,
-            },
-            openai={"base_url": self.simulator.base_url},
-            **extra,
-        )
-
-    async def start(self, name: str, config: Path) -> str:
-        """Spawn it; return its instance name once it serves (its presence says ``online``
-        after its roll call) and has published its usage (both live)."""
-        instance = instance_name(load_settings(config, {}).config)
-        presence = f"ai/bridge/instances/{instance}"
-        async with Client(self.broker) as watcher:
-            await watcher.subscribe(presence, f"{presence}/usage")
-            self.processes[name] = spawn_daemon(config)
-            waiting = {presence, f"{presence}/usage"}
-            while waiting:
-                message = await watcher.next(20)
-                topic = str(message.topic)
-                if message.retain:
-                    continue
-                if topic == presence and body(message).get("state") != "online":
-                    continue
-                waiting.discard(topic)
-            return instance
-
-    def kill(self, name: str) -> None:
-        self.processes[name].send_signal(signal.SIGKILL)
-        self.killed.add(name)
-
-    async def stop(self, name: str) -> str:
-        """SIGTERM it; its stderr (it must exit 0)."""
-        process = self.processes.pop(name)
-        process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(process.wait, 20 * SECOND)
-        code, stderr = finish(process)
-        assert code == 0, stderr[-3000:]
-        return stderr
-
-    def stop_all(self) -> dict[str, tuple[int, str]]:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        ended = {}
-        for name, process in self.processes.items():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(20 * SECOND)
-            code, stderr = finish(process)
-            ended[name] = (code, stderr[-3000:])
-        return ended
-
-
-@pytest.fixture
-def bridges(tmp_path: Path, broker: Broker, simulator: Simulator) -> Iterator[Bridges]:
-    running = Bridges(tmp_path, broker, simulator)
-    yield running
-    for name, (code, log) in running.stop_all().items():
-        if name not in running.killed:
-            assert code == 0, f"{name} did not stop cleanly:\n{log}"
 
 
 class Asker:
