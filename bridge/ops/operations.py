@@ -152,6 +152,10 @@ class Operations(Observer):
             link.listen(
                 status_topic(config), lambda payload: _on_homeassistant_status(link, payload)
             )
+        counted = self.tally.assistants  # the tokens of each assistant: new ones from 0
+        self.tally.assistants = {
+            cid: counted.get(cid, 0) for cid in config.homeassistant.assistants
+        }
         self._reloads += 1
         self._changed.set()
 

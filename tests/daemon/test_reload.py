@@ -200,11 +200,13 @@ async def test_discovery_is_published_again_and_what_it_no_longer_names_removed(
         assert any("kitchen" in topic for topic in expected)
         announced = await configs(watcher, lambda topics: expected <= topics)
         assert all(payload for payload in announced.values())
+        assert ops.ops.tally.assistants == {"kitchen": 0}  # its tokens are counted from now
         config_file.write(homeassistant={"discovery": False})
         assert reloader.reload()
         retracted = await configs(watcher, lambda topics: set(announced) <= topics)
         assert set(retracted) == set(announced)
         assert not any(retracted.values())  # empty retained: Home Assistant drops the entities
+        assert ops.ops.tally.assistants == {}
 
 
 async def configs(watcher: Client, enough: Any, wait: float = 10) -> dict[str, bytes]:
