@@ -168,6 +168,8 @@ def _checks(options: Options, report: Report, context: checks.Context) -> int:
             detail, ok = check(context), True
         except CheckFailed as exc:
             detail, ok = str(exc), False
+        except Exception as exc:  # a check's own bug, or the guest answering oddly: still a line
+            detail, ok = f"{type(exc).__name__}: {exc}", False
         report.result(name, began, detail, ok)
         if not ok and name in checks.SETUP:
             report.line("the other checks need this one: stopping here")
