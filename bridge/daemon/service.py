@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Final
 from bridge.daemon import logs
 from bridge.daemon.buffer_waits import BufferWaits
 from bridge.daemon.cluster import ClusterMember, instance_name
-from bridge.daemon.config import Settings
+from bridge.daemon.config import Config, Settings
 from bridge.daemon.membership import MembershipAgent
 from bridge.daemon.relay import Relay
 from bridge.daemon.usage_sharing import UsageSharing
@@ -101,10 +102,7 @@ class Service:
             assistants=config.homeassistant.assistants,
             usage=self.usage_store.load(),
             tools=config.tools,
-            response_topics=ResponseTopicPolicy(
-                allowed=config.mqtt.response_topics,
-                refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),
-            ),
+            response_topics=self._response_topics(config),
         )
         # websockets logs handshake headers (Authorization) and the URL at DEBUG;
         # the handler logs.setup installs scrubs every line, this covers other handlers.
@@ -159,23 +157,42 @@ class Service:
             if config.cluster.enabled
             else None
         )
-        self.relay = Relay(
-            self.core,
-            self.link,
-            self.observer,
-            self._perform,
-            BufferWaits(
-                self.link.room,
-                limit=config.limits.event_buffer_wait,
-                buffered=lambda: self.link.buffered_messages,
-                log=logger,
-            ),
+        self._buffer_waits = BufferWaits(
+            self.link.room,
+            limit=config.limits.event_buffer_wait,
+            buffered=lambda: self.link.buffered_messages,
+            log=logger,
         )
+        self.relay = Relay(self.core, self.link, self.observer, self._perform, self._buffer_waits)
         self._observed_count = 0
         self._upstreams: dict[str, _Upstream] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}  # device output (ArmTimer), per id
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Run with a reloaded config from now on (bridge/daemon/reload.py says what changes
+        live): nothing open is dropped, new tools' reply topics are subscribed."""
+        self.settings, config = settings, settings.config
+        self.core.reconfigure(
+            limits=config.limits,
+            sessions=config.sessions,
+            profiles=config.profiles,
+            tools=config.tools,
+            assistants=config.homeassistant.assistants,
+            response_topics=self._response_topics(config),
+        )
+        self._buffer_waits.limit = config.limits.event_buffer_wait
+        self.link.max_packet_bytes = 2 * config.limits.max_command_bytes + PACKET_OVERHEAD_BYTES
+        for tool in config.tools:
+            if tool.reply is not None:
+                self.link.listen_for_replies(tool.reply.topic, self._on_tool_reply)
+
+    def _response_topics(self, config: Config) -> ResponseTopicPolicy:
+        return ResponseTopicPolicy(
+            allowed=config.mqtt.response_topics,
+            refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),
+        )
 
     @property
     def ready(self) -> asyncio.Event:
@@ -239,10 +256,9 @@ class Service:
     async def _sweep_idle(self) -> None:
         """Close connections idle for ``sessions.idle_timeout`` and let conversations
         expire (checked every second or so)."""
-        timeout = self.core.idle_timeout
-        interval = IDLE_SWEEP_INTERVAL if timeout is None else min(IDLE_SWEEP_INTERVAL, timeout / 4)
         while True:
-            await asyncio.sleep(interval)
+            timeout = self.core.idle_timeout  # a reload may change it
+            await asyncio.sleep(min(IDLE_SWEEP_INTERVAL, (timeout or math.inf) / 4))
             self._perform(self.core.sweep(time.monotonic(), self.wall_clock()))
             if self.cluster is not None:
                 self.cluster.sweep()

@@ -76,6 +76,8 @@ class Operations(Observer):
         self._changed.set()  # the first look is at once
         self.watchdog_interval = systemd.watchdog_interval(environ)
         self.metrics: Metrics | None = None
+        self._service: Service | None = None  # the one reported on (running)
+        self._status = ""  # the last STATUS= line systemd was told
         if config.metrics.enabled:
             from bridge.ops.metrics import Metrics  # the [metrics] extra: imported only when asked
 
@@ -83,6 +85,7 @@ class Operations(Observer):
         self.discovery: list[tuple[str, bytes]] = []
         if config.homeassistant.discovery:
             self.discovery = discovery_messages(config, topics)
+        self._reloads = 0
 
     # Observer ------------------------------------------------------------------------
 
@@ -136,11 +139,36 @@ class Operations(Observer):
         self.tally.note_error(code, message, connection_id, iso_time(time.time()))
         self._changed.set()
 
+    def reconfigure(self, settings: Settings, service: Service) -> None:
+        """A reloaded config: Home Assistant discovery published again as it now says (the
+        entities it no longer names are removed), and ``P/bridge/info`` too."""
+        self.settings = settings
+        config, link = settings.config, service.link
+        before = {topic for topic, _ in self.discovery}
+        self.discovery = []
+        if config.homeassistant.discovery:
+            self.discovery = discovery_messages(config, Topics(config.mqtt.topic_prefix))
+        for topic in before - {topic for topic, _ in self.discovery}:
+            link.retract(topic)
+        for topic, payload in self.discovery:
+            link.announce(topic, payload)
+        if self.discovery:
+            link.listen(
+                status_topic(config), lambda payload: _on_homeassistant_status(link, payload)
+            )
+        self._reloads += 1
+        self._changed.set()
+
     # Lifecycle -----------------------------------------------------------------------
 
     def ready(self) -> None:
-        """The broker is connected and ``P/+/cmd`` subscribed: tell systemd."""
-        systemd.notify("READY=1")
+        """The broker is connected and ``P/+/cmd`` subscribed: tell systemd, with the status
+        line in the same message (``systemctl enable --now`` returns with it shown)."""
+        if self._service is None:
+            systemd.notify("READY=1")
+        else:
+            self._status = self.status_line(self._service)
+            systemd.notify(f"READY=1\nSTATUS={self._status}")
         self._changed.set()
 
     def stopping(self) -> None:
@@ -155,6 +183,7 @@ class Operations(Observer):
         """
         config = self.settings.config
         link = service.link
+        self._service = service
         if self.metrics is not None:
             try:
                 await self.metrics.serve(service, config.metrics.host, config.metrics.port)
@@ -228,15 +257,14 @@ class Operations(Observer):
 
     async def _report(self, service: Service) -> None:
         """Send STATUS= and republish P/bridge/info on change; never more than once a second."""
-        status = ""
         published: tuple[object, ...] = ()
         while True:
             await self._next_change(service)
             self._changed.clear()
             line = self.status_line(service)
-            if line != status:
+            if line != self._status:
                 systemd.notify(f"STATUS={line}")
-                status = line
+                self._status = line
             state = (
                 service.ready.is_set(),
                 service.link.connects,  # broker_connects
@@ -245,6 +273,7 @@ class Operations(Observer):
                 service.core.guardrails.usage.revision,  # tokens_today: every instance's
                 service.usage_store.problem,
                 service.buffer_waits,
+                self._reloads,
             )
             # Only a serving bridge speaks for the prefix: one that joins, or was refused
             # because another serves it, must not write over that one's document. And not

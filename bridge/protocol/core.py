@@ -131,6 +131,47 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
         self._connections: dict[str, Connection] = {}
         self._backlogs = Backlogs(self.limits.max_waiting_bytes)
 
+    def reconfigure(
+        self,
+        *,
+        limits: LimitsConfig,
+        sessions: SessionsConfig,
+        profiles: Mapping[str, ProfileConfig],
+        tools: Sequence[ToolConfig],
+        assistants: Collection[str],
+        response_topics: ResponseTopicPolicy,
+    ) -> None:
+        """Apply a reloaded config from the next command on; nothing in flight is dropped.
+
+        Open connections keep their socket, their output options and the profile
+        they opened with; conversations keep their memory; today's usage stays. A
+        tool turn in flight goes on with the tools it was offered, removed or not
+        (a removed tool stays known, never offered again, until a later reload).
+        """
+        self.limits = limits
+        self.idle_timeout = sessions.idle_timeout or None
+        self.conversations.profiles = profiles
+        self.conversations.sessions = sessions
+        self.assistants = frozenset(assistants)
+        in_use = {
+            name
+            for connection in self._connections.values()
+            if connection.tool_turn is not None
+            for name in connection.tool_turn.offered
+        }
+        kept = [
+            tool
+            for name, tool in self.toolbox.tools.items()
+            if name in in_use and name not in {new.name for new in tools}
+        ]
+        self.toolbox = ToolBox([*tools, *kept])
+        self.guardrails.configure(
+            limits.guardrails, {name: profile.limits for name, profile in profiles.items()}
+        )
+        self.timezone = limits.budgets.timezone
+        self.intake.configure(limits, response_topics)
+        self._backlogs.max_waiting_bytes = limits.max_waiting_bytes
+
     # Introspection ----------------------------------------------------------
 
     @property

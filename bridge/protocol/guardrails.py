@@ -194,9 +194,13 @@ class Guardrails:
         profiles: Mapping[str, GuardrailsConfig],
         usage: SharedUsage,
     ) -> None:
+        self.usage = usage
+        self.configure(bridge, profiles)
+
+    def configure(self, bridge: GuardrailsConfig, profiles: Mapping[str, GuardrailsConfig]) -> None:
+        """Apply these rules from now on (a reloaded config); today's usage stays."""
         self.bridge = bridge
         self.profiles = {name: rules for name, rules in profiles.items() if rules.active}
-        self.usage = usage
         self.active = bridge.active or bool(self.profiles)
         self.counts_usage = any(
             rules.budgets.tokens_per_day is not None

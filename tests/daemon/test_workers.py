@@ -332,3 +332,80 @@ async def test_a_stopped_worker_whose_ids_were_taken_over_acts_on_none_of_them(
     assert re.search(
         r"dropped [3-9] commands that arrived while this instance was away", run.output()
     )
+
+
+@pytest.mark.integration
+async def test_sighup_reloads_every_worker_and_systemd_hears_one_reload(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """`systemctl reload`: each worker reloads; RELOADING=1, then READY=1 once both have."""
+    notify = NotifySocket()
+    try:
+        config = write_config(tmp_path, broker, simulator)
+        run = Supervised(config, 2, NOTIFY_SOCKET=notify.path)
+        supervised.append(run)
+        await notify.until(lambda message: message.startswith("READY=1"), 20)
+        document = json.loads(config.read_text())
+        document["profiles"] = {"default": {}, "pirate": {"request": {"model": "m-pirate"}}}
+        config.write_text(json.dumps(document))
+        run.process.send_signal(signal.SIGHUP)
+        said = await notify.until(lambda message: message == "READY=1", 20)
+        assert said[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert run.output().count("config reloaded from") == 2  # w1 and w2, before READY=1
+        async with Client(broker) as client:
+            await client.subscribe("ai/c1/events")
+            await client.command("c1", {"action": "ask", "input": "Ahoy?", "profile": "pirate"})
+            seen = await client.until(lambda m: m.get("type") == "response.completed", 20)
+            assert seen[0]["profile"] == "pirate"
+        assert run.workers().keys() == {"house-bridge-w1", "house-bridge-w2"}  # none restarted
+        assert "restarting in" not in run.output()
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 0, run.output()
+    finally:
+        notify.close()
+
+
+@pytest.mark.integration
+async def test_a_stopped_worker_is_continued_then_aborted_and_writes_its_stacks(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """SIGSTOP (a frozen worker): SIGCONT before SIGABRT, so it dies of SIGABRT with its
+    stacks written, not of the SIGKILL twice WatchdogSec later with none."""
+    notify = NotifySocket()
+    try:
+        usec = str(int(1.0 * SECOND * 1_000_000))
+        run = Supervised(
+            write_config(tmp_path, broker, simulator),
+            2,
+            NOTIFY_SOCKET=notify.path,
+            WATCHDOG_USEC=usec,
+        )
+        supervised.append(run)
+        await notify.until(lambda message: message.startswith("READY=1"), 20)
+        os.kill(run.workers()["house-bridge-w1"], signal.SIGSTOP)
+        await log_shows(run, "w1 was killed by SIGABRT; restarting in")
+        log = run.output()
+        assert log.count("Fatal Python error: Aborted") == 1  # w1's; w2 went on
+        assert "SIGKILL" not in log
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 0, run.output()
+    finally:
+        notify.close()
+
+
+@pytest.mark.integration
+async def test_the_supervisor_writes_its_own_stacks_on_sigabrt(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """What systemd's watchdog sends the main process: faulthandler is on in the supervisor."""
+    notify = NotifySocket()
+    try:
+        run = Supervised(write_config(tmp_path, broker, simulator), 1, NOTIFY_SOCKET=notify.path)
+        supervised.append(run)
+        await notify.until(lambda message: message.startswith("READY=1"), 20)
+        run.process.send_signal(signal.SIGABRT)
+        assert await run.wait() == -signal.SIGABRT
+        dump = run.output().partition("Fatal Python error: Aborted")[2]
+        assert "bridge/cli.py" in dump  # the supervisor's main thread, in asyncio.run
+    finally:
+        notify.close()
