@@ -244,6 +244,9 @@ class Supervisor:
                         worker.reloading = False
                         self._reloaded_by(worker)
                     worker.ready = True
+                    # As systemd: the watchdog counts from READY=1 (a worker calls the roll
+                    # of its prefix before it is ready, and pings once connected).
+                    worker.last_ping = max(worker.last_ping, asyncio.get_running_loop().time())
                     self._status()
                 elif line == "WATCHDOG=1":
                     worker.last_ping = asyncio.get_running_loop().time()
@@ -343,6 +346,8 @@ class Supervisor:
         while True:
             await asyncio.sleep(interval / 2)
             for worker in self._running():
+                if not worker.ready and not worker.aborted:
+                    continue  # starting: not watched until its first READY=1, as by systemd
                 if not self._stop.is_set() and loop.time() - worker.last_ping > limit:
                     sig = signal.SIGKILL if worker.aborted else signal.SIGABRT
                     logger.error(
