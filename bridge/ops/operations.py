@@ -31,7 +31,7 @@ from bridge.daemon.config import Settings
 from bridge.errors import ConfigError
 from bridge.ops import systemd
 from bridge.ops.discovery import discovery_messages, info_topic, status_topic
-from bridge.ops.info import Tally, info_document, iso_time, model_of, usage_of
+from bridge.ops.info import Tally, info_document, iso_time, model_of
 from bridge.ops.observer import Observer
 from bridge.protocol import contract
 from bridge.protocol.contract import RESERVED_ID, Topics
@@ -42,6 +42,7 @@ from bridge.protocol.messages import (
     ResponseCompleted,
     ToolCalled,
     UpstreamClosed,
+    UsageDoubted,
 )
 
 if TYPE_CHECKING:
@@ -113,13 +114,10 @@ class Operations(Observer):
                         metrics.command(contract.CLOSE, "ok")
                 if outcome.disconnected and code != contract.DEFAULT_CLOSE_CODE:
                     self._note_error("disconnected", f"{code} {reason}".strip(), connection_id)
-            case ResponseCompleted(connection_id, raw):
-                usage = usage_of(raw)
-                if metrics is not None:
-                    metrics.completed(usage, connection_id, model_of(raw))
-                if usage is not None:
-                    self.tally.add_usage(usage, _today(), connection_id)
-                    self._changed.set()
+            case ResponseCompleted():
+                self._completed(outcome)
+            case UsageDoubted(connection_id, problem):
+                _usage_doubted(connection_id, problem)
             case ToolCalled(connection_id, name, call_id, topic, status, arguments):
                 logger.info(
                     "[%s] tool %s (call %s) on %s: %s", connection_id, name, call_id, topic, status
@@ -127,6 +125,17 @@ class Operations(Observer):
                 logger.debug("[%s] tool %s arguments: %s", connection_id, name, arguments)
                 if metrics is not None:
                     metrics.tool_called(name, status)
+
+    def _completed(self, outcome: ResponseCompleted) -> None:
+        """A response completed: its tokens, as the budgets counted them."""
+        connection_id, tokens = outcome.connection_id, outcome.tokens
+        if outcome.usage_problem is not None:
+            _usage_doubted(connection_id, outcome.usage_problem)
+        if self.metrics is not None:
+            self.metrics.completed(tokens, connection_id, model_of(outcome.raw))
+        if tokens is not None:
+            self.tally.add_usage(tokens, _today(), connection_id)
+            self._changed.set()
 
     def _note_error(self, code: str, message: str, connection_id: str | None) -> None:
         self.tally.note_error(code, message, connection_id, iso_time(time.time()))
@@ -264,3 +273,12 @@ def _on_homeassistant_status(link: MqttLink, payload: bytes) -> None:
 
 def _today() -> str:
     return datetime.date.today().isoformat()
+
+
+def _usage_doubted(connection_id: str, problem: str) -> None:
+    logger.warning(
+        "[%s] the upstream's usage was not taken as sent: %s "
+        "(said once per connection; Spend guardrails in the README)",
+        connection_id,
+        problem,
+    )

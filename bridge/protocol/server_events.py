@@ -4,7 +4,7 @@ of a server event, read without decoding the whole event (pure)."""
 from __future__ import annotations
 
 import json
-from typing import Final
+from typing import Any, Final
 
 # Event types the bridge acts on ----------------------------------------------------
 
@@ -54,10 +54,28 @@ def server_event_type(raw: bytes) -> str | None:
             name = raw[_TYPE_START:end]
             if b"\\" not in name:
                 return name.decode("utf-8", "replace")
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(document, dict) and isinstance(document.get("type"), str):
+    document = event_document(raw)
+    if document is not None and isinstance(document.get("type"), str):
         return str(document["type"])
     return None
+
+
+def claimed_type(raw: bytes) -> str | None:
+    """The ``type`` a frame that is not an event starts with, if it starts like one
+    (an end of a request that is not JSON still ends the request)."""
+    if not raw.startswith(_TYPE_PREFIX):
+        return None
+    end = raw.find(b'"', _TYPE_START, _TYPE_START + 64)
+    return raw[_TYPE_START:end].decode("utf-8", "replace") if end > 0 else None
+
+
+def event_document(raw: bytes) -> dict[str, Any] | None:
+    """A server event as its JSON object; None when it is not one: not UTF-8 JSON,
+    nested deeper than the parser goes, an integer of more than 4,300 digits, or
+    not an object."""
+    try:
+        # json.loads would let UTF-8-encoded surrogates through ("surrogatepass").
+        document = json.loads(raw.decode())
+    except (ValueError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None

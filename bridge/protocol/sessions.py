@@ -269,16 +269,6 @@ def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def response_of(raw: bytes) -> Mapping[str, Any]:
-    """The ``response`` object of a ``response.completed`` event ({} if it has none)."""
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):
-        return {}
-    response = document.get("response") if isinstance(document, dict) else None
-    return response if isinstance(response, dict) else {}
-
-
 def input_items(turn_input: str | tuple[Any, ...]) -> list[Any]:
     """A turn's input as Responses input items (text becomes one user message)."""
     if isinstance(turn_input, str):

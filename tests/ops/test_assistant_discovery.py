@@ -22,6 +22,7 @@ from bridge.ops.discovery import discovery_messages
 from bridge.ops.info import info_document
 from bridge.ops.operations import Operations
 from bridge.protocol.contract import Ask, Topics, parse_command
+from bridge.protocol.guardrails import Tokens
 from bridge.protocol.messages import ResponseCompleted
 from bridge_tools.simulator import Simulator
 from tests.conftest import Broker, Client, body, bridge_settings
@@ -386,7 +387,7 @@ def test_info_counts_the_tokens_of_assistant_ids_only(tmp_path: Path) -> None:
     def completed(connection_id: str, total: int) -> None:
         usage = {"input_tokens": 1, "output_tokens": total - 1, "total_tokens": total}
         raw = json.dumps({"type": "response.completed", "response": {"usage": usage}}).encode()
-        operations.observe(ResponseCompleted(connection_id, raw))
+        operations.observe(ResponseCompleted(connection_id, raw, Tokens(1, total - 1, total)))
 
     def document() -> dict[str, Any]:
         return info_document(
@@ -419,7 +420,7 @@ def test_info_has_no_assistants_when_none_are_configured() -> None:
     settings = load_settings(None, {})
     operations = Operations(settings, {})
     raw = b'{"type":"response.completed","response":{"usage":{"input_tokens":1,"output_tokens":2}}}'
-    operations.observe(ResponseCompleted("kitchen", raw))
+    operations.observe(ResponseCompleted("kitchen", raw, Tokens(1, 2, 3)))
     info = info_document(
         settings,
         operations.tally,
