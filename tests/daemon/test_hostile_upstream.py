@@ -8,6 +8,7 @@ events that are not JSON, frames that only look like events.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 from tests.conftest import Broker, Client, body
 from tests.helpers import SECOND, free_port
-from tests.hostile_upstream import HostileUpstream, answer
+from tests.hostile_upstream import Frame, HostileUpstream, TextBytes, answer
 from tests.ops_helpers import daemon_config, finish, spawn_daemon
 
 pytestmark = pytest.mark.integration
@@ -157,3 +158,36 @@ async def test_a_malformed_error_ends_the_ask_with_invalid_server_event(
         assert (await ask(client, "e1", "q2"))["type"] == "response.completed"
     assert upstream.sockets == 1  # the same socket went on
     assert not [record for record in caplog.records if record.exc_info], caplog.text
+
+
+NOT_EVENTS: list[Frame] = [
+    '{"type":"response.output_text.delta","delta":"cut short"',
+    '{"type":"response.output_text.delta"garbage}',
+    TextBytes(b'{"type":"response.output_text.delta","delta":"\xff\xfe"}'),
+    b'{"type":"response.output_text.delta","delta":"\xc3("}',  # binary, not UTF-8
+]
+
+
+async def test_frames_that_only_look_like_events_are_not_relayed(
+    broker: Broker, tmp_path: Path, start_bridge: Any, client: Client
+) -> None:
+    """Each is an invalid_server_event error; the events around them pass as sent."""
+    frames = answer("Fine.", {"input_tokens": 1, "output_tokens": 2})
+    script = [frames[0], *NOT_EVENTS, *frames[1:]]
+    async with HostileUpstream(lambda event, number: script) as upstream:
+        await start_bridge(broker, upstream)
+        await client.command("f1", {"action": "connect"})
+        await client.until(lambda m: m.get("action") == "connect")
+        await client.command("f1", {"action": "send", "event": {"type": "response.create"}})
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1].get("type") != "response.completed":
+            message = await client.next()
+            assert isinstance(message.payload, bytes)
+            seen.append(json.loads(message.payload))  # every message is JSON
+    errors = [m["error"]["code"] for m in seen if "error" in m]
+    assert errors == ["invalid_server_event"] * len(NOT_EVENTS)
+    assert [m["type"] for m in seen if "type" in m] == [
+        "response.created",
+        "response.output_text.delta",
+        "response.completed",
+    ]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bridge.protocol import server_events
 from bridge.protocol.actions import Action, SendUpstream
 from bridge.protocol.contract import Topics
 from bridge.protocol.core import BridgeCore
@@ -16,6 +17,8 @@ from bridge.protocol.messages import Publish, ResponseCompleted, UsageDoubted
 from bridge.protocol.output_options import OutputConfig
 from bridge.protocol.sessions import ProfileConfig, SessionsConfig
 from tests.protocol.test_core import UNLIMITED, URL, cmd, messages, open_core, relayed
+
+DELTA = b'{"type":"response.output_text.delta","delta":"Hi"}'
 
 
 def completed(usage: Any, text: str = "Hello") -> bytes:
@@ -43,6 +46,48 @@ def what_an_event_does(core: BridgeCore, raw: bytes) -> list[Action]:
     """Every action one server event leads to (held back ones included)."""
     publish = core.upstream_event("c1", raw)
     return [publish] if publish is not None else core.take_deferred()
+
+
+# Frames that only look like events ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type":"response.output_text.delta"',  # cut short
+        b'{"type":"response.output_text.delta"garbage}',
+        b'{"type":"response.output_text.delta","delta":"\xff\xfe"}',  # not UTF-8
+        b'{"type":"response.output_text.delta","delta":"\xed\xa0\x80"}',  # a surrogate
+        b'{"type":"response.\xc3","delta":"x"}',
+        b"\x00garbage",
+        b'{"type":"',
+        b'{"type":"x"}' + b" " * 3,  # JSON with trailing space: read in full, still fine
+    ],
+)
+def test_frames_that_are_not_events_are_not_relayed(raw: bytes) -> None:
+    publish = relayed(open_core(), raw)
+    if raw.rstrip() == b'{"type":"x"}':
+        assert publish.relayed
+        assert publish.payload == raw
+        return
+    assert not publish.relayed
+    assert json.loads(publish.payload)["error"]["code"] == "invalid_server_event"
+
+
+def test_utf8_is_checked_in_pieces_for_large_frames() -> None:
+    text = "é" * 100_000
+    event = {"type": "x", "delta": text}
+    raw = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+    assert server_events.server_event_type(raw) == "x"
+    broken = raw[:-100] + b"\xff" + raw[-99:]  # far past the first piece
+    assert server_events.server_event_type(broken) is None
+    assert server_events.is_utf8(raw[:70_000]) is False  # cut inside a character
+
+
+def test_a_delta_that_passes_the_cheap_checks_is_relayed_unread() -> None:
+    publish = relayed(open_core(), DELTA)
+    assert publish.relayed
+    assert publish.payload == DELTA
 
 
 # Ends that are not JSON ----------------------------------------------------------------
