@@ -1,5 +1,6 @@
-"""What travels with a published message: its MQTT v5 user properties, and the type
-of a server event, read without decoding the whole event (pure)."""
+"""What travels with a published message: its MQTT v5 user properties; and what a
+server frame is: the type of an event, read off its start after cheap checks (no
+parse of the whole event), or the event's JSON object when it must be read (pure)."""
 
 from __future__ import annotations
 

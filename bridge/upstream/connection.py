@@ -259,7 +259,7 @@ class UpstreamConnection:
                     raw = raw.encode()
                 while not self._aborted and not deliver(raw):
                     await room()
-                meter.delivered()  # handed on: its frames leave the read budget
+                meter.delivered(len(raw))  # handed on: its frames leave the read budget
                 # Not held while the next event is awaited: an idle socket would keep its
                 # last event (a whole response.completed) for as long as it stays open.
                 del raw

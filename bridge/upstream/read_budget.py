@@ -7,13 +7,15 @@ A server event is held from its first byte off a socket until the reader
 hands it to the event buffer: while its frame is read (the WebSocket library
 gathers it whole), while it waits in the library's queue, and while its
 reader waits for room in the event buffer. :class:`ReadBudget` bounds that
-across every connection: each data frame reserves its size from one pool
-(``openai.max_bytes_in_flight``) as its header arrives, before its payload is
-read; a socket whose frame does not fit pauses until earlier events have
-been handed on. Frames are granted in the order they asked (a large one is
-not passed over by smaller ones), and one larger than the whole pool is read
-alone. What a socket reads past a frame that waits, in the same read, is not
-counted: at most one read (256 KiB) per connection.
+across every connection: the data frames whose headers a read completes
+reserve their payload sizes from one pool (``openai.max_bytes_in_flight``),
+before their payloads are read on; a socket whose frames do not fit pauses
+until earlier events have been handed on, and each handed-on event gives back
+its size. Sockets are granted in the order they asked (a large frame is not
+passed over by smaller ones), and a frame larger than the whole pool is read
+alone. What one read brings past a frame that waits is not counted: at most
+one read (256 KiB) per connection. (With permessage-deflate, frames count as
+sent, compressed.)
 """
 
 from __future__ import annotations
@@ -32,44 +34,40 @@ class ReadBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.reserved = 0
-        self._waiting: deque[FrameMeter] = deque()  # each waits for its first pending frame
+        self._waiting: deque[FrameMeter] = deque()  # in the order they asked
 
     def ask(self, meter: FrameMeter, size: int) -> bool:
-        """Reserve ``size`` for ``meter``'s next frame now, or queue it; True if granted."""
-        if not self._waiting and self._fits(size):
+        """Reserve ``size`` for ``meter`` now (True), or queue it until there is room."""
+        if not self._waiting and (self.reserved + size <= self.limit or not self.reserved):
             self.reserved += size
             return True
-        if meter not in self._waiting:
-            self._waiting.append(meter)
+        self._waiting.append(meter)
         return False
 
     def release(self, size: int) -> None:
         self.reserved -= size
-        while self._waiting:
-            meter = self._waiting[0]
-            size = meter.wanted
-            if not self._fits(size):
+        waiting = self._waiting
+        while waiting:
+            size = waiting[0].wanted
+            if self.reserved + size > self.limit and self.reserved:
                 return
-            self._waiting.popleft()
             self.reserved += size
-            meter.granted()
+            waiting.popleft().granted()
 
     def forget(self, meter: FrameMeter) -> None:
         """A socket is gone: it waits no more (its reservations are released by the meter)."""
         if meter in self._waiting:
             self._waiting.remove(meter)
 
-    def _fits(self, size: int) -> bool:
-        return self.reserved + size <= self.limit or self.reserved == 0
-
 
 class FrameMeter:
-    """The frames of one upstream socket's byte stream, and their reservations.
+    """The frames of one upstream socket's byte stream, and what they reserved.
 
     It finds the frame headers in the bytes the socket reads (after the HTTP
-    handshake response), asks the budget for each data frame's payload size,
-    pauses reading while a frame waits, and releases a message's frames when
-    the reader has handed it on (:meth:`delivered`).
+    handshake response), asks the budget for the payload sizes of the data
+    frames each read announces, pauses reading while they wait, and gives
+    back each event's size when the reader has handed it on
+    (:meth:`delivered`).
     """
 
     def __init__(
@@ -84,21 +82,10 @@ class FrameMeter:
         self._resume = resume
         self._max_frame = max_frame  # larger frames fail the connection: never reserved
         self._in_handshake = True
-        self._partial = bytearray()  # a frame header (or the handshake's end) split across reads
+        self._partial = b""  # a frame header (or the handshake's end) split across reads
         self._payload_left = 0  # bytes of the current frame's payload still to come
-        self._pending: deque[tuple[int, bool]] = deque()  # (size, final) waiting for the pool
-        self._granted: deque[tuple[int, bool]] = deque()  # reserved, not yet handed on
-        self.waiting = False
-
-    @property
-    def wanted(self) -> int:
-        """The size the first pending frame asks for."""
-        return self._pending[0][0]
-
-    @property
-    def held(self) -> int:
-        """Bytes reserved for this socket's frames not yet handed on."""
-        return sum(size for size, _ in self._granted)
+        self.held = 0  # reserved for this socket's frames and not yet given back
+        self.wanted = 0  # what the frames of the read that waits ask for (0: none waits)
 
     def received(self, data: bytes) -> None:
         """The socket read ``data``: reserve the data frames whose headers it completes."""
@@ -107,105 +94,76 @@ class FrameMeter:
             start = self._handshake_end(data)
             if start < 0:
                 return
-        end = len(data)
-        while start < end:
-            if self._payload_left:
-                step = min(self._payload_left, end - start)
-                self._payload_left -= step
-                start += step
-            else:
-                start = self._header(data, start)
-        self._grant_pending()
+        wanted = self._scan(data, start)
+        if not wanted:
+            return
+        if self.wanted:  # an earlier read waits: this one waits with it
+            self.wanted += wanted
+        elif self._budget.ask(self, wanted):
+            self.held += wanted
+        else:
+            self.wanted = wanted
+            self._pause()
 
-    def delivered(self) -> None:
-        """The reader handed one message on: its frames leave the budget."""
-        released = 0
-        granted = self._granted
-        while granted:
-            size, final = granted.popleft()
-            released += size
-            if final:
-                break
-        if released:
-            self._budget.release(released)
+    def delivered(self, size: int) -> None:
+        """The reader handed on an event of ``size`` bytes: its frames leave the budget."""
+        size = min(size, self.held)
+        if size:
+            self.held -= size
+            self._budget.release(size)
 
     def granted(self) -> None:
-        """The budget granted the first pending frame (it was waiting)."""
-        self._granted.append(self._pending.popleft())
-        self._grant_pending()
+        """The budget granted what waited."""
+        self.held += self.wanted
+        self.wanted = 0
+        self._resume()
 
     def close(self) -> None:
-        """The socket is gone: release everything it held or waited for."""
+        """The socket is gone: give back everything it held, and wait no more."""
         self._budget.forget(self)
-        self._pending.clear()
-        held = self.held
-        self._granted.clear()
+        self.wanted = 0
+        held, self.held = self.held, 0
         if held:
             self._budget.release(held)
 
-    def _grant_pending(self) -> None:
-        budget = self._budget
-        while self._pending:
-            if not budget.ask(self, self._pending[0][0]):
-                if not self.waiting:
-                    self.waiting = True
-                    self._pause()
-                return
-            self._granted.append(self._pending.popleft())
-        if self.waiting:
-            self.waiting = False
-            self._resume()
+    def _scan(self, data: bytes, start: int) -> int:
+        """Read the headers from ``start`` on, skipping payloads: the data frames' sizes."""
+        if self._partial:  # a header split across reads: complete it first
+            data, start = self._partial + data[start:], 0
+            self._partial = b""
+        end = len(data)
+        start += self._payload_left
+        wanted = 0
+        max_frame = self._max_frame
+        while start < end:
+            if end - start < 2:
+                break
+            second = data[start + 1]
+            length = second & 0x7F
+            size = 2 if length < 126 else 4 if length == 126 else 10
+            header = size + 4 if second & 0x80 else size
+            if end - start < header:
+                break
+            if length >= 126:
+                length = int.from_bytes(data[start + 2 : start + size], "big")
+            if data[start] & 0x0F < _CONTROL and length <= max_frame:
+                wanted += length
+            start += header + length
+        if start > end:  # the payload goes on in the next reads
+            self._payload_left = start - end
+        else:
+            self._payload_left = 0
+            self._partial = data[start:]
+        return wanted
 
     def _handshake_end(self, data: bytes) -> int:
         """Where the frames start in ``data``, past the HTTP response; -1: not yet."""
-        seen = bytes(self._partial) + data
+        seen = self._partial + data
         at = seen.find(_END_OF_HEADERS)
         if at < 0:
-            self._partial = bytearray(seen[-3:])
+            self._partial = seen[-3:]
             return -1
         self._in_handshake = False
         start = at + len(_END_OF_HEADERS) - len(self._partial)
-        self._partial = bytearray()
+        self._partial = b""
         return start
-
-    def _header(self, data: bytes, start: int) -> int:
-        """Read one frame header at ``start`` (or its part); where its payload begins."""
-        partial = self._partial
-        need = _header_length(partial, data, start)
-        have = len(partial)
-        if have + len(data) - start < need:
-            partial += data[start:]
-            return len(data)
-        header = bytes(partial) + data[start : start + need - have]
-        self._partial = bytearray()
-        start += need - have
-        length = _payload_length(header)
-        if header[0] & 0x0F < _CONTROL and length <= self._max_frame:
-            self._pending.append((length, bool(header[0] & 0x80)))
-        self._payload_left = length
-        return start
-
-
-def _header_length(partial: bytearray, data: bytes, start: int) -> int:
-    """The length of the header that begins with ``partial`` and ``data[start:]``
-    (2 until its second byte is known)."""
-    if len(partial) >= 2:
-        second = partial[1]
-    elif len(partial) == 1:
-        second = data[start]
-    elif len(data) - start >= 2:
-        second = data[start + 1]
-    else:
-        return 2
-    size = second & 0x7F
-    extended = 2 if size == 126 else 8 if size == 127 else 0
-    return 2 + extended + (4 if second & 0x80 else 0)
-
-
-def _payload_length(header: bytes) -> int:
-    size = header[1] & 0x7F
-    if size == 126:
-        return int.from_bytes(header[2:4], "big")
-    if size == 127:
-        return int.from_bytes(header[2:10], "big")
-    return size

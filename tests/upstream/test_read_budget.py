@@ -45,9 +45,9 @@ def test_small_frames_go_through_and_leave_when_handed_on() -> None:
     socket = Socket(budget)
     socket.meter.received(frame(100) + frame(200))
     assert (budget.reserved, socket.reading) == (300, True)
-    socket.meter.delivered()
+    socket.meter.delivered(100)
     assert budget.reserved == 200
-    socket.meter.delivered()
+    socket.meter.delivered(200)
     assert budget.reserved == 0
 
 
@@ -59,7 +59,7 @@ def test_a_frame_that_does_not_fit_pauses_its_socket_until_room_comes() -> None:
     second.meter.received(frame(300)[:10])
     assert (second.reading, budget.reserved) == (False, 800)
     first.meter.received(frame(800)[500:])
-    first.meter.delivered()
+    first.meter.delivered(800)
     assert (second.reading, budget.reserved) == (True, 300)
 
 
@@ -71,10 +71,10 @@ def test_larger_than_the_pool_is_read_alone_and_in_turn() -> None:
     assert not big.reading  # waits for the pool to be empty
     later.meter.received(frame(10))
     assert not later.reading  # no passing the large one
-    small.meter.delivered()
+    small.meter.delivered(100)
     assert (big.reading, later.reading, budget.reserved) == (True, False, 5000)
     big.meter.received(frame(5000)[20:])
-    big.meter.delivered()
+    big.meter.delivered(5000)
     assert (later.reading, budget.reserved) == (True, 10)
 
 
@@ -90,7 +90,7 @@ def test_fragments_headers_split_across_reads_and_control_frames() -> None:
     for start in range(0, len(stream), 7):  # every header split somewhere
         socket.meter.received(stream[start : start + 7])
     assert budget.reserved == 70_000 + 300 + 5
-    socket.meter.delivered()  # the fragmented message, both fragments
+    socket.meter.delivered(70_300)  # the fragmented message, both fragments
     assert budget.reserved == 5
 
 
@@ -137,6 +137,6 @@ def test_any_reads_reserve_exactly_the_frames(sizes: list[int], cuts: list[int])
         start += cut
     socket.meter.received(stream[start:])
     assert budget.reserved == sum(sizes)
-    for _ in sizes:
-        socket.meter.delivered()
+    for size in sizes:
+        socket.meter.delivered(size)
     assert budget.reserved == 0
