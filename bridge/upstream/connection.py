@@ -169,6 +169,8 @@ class MeteredConnection(ClientConnection):
             functools.partial(self._let_go, "budget"),
             max_frame,
         )
+        # The library's queue pauses reading through these (websockets 15's Assembler,
+        # pinned in pyproject.toml); they now share the transport with the budget.
         self.recv_messages.pause = functools.partial(self._hold, "queue")
         self.recv_messages.resume = functools.partial(self._let_go, "queue")
 
