@@ -11,7 +11,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 import pytest
@@ -80,8 +80,15 @@ async def simulator() -> AsyncIterator[Simulator]:
         yield sim
 
 
+class Endpoint(Protocol):
+    """A Responses endpoint for a test: the simulator, or one that lies."""
+
+    @property
+    def base_url(self) -> str: ...
+
+
 def bridge_settings(
-    broker: Broker, simulator: Simulator, tmp_path: Path, **sections: Any
+    broker: Broker, simulator: Endpoint, tmp_path: Path, **sections: Any
 ) -> Settings:
     """Settings for a bridge between ``broker`` and ``simulator``, with overrides."""
     document: dict[str, Any] = {
@@ -135,7 +142,7 @@ async def start_bridge(tmp_path: Path) -> AsyncIterator[Any]:
     running: list[RunningBridge] = []
 
     async def start(
-        broker: Broker, simulator: Simulator, **sections: dict[str, Any]
+        broker: Broker, simulator: Endpoint, **sections: dict[str, Any]
     ) -> RunningBridge:
         bridge = RunningBridge(Service(bridge_settings(broker, simulator, tmp_path, **sections)))
         running.append(bridge)

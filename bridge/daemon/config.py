@@ -164,8 +164,10 @@ class OpenAIConfig(_Section):
     # permessage-deflate: off by default; each compressed connection holds
     # zlib windows (~35 KiB more per connection) and inflates every event.
     compression: bool = False
-    # Limits
-    max_message_bytes: int = Field(64 * MIB, ge=MIB)
+    # Limits: the largest server event, and the bytes of server events every upstream
+    # socket together may hold between reading them and handing them to the event buffer.
+    max_message_bytes: int = Field(16 * MIB, ge=MIB)
+    max_bytes_in_flight: int = Field(32 * MIB, ge=MIB)
 
     @field_validator("base_url")
     @classmethod

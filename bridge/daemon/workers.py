@@ -1,7 +1,11 @@
 """``run --workers N``: N bridge instances as worker processes of one supervisor, on one host.
 
-Worker ``w<i>`` (i = 1..N) is ``python -m bridge run [--config FILE]`` with the
-environment overrides ``OPENAI_MQTT_BRIDGE__CLUSTER__ENABLED=true``,
+Worker ``w<i>`` (i = 1..N) is ``python -P -m bridge run [--config FILE]`` (``-P``:
+the working directory is not put on the import path, so a folder named
+``bridge`` there cannot stand in for the package; the directory the
+supervisor's own ``bridge`` came from goes on ``PYTHONPATH`` when only the
+working directory had it) with the environment overrides
+``OPENAI_MQTT_BRIDGE__CLUSTER__ENABLED=true``,
 ``..._CLUSTER__INSTANCE=<base>-w<i>`` (``<base>``: ``cluster.instance``, or
 ``<host name>-<mqtt.client_id>``), ``..._MQTT__CLIENT_ID=<client_id>-w<i>`` and,
 with ``metrics.enabled``, ``..._METRICS__PORT=<port + i - 1>``. Their stdout
@@ -75,6 +79,21 @@ class WorkerSpec:
     instance: str
     argv: tuple[str, ...]
     overrides: Mapping[str, str]
+    # Put ahead of PYTHONPATH: where the supervisor's `bridge` is, if -P would lose it.
+    import_path: tuple[str, ...] = ()
+
+
+def package_import_path() -> tuple[str, ...]:
+    """The directory this ``bridge`` package was imported from, unless it is on the
+    part of ``sys.path`` a ``-P`` interpreter keeps too (site-packages: putting that
+    on PYTHONPATH would put it ahead of the standard library). It is needed when
+    the package came from the unsafe first entry: ``python -m bridge`` in a source
+    checkout."""
+    root = os.path.realpath(Path(__file__).resolve().parents[2])
+    safe = sys.path if sys.flags.safe_path else sys.path[1:]
+    if root in {os.path.realpath(entry or ".") for entry in safe}:
+        return ()
+    return (root,)
 
 
 def worker_specs(count: int, settings: Settings, config: Path | None) -> list[WorkerSpec]:
@@ -82,7 +101,10 @@ def worker_specs(count: int, settings: Settings, config: Path | None) -> list[Wo
     base = instance_name(settings.config)
     mqtt, metrics = settings.config.mqtt, settings.config.metrics
     state_dir = settings.config.state_dir or default_state_dir()
-    argv = (sys.executable, "-m", "bridge", "run", *(("--config", str(config)) if config else ()))
+    run = ("run", *(("--config", str(config)) if config else ()))
+    # -P: the working directory does not go first on the import path (it may hold a `bridge`).
+    argv = (sys.executable, "-P", "-m", "bridge", *run)
+    import_path = package_import_path()
     specs = []
     for index in range(1, count + 1):
         instance = f"{base}-w{index}"
@@ -96,7 +118,7 @@ def worker_specs(count: int, settings: Settings, config: Path | None) -> list[Wo
         }
         if metrics.enabled:
             overrides[f"{ENV}METRICS__PORT"] = str(metrics.port + index - 1)
-        specs.append(WorkerSpec(f"w{index}", instance, argv, overrides))
+        specs.append(WorkerSpec(f"w{index}", instance, argv, overrides, import_path))
     return specs
 
 
@@ -215,6 +237,9 @@ class Supervisor:
     async def _spawn(self, worker: _Worker) -> asyncio.subprocess.Process:
         env = {name: value for name, value in self.environ.items() if name not in SYSTEMD_VARIABLES}
         env.update(worker.spec.overrides)
+        if worker.spec.import_path:
+            paths = [*worker.spec.import_path, *filter(None, [env.get("PYTHONPATH")])]
+            env["PYTHONPATH"] = os.pathsep.join(paths)
         env["NOTIFY_SOCKET"] = worker.notify_path
         if self.watchdog is not None:
             env["WATCHDOG_USEC"] = str(round(self.watchdog * 2_000_000))

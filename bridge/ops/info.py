@@ -10,26 +10,16 @@ document is scrubbed by value with the settings' redactor at the end.
 from __future__ import annotations
 
 import datetime
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 from bridge import __version__
 from bridge.daemon.config import Settings
+from bridge.protocol.guardrails import Tokens
 from bridge.protocol.shared_usage import SharedUsage
 
 MAX_ERROR_MESSAGE: Final = 200  # HA keeps at most 255 characters of a sensor's state
-_DECODER: Final = json.JSONDecoder()
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one completed response."""
-
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
 
 
 @dataclass
@@ -46,9 +36,9 @@ class Tally:
     last_error: dict[str, Any] | None = None
     revision: int = 0  # bumped on every change: the publisher compares it
 
-    def add_usage(self, usage: Usage) -> None:
-        """A response completed with ``usage``."""
-        self.tokens_total += usage.total_tokens
+    def add_usage(self, tokens: Tokens) -> None:
+        """A response completed with these ``tokens`` (as the budgets counted them)."""
+        self.tokens_total += tokens.total
         self.responses_completed += 1
         self.revision += 1
 
@@ -64,32 +54,6 @@ class Tally:
         self.revision += 1
 
 
-def usage_of(raw: bytes) -> Usage | None:
-    """The ``usage`` of a raw ``response.completed`` event, or None if it has none.
-
-    A completed response can be megabytes (it repeats the whole output), and
-    ``usage`` comes last: it is read from the last ``"usage":`` onwards, and
-    the whole event is parsed only if that fails.
-    """
-    at = raw.rfind(b'"usage"')
-    if at >= 0:
-        rest = raw[at + len(b'"usage"') :].decode("utf-8", "replace").lstrip()
-        if rest.startswith(":"):
-            try:
-                value, _ = _DECODER.raw_decode(rest[1:].lstrip())
-            except ValueError:
-                value = None
-            usage = _usage(value)
-            if usage is not None:
-                return usage
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    response = document.get("response") if isinstance(document, dict) else None
-    return _usage(response.get("usage")) if isinstance(response, dict) else None
-
-
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,100})"')
 
 
@@ -97,19 +61,6 @@ def model_of(raw: bytes) -> str:
     """The model of a completed response (its first ``"model"`` field), or "unknown"."""
     match = _MODEL.search(raw, 0, 4096)  # the response object names it near the start
     return match.group(1).decode("utf-8", "replace") if match else "unknown"
-
-
-def _usage(value: object) -> Usage | None:
-    if not isinstance(value, dict):
-        return None
-    counts = [value.get(name) for name in ("input_tokens", "output_tokens")]
-    if not all(isinstance(count, int) and count >= 0 for count in counts):
-        return None
-    input_tokens, output_tokens = int(counts[0] or 0), int(counts[1] or 0)
-    total = value.get("total_tokens")
-    if not isinstance(total, int) or total < 0:
-        total = input_tokens + output_tokens
-    return Usage(input_tokens, output_tokens, total)
 
 
 def info_document(

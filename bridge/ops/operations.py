@@ -31,7 +31,7 @@ from bridge.daemon.config import Settings
 from bridge.errors import ConfigError
 from bridge.ops import systemd
 from bridge.ops.discovery import discovery_messages, info_topic, status_topic
-from bridge.ops.info import Tally, info_document, iso_time, model_of, usage_of
+from bridge.ops.info import Tally, info_document, iso_time, model_of
 from bridge.ops.observer import Observer
 from bridge.protocol import contract
 from bridge.protocol.contract import RESERVED_ID, Topics
@@ -42,6 +42,7 @@ from bridge.protocol.messages import (
     ResponseCompleted,
     ToolCalled,
     UpstreamClosed,
+    UsageDoubted,
 )
 
 if TYPE_CHECKING:
@@ -116,13 +117,10 @@ class Operations(Observer):
                         metrics.command(contract.CLOSE, "ok")
                 if outcome.disconnected and code != contract.DEFAULT_CLOSE_CODE:
                     self._note_error("disconnected", f"{code} {reason}".strip(), connection_id)
-            case ResponseCompleted(connection_id, raw):
-                usage = usage_of(raw)
-                if metrics is not None:
-                    metrics.completed(usage, connection_id, model_of(raw))
-                if usage is not None:
-                    self.tally.add_usage(usage)
-                    self._changed.set()
+            case ResponseCompleted():
+                self._completed(outcome)
+            case UsageDoubted(connection_id, problem):
+                _usage_doubted(connection_id, problem)
             case ToolCalled(connection_id, name, call_id, topic, status, arguments):
                 logger.info(
                     "[%s] tool %s (call %s) on %s: %s", connection_id, name, call_id, topic, status
@@ -134,6 +132,17 @@ class Operations(Observer):
     def error(self, code: str, message: str) -> None:
         self._note_error(code, message, None)
         self._changed.set()  # the owner must see it now
+
+    def _completed(self, outcome: ResponseCompleted) -> None:
+        """A response completed: its tokens, as the budgets counted them."""
+        connection_id, tokens = outcome.connection_id, outcome.tokens
+        if outcome.usage_problem is not None:
+            _usage_doubted(connection_id, outcome.usage_problem)
+        if self.metrics is not None:
+            self.metrics.completed(tokens, connection_id, model_of(outcome.raw))
+        if tokens is not None:
+            self.tally.add_usage(tokens)
+            self._changed.set()
 
     def _note_error(self, code: str, message: str, connection_id: str | None) -> None:
         self.tally.note_error(code, message, connection_id, iso_time(time.time()))
@@ -304,3 +313,12 @@ def _on_homeassistant_status(link: MqttLink, payload: bytes) -> None:
     if payload.strip().lower() == b"online":
         logger.info("Home Assistant is online: announcing the bridge again")
         link.reannounce()
+
+
+def _usage_doubted(connection_id: str, problem: str) -> None:
+    logger.warning(
+        "[%s] the upstream's usage was not taken as sent: %s "
+        "(said once per connection; Spend guardrails in the README)",
+        connection_id,
+        problem,
+    )

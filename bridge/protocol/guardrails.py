@@ -14,10 +14,11 @@ or a file.
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -149,18 +150,111 @@ class UsageBook:
         return tokens.total if tokens is not None else 0
 
 
-def tokens_of(usage: object) -> Tokens | None:
-    """The counts of a response's ``usage`` object (None: it has none)."""
+# A count of more tokens than this in one response is not believed (the largest
+# context windows hold about a million): it, and any count that is not an integer
+# from 0 up, is not taken as sent.
+MAX_RESPONSE_TOKENS: Final = 10**9
+# What a count the bridge cannot take is estimated from: this many bytes of the
+# response's output (as compact UTF-8 JSON) per token, rounded up.
+BYTES_PER_TOKEN: Final = 4
+_USAGE_COUNTS: Final = ("input_tokens", "output_tokens", "total_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseUsage:
+    """What one finished response counts against the budgets.
+
+    ``carried``: the response had a ``usage`` object. ``problem``: why that
+    usage (or its absence) was not taken as sent; None when it was.
+    """
+
+    tokens: Tokens
+    carried: bool
+    problem: str | None = None
+
+    def as_json(self) -> dict[str, int]:
+        """The counts under the names the Responses API gives them (answers)."""
+        tokens = self.tokens
+        return {
+            "input_tokens": tokens.input,
+            "output_tokens": tokens.output,
+            "total_tokens": tokens.total,
+        }
+
+
+def usage_of(response: Mapping[str, Any]) -> ResponseUsage | None:
+    """The usage of a finished response, checked: the one place usage is read.
+
+    Counts that are integers from 0 to :data:`MAX_RESPONSE_TOKENS` are taken
+    as sent. An output count that is not (missing, a float, a string,
+    negative, too large), and a usage that is missing or not an object, count
+    the output's size (:func:`output_estimate`); an input count that is not
+    counts 0; the total is at least input plus output. None: the response
+    carried no usage and has no output, so there is nothing to count.
+    """
+    usage = response.get("usage")
     if not isinstance(usage, dict):
-        return None
-
-    def count(name: str) -> int:
+        estimate = output_estimate(response)
+        if usage is None and not estimate:
+            return None
+        problem = "it carried no usage" if usage is None else f"its usage is {_kind(usage)}"
+        return ResponseUsage(Tokens(0, estimate, estimate), usage is not None, problem)
+    counts: dict[str, int] = {}
+    problems = []
+    for name in _USAGE_COUNTS:
         value = usage.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+        if _is_count(value):
+            counts[name] = value
+        elif name in usage or name != "total_tokens":
+            problems.append(f"{name} is {_kind(value) if name in usage else 'missing'}")
+    input_tokens = counts.get("input_tokens", 0)
+    output_tokens = counts.get("output_tokens")
+    if output_tokens is None:
+        output_tokens = output_estimate(response)
+    total = max(counts.get("total_tokens", 0), input_tokens + output_tokens)
+    return ResponseUsage(
+        Tokens(input_tokens, output_tokens, total), True, "; ".join(problems) or None
+    )
 
-    input_tokens, output_tokens = count("input_tokens"), count("output_tokens")
-    total = count("total_tokens") or input_tokens + output_tokens
-    return Tokens(input_tokens, output_tokens, total)
+
+def unreadable_usage(raw: bytes) -> ResponseUsage:
+    """What a response whose end is not JSON counts: the whole event's size."""
+    estimate = -(-len(raw) // BYTES_PER_TOKEN)
+    return ResponseUsage(Tokens(0, estimate, estimate), False, "its end is not JSON")
+
+
+def output_estimate(response: Mapping[str, Any]) -> int:
+    """Tokens estimated from the size of a response's ``output`` (0 when it has none)."""
+    output = response.get("output")
+    if not output:
+        return 0
+    try:
+        text = json.dumps(output, ensure_ascii=False, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        return MAX_RESPONSE_TOKENS  # cannot be measured: it counts as the most
+    return -(-len(text.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN)
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    """An integer from 0 to :data:`MAX_RESPONSE_TOKENS` (a boolean is not one)."""
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RESPONSE_TOKENS
+    )
+
+
+def _kind(value: object) -> str:
+    """What a usage value is, in words (never its digits: they may be thousands)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "negative" if value < 0 else f"more than {MAX_RESPONSE_TOKENS:,}"
+    if isinstance(value, float):
+        return "not an integer"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def next_midnight(now: datetime) -> datetime:

@@ -101,10 +101,14 @@ def profile_for(
 
 @dataclass(slots=True)
 class _Turn:
-    """A finished turn as compact JSON: its input items and answer, comma-separated
-    (kept as text: a third of the memory of the same items as Python objects)."""
+    """A finished turn as compact JSON: its input items and answer, comma-separated.
 
-    json: str
+    Kept as UTF-8 bytes (a third of the memory of the same items as Python
+    objects): its size is then what it adds to a replay and what it holds in
+    memory. As a str, one emoji would make every character of it 4 bytes.
+    """
+
+    json: bytes
 
 
 @dataclass(slots=True)
@@ -114,7 +118,7 @@ class Conversation:
     on_this_socket: bool = False  # the last response lives on the open socket
     # A list, not a deque: a deque costs 760 bytes even with one turn, a list 72.
     transcript: list[_Turn] = field(default_factory=list)
-    transcript_bytes: int = 0
+    transcript_bytes: int = 0  # UTF-8 bytes of the transcript's turns
     pending: list[Any] | None = None  # input items of the turn in flight
     last_turn_at: float = 0.0
     # Where the conversation stood when the turn in flight began: a turn whose tool
@@ -208,7 +212,7 @@ class Conversations:
         conversation.last_response_id = response_id if isinstance(response_id, str) else None
         conversation.on_this_socket = True
         conversation.last_turn_at = now
-        turn = _Turn(_compact(items)[1:-1])
+        turn = _Turn(_compact(items)[1:-1].encode("utf-8", "surrogatepass"))
         conversation.transcript.append(turn)
         conversation.transcript_bytes += len(turn.json)
         while (
@@ -253,9 +257,10 @@ def _request(
     if conversation.last_response_id and (conversation.on_this_socket or stored):
         event["previous_response_id"] = conversation.last_response_id
     elif conversation.transcript or conversation.pending is not items:
-        turns = [turn.json for turn in conversation.transcript]
+        kept = b",".join(turn.json for turn in conversation.transcript)
+        turns = kept.decode("utf-8", "surrogatepass")
         so_far = _compact(conversation.pending or items)[1:-1]
-        history = ",".join([*turns, so_far] if so_far else turns)
+        history = ",".join(part for part in (turns, so_far) if part)
         head = _compact(event)[:-1]  # the object without its closing brace
         return f'{head},"input":[{history}]}}'
     event["input"] = items
@@ -264,16 +269,6 @@ def _request(
 
 def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def response_of(raw: bytes) -> Mapping[str, Any]:
-    """The ``response`` object of a ``response.completed`` event ({} if it has none)."""
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):
-        return {}
-    response = document.get("response") if isinstance(document, dict) else None
-    return response if isinstance(response, dict) else {}
 
 
 def input_items(turn_input: str | tuple[Any, ...]) -> list[Any]:

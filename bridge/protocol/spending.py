@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bridge.protocol.actions import Action
 from bridge.protocol.connections import Connection
 from bridge.protocol.contract import Ask, Rejection, Send
-from bridge.protocol.guardrails import Checked, Guardrails, Refusal, local_time, tokens_of
+from bridge.protocol.guardrails import Checked, Guardrails, Refusal, ResponseUsage, local_time
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.server_events import RESPONSE_CREATE
 from bridge.protocol.sessions import Conversations
@@ -92,14 +91,13 @@ class Spending:
             connection.connect.connection_id, connection.profile, self.local_now
         )
 
-    def _charge(self, connection: Connection, response: Mapping[str, Any]) -> None:
+    def _charge(self, connection: Connection, usage: ResponseUsage | None) -> None:
         """A response finished: its usage counts against today's budgets."""
-        tokens = tokens_of(response.get("usage"))
-        if tokens is None:
+        if usage is None:
             return
-        usage = self.guardrails.usage
-        usage.roll(self.local_now.date())
-        usage.charge(connection.connect.connection_id, connection.profile, tokens)
+        book = self.guardrails.usage
+        book.roll(self.local_now.date())
+        book.charge(connection.connect.connection_id, connection.profile, usage.tokens)
 
 
 def _compact(value: dict[str, Any]) -> str:

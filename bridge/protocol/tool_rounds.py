@@ -269,7 +269,9 @@ class ToolRounds:
         for number in turn.waiting:
             self._reply_waits.forget(number)
 
-    def _hold(self, connection: Connection, raw: bytes, going_on: list[Action]) -> None:
+    def _hold(
+        self, connection: Connection, completed: ResponseCompleted, going_on: list[Action]
+    ) -> None:
         """The response.completed that starts a tool round: published (not as a relayed
         event: it must not be refused for room) ahead of the round's actions, which
         :meth:`take_deferred` hands out. A device output sees it as no end of a request."""
@@ -278,11 +280,7 @@ class ToolRounds:
             user_properties(connection_id, DIRECTION_SERVER, RESPONSE_COMPLETED) if self.v5 else ()
         )
         held = Publish(
-            connection.events_topic,
-            raw,
-            self.qos,
-            properties,
-            outcome=ResponseCompleted(connection_id, raw),
+            connection.events_topic, completed.raw, self.qos, properties, outcome=completed
         )
         self._held_event = held
         self._deferred = [held, *going_on]

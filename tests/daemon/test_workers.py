@@ -57,17 +57,26 @@ def write_config(tmp_path: Path, broker: Broker, simulator: Simulator, **mqtt: A
 class Supervised:
     """``python -m bridge run --config FILE --workers N`` in a process group of its own."""
 
-    def __init__(self, config: Path, workers: int, **env: str) -> None:
+    def __init__(
+        self,
+        config: Path,
+        workers: int,
+        *,
+        python: tuple[str, ...] = (sys.executable, "-m", "bridge"),
+        cwd: Path | None = None,
+        **env: str,
+    ) -> None:
         environ = {**os.environ, "OPENAI_API_KEY": KEY, **env}
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
             if name not in env:
                 environ.pop(name, None)
         self.log = config.with_suffix(".log")
-        argv = [sys.executable, "-m", "bridge", "run", "--config", str(config)]
+        argv = [*python, "run", "--config", str(config)]
         with self.log.open("wb") as log:  # the workers write here too: no pipe to fill
             self.process = subprocess.Popen(
                 [*argv, "--workers", str(workers)],
                 env=environ,
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -136,7 +145,7 @@ def test_each_worker_is_an_instance_with_its_own_client_id(tmp_path: Path) -> No
     path.write_text(json.dumps(document))
     specs = worker_specs(2, load_settings(path, AS_WORKERS), path)
     assert [spec.instance for spec in specs] == [f"{socket.gethostname()}-b-w{i}" for i in (1, 2)]
-    assert specs[1].argv == (sys.executable, "-m", "bridge", "run", "--config", str(path))
+    assert specs[1].argv == (sys.executable, "-P", "-m", "bridge", "run", "--config", str(path))
     assert specs[1].overrides == {
         "OPENAI_MQTT_BRIDGE__CLUSTER__ENABLED": "true",
         "OPENAI_MQTT_BRIDGE__CLUSTER__INSTANCE": json.dumps(specs[1].instance),
@@ -195,6 +204,28 @@ async def test_two_workers_restart_after_sigkill_and_stop_on_sigterm(
     log = run.output()
     assert "w1 was killed by SIGKILL; restarting in" in log
     assert "again: " not in log
+
+
+@pytest.mark.integration
+async def test_a_folder_named_bridge_in_the_working_directory_cannot_stand_in(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """Started from the console script in a directory with a `bridge` folder: workers run."""
+    decoy = tmp_path / "bridge"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    (decoy / "__main__.py").write_text("raise SystemExit('the decoy bridge ran')\n")
+    console_script = Path(sys.executable).with_name("openai-mqtt-bridge")
+    run = Supervised(
+        write_config(tmp_path, broker, simulator), 2, python=(str(console_script),), cwd=tmp_path
+    )
+    supervised.append(run)
+    async with Client(broker) as watcher:
+        await watcher.subscribe(PRESENCE)
+        await online(watcher, {"house-w1", "house-w2"})
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 0, run.output()
+    assert "the decoy bridge ran" not in run.output()
 
 
 @pytest.mark.integration

@@ -420,7 +420,7 @@ def test_info_has_no_assistants_when_none_are_configured() -> None:
     settings = load_settings(None, {})
     operations = Operations(settings, {})
     raw = b'{"type":"response.completed","response":{"usage":{"input_tokens":1,"output_tokens":2}}}'
-    operations.observe(ResponseCompleted("kitchen", raw))
+    operations.observe(ResponseCompleted("kitchen", raw, Tokens(1, 2, 3)))
     usage = SharedUsage()
     usage.roll(date(2026, 6, 1))
     usage.charge("kitchen", "default", Tokens(1, 2, 3))

@@ -1,14 +1,19 @@
-"""Hostile input, property-based: arbitrary bytes, JSON values and near-valid commands.
+"""Hostile input, property-based: arbitrary bytes, JSON values and near-valid commands,
+and from the upstream, server events and usage values that lie.
 
 The properties: nothing crashes, every non-empty command gets exactly one answer
-from the bridge, and no other connection is touched.
+from the bridge, and no other connection is touched; every server frame is relayed
+as sent only when it passes the frame rules, else answered with one error; usage is
+counted as bounded, non-negative integers; the id stays usable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ from bridge.protocol.tools import Call, Rendered, ToolBox, ToolConfig
 from bridge_tools.simulator import Simulator, SimulatorOptions
 from tests.conftest import KEY, Broker, Client, body, bridge_settings
 from tests.helpers import SECOND
+from tests.hostile_upstream import Frame, HostileUpstream, TextBytes, answer
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -315,3 +321,184 @@ async def _hostile_scenario(broker: Broker, tmp_path: Path, batch: list[tuple[st
         finally:
             stop.set()
             await asyncio.wait_for(bridge, 20 * SECOND)
+
+
+# From the upstream ----------------------------------------------------------------------
+
+ENDINGS = ["response.completed", "response.incomplete", "response.failed", "error"]
+# Usage values an upstream may send: sane counts, and everything else.
+usage_values = st.one_of(
+    st.none(),
+    json_values,
+    st.dictionaries(
+        st.sampled_from(["input_tokens", "output_tokens", "total_tokens", "other"]),
+        st.one_of(
+            st.integers(min_value=-(10**12), max_value=10**12),
+            st.integers(min_value=10, max_value=4300).map(lambda digits: 10**digits - 1),
+            st.floats(allow_nan=False),
+            st.booleans(),
+            st.none(),
+            st.text(max_size=8),
+        ),
+        max_size=4,
+    ),
+)
+
+
+def _ending(event_type: str, usage: Any, text: str) -> bytes:
+    if event_type == "error":
+        return json.dumps({"type": "error", "error": {"code": text, "message": text}}).encode()
+    output = [{"type": "message", "content": [{"type": "output_text", "text": text}]}]
+    response = {"id": "resp_h", "status": "completed", "output": output, "usage": usage}
+    return json.dumps({"type": event_type, "response": response}, ensure_ascii=False).encode()
+
+
+endings = st.builds(_ending, st.sampled_from(ENDINGS), usage_values, st.text(max_size=30))
+typed_prefix = st.sampled_from([*ENDINGS, "response.output_text.delta", "x"]).map(
+    lambda name: b'{"type":"' + name.encode() + b'"'
+)
+server_frames = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda value: json.dumps(value).encode()),
+    endings,
+    # Ends cut short, or broken inside: they still end their request.
+    st.tuples(endings, st.integers(min_value=1, max_value=400)).map(lambda cut: cut[0][: cut[1]]),
+    st.tuples(typed_prefix, st.binary(max_size=60)).map(lambda parts: parts[0] + parts[1]),
+    st.tuples(typed_prefix, deep_json).map(lambda parts: parts[0] + b',"a":' + parts[1] + b"}"),
+    st.tuples(typed_prefix, numbers).map(lambda parts: parts[0] + b',"n":' + parts[1] + b"}"),
+    st.text(max_size=20).map(
+        lambda text: json.dumps(
+            {"type": "response.output_text.delta", "delta": text}, ensure_ascii=False
+        ).encode()
+    ),
+)
+
+
+def asking_core() -> BridgeCore:
+    """An `ask` turn in flight on c1, a plain connection open on c2, budgets counted."""
+    budgets = {"tokens_per_day": 10**15}
+    limits = LimitsConfig(dedupe_seconds=0, command_burst=10_000, budgets=budgets)
+    core = BridgeCore(Topics("ai"), url="wss://x/v1/responses", limits=limits)
+    core.receive_command("c1", b'{"action":"ask","input":"Hi","request_id":"q1"}')
+    core.upstream_opened("c1")
+    core.receive_command("c2", b'{"action":"connect"}')
+    core.upstream_opened("c2")
+    return core
+
+
+def relayed_by_the_rules(raw: bytes) -> bool:
+    """The README's frame rules, written out again: relayed as sent, or not."""
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return False
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        document = None
+    if isinstance(document, dict) and isinstance(document.get("type"), str):
+        return True
+    if not (raw.startswith(b'{"type":"') and raw.endswith(b"}")):
+        return False
+    end = raw.find(b'"', 9)
+    name = raw[9:end]
+    return (
+        end > 0
+        and raw[end + 1 : end + 2] in (b",", b"}")
+        and b"\\" not in name
+        and name.decode() not in ENDINGS  # ends are parsed in full
+    )
+
+
+@given(frames=st.lists(st.tuples(st.sampled_from(["c1", "c2"]), server_frames), max_size=12))
+@settings(max_examples=500, deadline=None)
+def test_any_server_frames_are_relayed_as_sent_or_answered_once(
+    frames: list[tuple[str, bytes]],
+) -> None:
+    """Per frame: the frame as sent when the rules let it through, else one
+    invalid_server_event; the usage book holds bounded integers; both ids stay usable."""
+    core = asking_core()
+    for connection_id, raw in frames:
+        publish = core.upstream_event(connection_id, raw)
+        actions = [publish] if publish is not None else core.take_deferred()
+        events = [
+            action
+            for action in actions
+            if isinstance(action, Publish) and action.topic == f"ai/{connection_id}/events"
+        ]
+        if relayed_by_the_rules(raw):
+            retried = any(isinstance(action, CloseUpstream) for action in actions)
+            assert retried or [(e.payload, e.relayed) for e in events] == [(raw, True)]
+        else:
+            (said,) = events
+            assert not said.relayed
+            assert json.loads(said.payload)["error"]["code"] == "invalid_server_event"
+    usage = core.guardrails.usage.totals()
+    for tokens in (usage.bridge, *usage.ids.values()):
+        for count in (tokens.input, tokens.output, tokens.total):
+            assert type(count) is int
+            assert 0 <= count <= 2 * 10**9 * len(frames)  # at most one response per frame
+    assert core.receive_command("c1", b'{"action":"ask","input":"Again"}')  # answered or sent
+    assert core.phase("c2") is not None
+
+
+@given(frames=st.lists(server_frames, min_size=1, max_size=10))
+@settings(
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@pytest.mark.integration
+def test_bridge_outlives_a_lying_upstream(
+    broker: Broker, tmp_path: Path, frames: list[bytes]
+) -> None:
+    """Through a real broker: each frame relayed as sent or answered with one error, no
+    traceback, and the next id's answer unharmed."""
+    asyncio.run(_lying_upstream_scenario(broker, tmp_path, frames))
+
+
+async def _lying_upstream_scenario(broker: Broker, tmp_path: Path, frames: list[bytes]) -> None:
+    def script(event: dict[str, Any], number: int) -> Sequence[Frame]:
+        if number == 0:
+            return [TextBytes(frame) for frame in frames]
+        return answer("Tulips are flowers.", {"input_tokens": 3, "output_tokens": 5})
+
+    failures = _Failures()
+    logging.getLogger("bridge").addHandler(failures)
+    try:
+        async with HostileUpstream(script) as upstream:
+            service = Service(bridge_settings(broker, upstream, tmp_path))
+            stop = asyncio.Event()
+            bridge = asyncio.create_task(service.run(stop))
+            await asyncio.wait_for(service.ready.wait(), 10 * SECOND)
+            try:
+                async with Client(broker) as client:
+                    await client.subscribe("ai/+/events")
+                    await client.command("liar", {"action": "ask", "input": "Hi"})
+                    await client.until(lambda m: m.get("action") == "ask")
+                    seen = [await client.next() for _ in frames]
+                    for raw, message in zip(frames, seen, strict=True):
+                        if relayed_by_the_rules(raw):
+                            assert message.payload == raw
+                        else:
+                            assert body(message)["error"]["code"] == "invalid_server_event"
+                    await client.command("victim", {"action": "ask", "input": "Tulips?"})
+                    await client.until(lambda m: m.get("type") == "response.completed")
+            finally:
+                stop.set()
+                await asyncio.wait_for(bridge, 20 * SECOND)
+    finally:
+        logging.getLogger("bridge").removeHandler(failures)
+    assert not failures.records, [record.getMessage() for record in failures.records]
+
+
+class _Failures(logging.Handler):
+    """Log records with a traceback: the bridge's bug path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.records.append(record)
