@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -347,6 +347,41 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict)  # dotted key → file / env NAME
     # Scrubs every secret above by value (and their encodings) from any text.
     redactor: Redactor = field(default_factory=Redactor, compare=False)
+
+
+SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file (``openai-mqtt-bridge schema``).
+
+    For editors (the YAML language server completes and checks keys with it)
+    and other tools; the bridge itself validates with the models, which also
+    check what a schema cannot say (a profile named by ``sessions.profile_by_id``
+    must exist, a tool's topic must not be under the prefix, ...).
+    """
+    schema = _one_line_descriptions(Config.model_json_schema())
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "title": "openai-mqtt-bridge configuration",
+        "description": "The YAML configuration file of openai-mqtt-bridge "
+        "(openai-mqtt-bridge check-config --config FILE checks one).",
+        **{key: value for key, value in schema.items() if key not in ("title", "description")},
+    }
+
+
+def _one_line_descriptions(node: Any) -> Any:
+    """Descriptions as one line each (docstrings wrap), everything else as it is."""
+    if isinstance(node, dict):
+        return {
+            key: " ".join(value.split())
+            if key == "description" and isinstance(value, str)
+            else _one_line_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_one_line_descriptions(item) for item in node]
+    return node
 
 
 def load_settings(path: Path | str | None, environ: Mapping[str, str]) -> Settings:
