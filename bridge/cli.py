@@ -24,6 +24,7 @@ from bridge import __version__
 from bridge.daemon import logs
 from bridge.daemon.config import Settings, config_schema, load_settings
 from bridge.daemon.config_dump import redacted_dump
+from bridge.daemon.config_inert import inert_keys
 from bridge.daemon.reload import Reloader
 from bridge.daemon.service import Service
 from bridge.errors import BridgeError, BrokerError, BrokerRefused, ConfigError, InstanceConflict
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         print(redacted_dump(settings), end="")
+        for problem in inert_keys(settings.config):  # set, but acting on nothing
+            print(f"WARNING: {problem}", file=sys.stderr)
         return EXIT_OK
     if args.workers is not None:
         return _run_workers(settings, args.config, args.workers)
@@ -166,6 +169,8 @@ def _run(settings: Settings, config: Path | None) -> int:
     _give_large_buffers_back()
     if settings.config.mqtt.tls.enabled and settings.config.mqtt.tls.insecure:
         logger.warning("mqtt.tls.insecure: the broker's certificate name is not checked")
+    for problem in inert_keys(settings.config):
+        logger.warning("config: %s", problem)
     if settings.api_key is None:
         logger.warning(
             "no API key (OPENAI_API_KEY, openai.api_key_file or a systemd "
