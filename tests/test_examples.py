@@ -625,8 +625,8 @@ async def test_a_full_text_chunk_fits_pubsubclient_with_the_longest_id(
     assert max(size for size, _ in sizes) == PUBSUBCLIENT_BUFFER
     source, _ = sketch()
     assert f"At most {LONGEST_DEVICE_ID}\n// characters" in source
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    assert f"an id of at most {LONGEST_DEVICE_ID} characters" in readme
+    manual = (EXAMPLES.parent / "docs/features/device-output.md").read_text()
+    assert f"an id of at most {LONGEST_DEVICE_ID} characters" in manual
 
 
 # Just enough of Arduino for the sketch's message handler to build and run on this host.

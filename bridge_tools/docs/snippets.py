@@ -23,6 +23,7 @@ elided (holds ``...`` or ``…`` outside strings).
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections import Counter
@@ -31,14 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pymdownx.slugs import slugify
-
 _FENCE: Final = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)")
 _MARKER: Final = re.compile(r"^\s*<!--\s*example:\s*(?P<kind>[\w-]+)\s*(?:;\s*(?P<why>.*?))?\s*-->")
 _CODE_SPAN: Final = re.compile(r"(`+)(?P<code>.+?)\1")
 _LINK: Final = re.compile(r"\[(?P<text>[^\]]*)\]\((?P<target>[^)\s]+)\)")
 _HEADING: Final = re.compile(r"^(#{1,6})\s+(?P<title>.+?)\s*#*\s*$")
-_slug = slugify(case="lower")
 
 
 @dataclass(frozen=True)
@@ -132,7 +130,7 @@ def markdown_links(text: str) -> Iterator[tuple[int, str]]:
 
 
 def github_anchors(text: str) -> set[str]:
-    """The anchors GitHub (and the manual, with pymdownx's slugify) gives the headings."""
+    """The anchors GitHub (and the manual, with :func:`github_slug`) gives the headings."""
     seen: Counter[str] = Counter()
     anchors = set()
     for _, line in prose_lines(text):
@@ -140,7 +138,17 @@ def github_anchors(text: str) -> set[str]:
         if heading is None:
             continue
         title = _LINK.sub(lambda link: link["text"], heading["title"]).replace("`", "")
-        slug = _slug(title, "-")
+        slug = github_slug(title, "-")
         anchors.add(slug if not seen[slug] else f"{slug}-{seen[slug]}")
         seen[slug] += 1
     return anchors
+
+
+def github_slug(text: str, separator: str) -> str:
+    """The manual's heading ids (``toc: slugify`` in mkdocs.yml): GitHub's.
+
+    Python-Markdown hands the title with code spans HTML-escaped
+    (``P/&lt;id&gt;/events``); GitHub slugs the text (``P/<id>/events``).
+    """
+    text = html.unescape(text).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", separator)
