@@ -1,4 +1,5 @@
-"""The command line: ``openai-mqtt-bridge run [--workers N] | check-config | demo | simulate``.
+"""The command line: ``openai-mqtt-bridge run [--workers N] | check-config | schema | demo``
+and ``simulate``.
 
 This is the only module that configures logging, reads the environment,
 installs signal handlers, calls ``asyncio.run`` and maps errors to exit codes.
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import faulthandler
+import json
 import logging
 import os
 import signal
@@ -20,7 +22,7 @@ from typing import Final
 
 from bridge import __version__
 from bridge.daemon import logs
-from bridge.daemon.config import Settings, load_settings
+from bridge.daemon.config import Settings, config_schema, load_settings
 from bridge.daemon.config_dump import redacted_dump
 from bridge.daemon.config_inert import inert_keys
 from bridge.daemon.reload import Reloader
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return _simulate(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "schema":
+        print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+        return EXIT_OK
     environ: dict[str, str] = dict(os.environ)
     if getattr(args, "workers", None) is not None:  # every worker is a cluster instance
         environ["OPENAI_MQTT_BRIDGE__CLUSTER__ENABLED"] = "true"
@@ -81,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = commands.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("--config", type=Path, help="YAML config file")
+    commands.add_parser("schema", help="print the JSON Schema of the config file")
     demo = commands.add_parser("demo", help="run the seed flow end to end, offline")
     demo.add_argument(
         "--config", type=Path, help="take the broker from this config (default 127.0.0.1:1883)"

@@ -625,8 +625,8 @@ async def test_a_full_text_chunk_fits_pubsubclient_with_the_longest_id(
     assert max(size for size, _ in sizes) == PUBSUBCLIENT_BUFFER
     source, _ = sketch()
     assert f"At most {LONGEST_DEVICE_ID}\n// characters" in source
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    assert f"an id of at most {LONGEST_DEVICE_ID} characters" in readme
+    manual = (EXAMPLES.parent / "docs/features/device-output.md").read_text()
+    assert f"an id of at most {LONGEST_DEVICE_ID} characters" in manual
 
 
 # Just enough of Arduino for the sketch's message handler to build and run on this host.
@@ -796,3 +796,13 @@ def test_each_example_asks_on_a_connection_of_its_own() -> None:
         TOPICS.connection_id_of(ha_script("ask_openai")["variables"]["commands"]),
     ]
     assert len(set(ids)) == len(ids)
+
+
+def test_esphome_config_accepts_the_example() -> None:
+    """ESPHome's own `esphome config` (scripts/check-esphome installs it once, cached)."""
+    from bridge_tools import esphome_check
+
+    program = esphome_check.cache_root() / f"esphome-{esphome_check.VERSION}" / "bin" / "esphome"
+    if not program.exists():
+        pytest.skip("ESPHome is not installed: scripts/check-esphome installs it")
+    assert esphome_check.check(program, sorted(EXAMPLES.glob("esphome/*.yaml"))) == []

@@ -10,15 +10,17 @@ from bridge.protocol.contract import connection_id_problem
 class ClusterConfig(BaseModel):
     """Several instances on one prefix (section ``cluster``; README, "Several instances")."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     enabled: bool = False
-    # This instance's name, unique per prefix; None: <host name>-<mqtt.client_id>.
+    """This bridge is one instance of several serving the prefix (`run --workers N` implies it)."""
     instance: str | None = None
-    claim_window: float = Field(0.25, gt=0, le=10)  # seconds a new claim waits for a rival
-    # Seconds bridges have to say they live. Every bridge, standalone too, calls the roll
-    # when it starts (and holds commands meanwhile) so two never serve one prefix.
+    """This instance's name, unique per prefix; null: `<host name>-<mqtt.client_id>`."""
+    claim_window: float = Field(0.25, gt=0, le=10)
+    """Seconds a new claim of a connection id waits for a rival claim."""
     roll_call: float = Field(1.0, gt=0, le=30)
+    """Seconds bridges have to say they are alive. Every bridge, standalone too, calls the roll
+    when it starts (holding commands meanwhile), so two never serve one prefix."""
 
     @model_validator(mode="after")
     def _no_inert_keys(self) -> ClusterConfig:

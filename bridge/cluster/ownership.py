@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+from bridge.protocol.error_codes import INSTANCE_BUSY
+
 # Commands of one id waiting for its claim to settle, and in all: past these the
 # oldest is refused (instance_busy), never dropped in silence.
 MAX_WAITING_PER_ID: Final = 64
@@ -175,11 +177,11 @@ class Ownership:
         decisions: list[Decision] = []
         if waiting is None:
             if len(self._waiting) >= MAX_WAITING_IDS:
-                return [Refuse(connection_id, command, "instance_busy", _BUSY)]
+                return [Refuse(connection_id, command, INSTANCE_BUSY, _BUSY)]
             waiting = self._waiting[connection_id] = _Waiting(since=now)
         if len(waiting.commands) >= MAX_WAITING_PER_ID:
             oldest = waiting.commands.popleft()
-            decisions.append(Refuse(connection_id, oldest, "instance_busy", _BUSY))
+            decisions.append(Refuse(connection_id, oldest, INSTANCE_BUSY, _BUSY))
         waiting.commands.append(command)
         if claim is None or not self._alive(claim.instance):
             decisions += self._maybe_claim(connection_id, waiting)

@@ -33,10 +33,10 @@ from bridge.cluster.membership import (
 )
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.protocol.contract import RESERVED_ID, Topics
+from bridge.protocol.error_codes import INSTANCE_CONFLICT
 
 logger = logging.getLogger(__name__)
 
-INSTANCE_CONFLICT: Final = "instance_conflict"  # the error code in P/bridge/info's last_error
 MIN_STALL_SECONDS: Final = 0.5
 
 

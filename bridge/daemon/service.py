@@ -46,6 +46,7 @@ from bridge.protocol.actions import (
 )
 from bridge.protocol.contract import Rejection, Topics, peek
 from bridge.protocol.core import BridgeCore, Phase
+from bridge.protocol.error_codes import INSTANCE_BUSY
 from bridge.protocol.guardrails import local_time
 from bridge.protocol.messages import Publish
 from bridge.protocol.response_topics import ResponseTopicPolicy
@@ -272,7 +273,7 @@ class Service:
         """Refuse a command that cannot be placed now (retryable)."""
         action, request_id = peek(message.payload, max_bytes=1 << 20)
         message_text = "too many commands wait for this bridge to join; publish it again"
-        rejection = Rejection("instance_busy", message_text, action, request_id)
+        rejection = Rejection(INSTANCE_BUSY, message_text, action, request_id)
         self._perform(self.core.replies.refuse(message.connection_id, rejection, None))
 
     def _handle(self, message: Inbound) -> None:

@@ -23,11 +23,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bridge.protocol.error_codes import BUDGET_EXCEEDED, MODEL_NOT_ALLOWED
+
 if TYPE_CHECKING:
     from bridge.protocol.shared_usage import SharedUsage
 
-MODEL_NOT_ALLOWED: Final = "model_not_allowed"
-BUDGET_EXCEEDED: Final = "budget_exceeded"
 # Ids whose usage is kept one by one; the rest of the day's usage is summed as "(other)".
 MAX_USAGE_IDS: Final = 10_000
 OTHER_IDS: Final = "(other)"
@@ -36,23 +36,28 @@ OTHER_IDS: Final = "(other)"
 class BudgetsConfig(BaseModel):
     """Daily token budgets (``limits.budgets``, or a profile's ``limits.budgets``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    tokens_per_day: int | None = Field(None, ge=0)  # per connection id
-    # The whole bridge (under `limits`), or every id of the profile together.
+    tokens_per_day: int | None = Field(None, ge=0)
+    """Tokens a day for each connection id (on every instance); null: no budget."""
     global_tokens_per_day: int | None = Field(None, ge=0)
+    """Tokens a day for the whole bridge (every instance on the prefix) under `limits`, or for all
+    the profile's ids together in a profile; null: no budget."""
 
 
 class GuardrailsConfig(BaseModel):
     """The rules one scope sets: the bridge (``limits``) or a profile (``limits``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    # Model names or shell-style patterns; None: any model.
     allowed_models: tuple[str, ...] | None = None
-    # Requests get at most this many output tokens; None: no cap.
+    """Model names or shell-style patterns this profile's requests may name (the bridge's
+    `limits.allowed_models` must allow them too); null: any."""
     max_output_tokens: int | None = Field(None, ge=1)
+    """Output tokens cap of this profile's requests (the lower of this and the bridge's wins);
+    null: no cap."""
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    """Daily token budgets of this profile's connections."""
 
     @property
     def active(self) -> bool:
@@ -68,8 +73,9 @@ class GuardrailsConfig(BaseModel):
 class BridgeBudgetsConfig(BudgetsConfig):
     """``limits.budgets``: the bridge's budgets, and when their days start."""
 
-    # An IANA time zone name (Europe/Berlin); None: the system's local time.
     timezone: str | None = None
+    """IANA time zone (`Europe/Berlin`) in which budget days start at midnight; null: the
+    system's."""
 
     @field_validator("timezone")
     @classmethod

@@ -34,16 +34,18 @@ _SET_BY_THE_BRIDGE: Final = frozenset({"type", "input", "previous_response_id"})
 class ProfileConfig(BaseModel):
     """The defaults of a conversation (one entry of ``profiles``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    # Fields of every response.create of an `ask` (model, instructions, store, ...).
     request: dict[str, Any] = Field(default_factory=dict)
-    # What its connections publish besides events (text, answer, status topics).
+    """Fields of every `response.create` of an `ask` (`model`, `instructions`, `max_output_tokens`,
+    `store`, `reasoning`, `text`, `tools`, ...), but not `type`, `input` or
+    `previous_response_id`, which the bridge sets."""
     output: OutputConfig = Field(default_factory=OutputConfig)
-    # Spend guardrails of its connections, on top of the bridge's `limits`.
+    """Device output of its connections: what they publish besides the events."""
     limits: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
-    # Names of `tools` its `ask` turns offer the model (the bridge runs their calls).
+    """Spend guardrails of its connections, on top of the bridge's `limits`."""
     mqtt_tools: tuple[str, ...] = ()
+    """Names of `tools` its `ask` turns offer the model (the bridge runs their calls)."""
 
     @field_validator("request")
     @classmethod
@@ -62,23 +64,29 @@ def default_profiles() -> dict[str, ProfileConfig]:
 class SessionsConfig(BaseModel):
     """How the bridge looks after connections and conversations (section ``sessions``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    # Seconds with no command and no request in flight after which a connection
-    # is closed (1000, `disconnected` "idle timeout"); 0 switches it off.
     idle_timeout: float = Field(600.0, ge=0)
-    # Shell-style connection-id pattern → profile; the first match wins.
+    """Seconds with no command and no request in flight after which a connection is closed (1000,
+    `disconnected` "idle timeout"); 0: never."""
     profile_by_id: dict[str, str] = Field(default_factory=dict)
+    """Shell-style connection-id pattern → profile name; the first match wins."""
     max_transcript_bytes: int = Field(32 * 1024, ge=1024)
+    """The most an `ask` conversation replays on a new socket, in UTF-8 bytes (oldest turns dropped
+    first)."""
     conversation_ttl: float = Field(3600.0, gt=0)
-    # An `ask` on a socket this old goes to a new one (the server ends sockets at 60 min).
+    """Seconds an id's conversation is remembered after its last turn."""
     max_socket_age: float = Field(3300.0, gt=0)
-    # A `send` for an id that is not open opens it (as `ask` does) instead of `not_open`.
+    """An `ask` on a socket this old (seconds) is sent on a new one, before the server's 60-minute
+    limit."""
     auto_connect: bool = False
-    # Tool rounds one `ask` turn may take before it ends with tool_rounds_exceeded.
+    """A `send` for an id that is not open opens it (as `ask` does) instead of answering
+    `not_open`."""
     max_tool_rounds: int = Field(5, ge=1, le=50)
-    # Tool calls one response may have run; the rest are answered "refused", never run.
+    """Tool rounds one `ask` turn may take before it ends with `tool_rounds_exceeded`."""
     max_tool_calls: int = Field(16, ge=1, le=256)
+    """Tool calls of one response that run; each call past them is answered `refused` and never
+    run."""
 
 
 def profile_for(

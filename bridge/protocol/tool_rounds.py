@@ -26,6 +26,7 @@ from bridge.protocol.actions import Action, SendUpstream, ToolDeadline
 from bridge.protocol.backlogs import Backlogs
 from bridge.protocol.connections import Connection
 from bridge.protocol.contract import Rejection, Topics, rejection_of
+from bridge.protocol.error_codes import TOOL_ROUNDS_EXCEEDED
 from bridge.protocol.guardrails import Refusal
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted, ToolCalled
@@ -35,7 +36,6 @@ from bridge.protocol.server_events import DIRECTION_SERVER, RESPONSE_COMPLETED, 
 from bridge.protocol.sessions import Conversations
 from bridge.protocol.tools import Call, Rendered, ToolBox, call_id_refusals, reply_text
 
-TOOL_ROUNDS_EXCEEDED: Final = "tool_rounds_exceeded"
 OBJECT_TOOL_CALL: Final = "response.websocket.tool_call"
 NOT_AVAILABLE: Final = "this tool is not available: it was not called"
 # The statuses of a call in its response.websocket.tool_call message.

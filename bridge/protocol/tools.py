@@ -45,34 +45,48 @@ ToolTopic = Annotated[str, AfterValidator(_plain_topic)]
 class ToolPublish(BaseModel):
     """Where a call goes: a fixed topic, and the payload's shape."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     topic: ToolTopic
-    # None: the arguments as JSON; else a JSON shape with "{{argument}}" placeholders.
+    """The fixed topic a call is published on: no wildcards, no `$`, nothing under the bridge's
+    prefix or Home Assistant's discovery prefix."""
     payload: Any = None
+    """null: the arguments as JSON; else a JSON shape in which every string that is exactly
+    `"{{name}}"` is replaced by that argument's value."""
     qos: int = Field(1, ge=0, le=2)
+    """QoS of the call's message."""
     retain: bool = False
+    """Whether the call's message is retained."""
 
 
 class ToolReply(BaseModel):
     """Where the result of a call comes back, and how long the model waits for it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     topic: ToolTopic
+    """The topic the call's result comes back on (a fixed topic, like `publish.topic`)."""
     timeout: float = Field(10.0, gt=0, le=600)
+    """Seconds to wait for the reply; then the model is told `no reply on <topic> within N s
+    (timeout)`."""
 
 
 class ToolConfig(BaseModel):
     """One entry of ``tools``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     name: str
+    """The function name the model calls: 1-64 of `A-Z a-z 0-9 _ -`, unique among the tools."""
     description: str = ""
+    """What the tool does, told to the model."""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    """JSON Schema of the arguments: told to the model, and checked on every call before anything
+    is published."""
     publish: ToolPublish
+    """Where a call goes."""
     reply: ToolReply | None = None
+    """Where the call's result comes back; null: the call is done once published."""
 
     @field_validator("name")
     @classmethod

@@ -112,7 +112,7 @@ def readme_steps(readme: str) -> str:
 def install(ctx: Context) -> str:
     """The README's steps, offline; the simulator started beside it; the watchdog drop-in."""
     g = ctx.guest
-    output = g.sh(readme_steps((PROJECT / "README.md").read_text()), timeout=300)
+    output = g.sh(readme_steps((PROJECT / "docs/operations/systemd.md").read_text()), timeout=300)
     if "api_key: REDACTED (from systemd credential openai_api_key)" not in output:
         raise CheckFailed(
             f"check-config does not show the credential as the key's source:\n{output}"

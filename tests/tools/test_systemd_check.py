@@ -11,7 +11,7 @@ from bridge_tools.homeassistant_check import CheckFailed
 from bridge_tools.systemd_check.checks import KEY, readme_steps
 from bridge_tools.systemd_check.rootfs import DEFAULT_MIRROR, host_mirror
 
-README = Path(__file__).parents[2] / "README.md"
+README = Path(__file__).parents[2] / "docs/operations/systemd.md"  # the install steps
 
 
 def test_the_check_runs_the_readmes_install_steps_offline() -> None:
