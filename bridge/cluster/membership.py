@@ -35,8 +35,10 @@ ONLINE: Final = "online"
 JOINING: Final = "joining"
 OFFLINE: Final = "offline"
 MAX_PRESENCE_BYTES: Final = 4096  # a presence is a few dozen bytes; larger ones are garbage
-# Commands held while joining; past this the oldest is refused (instance_busy).
+# Commands held while joining (they are acknowledged to the broker, so nothing else
+# bounds them); past either bound the oldest is refused (instance_busy).
 MAX_HELD: Final = 1024
+MAX_HELD_BYTES: Final = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +165,8 @@ class Membership:
     peers: dict[str, Presence] = field(default_factory=dict)  # alive, as far as we know
     conflicts: dict[tuple[str, str], Presence] = field(default_factory=dict)
     _answered: set[str] = field(default_factory=set)
-    _held: deque[object] = field(default_factory=deque)
+    _held: deque[tuple[object, int]] = field(default_factory=deque)
+    _held_bytes: int = 0
 
     # What this bridge says -------------------------------------------------------------
 
@@ -191,16 +194,21 @@ class Membership:
 
     # Facts -----------------------------------------------------------------------------
 
-    def command(self, command: object) -> list[Decision] | None:
-        """A command arrived: None to carry it out now, else what to do instead."""
+    def command(self, command: object, size: int = 0) -> list[Decision] | None:
+        """A command (of ``size`` bytes) arrived: None to carry it out now, else what to
+        do instead."""
         if self.phase is Phase.SERVING:
             return None
         if self.phase is Phase.REFUSED:
             return []  # the bridge that serves the prefix has it too
-        self._held.append(command)
-        if len(self._held) > MAX_HELD:
-            return [Busy(self._held.popleft())]
-        return []
+        self._held.append((command, size))
+        self._held_bytes += size
+        busy: list[Decision] = []
+        while len(self._held) > MAX_HELD or self._held_bytes > MAX_HELD_BYTES:
+            oldest, oldest_size = self._held.popleft()
+            self._held_bytes -= oldest_size
+            busy.append(Busy(oldest))
+        return busy
 
     def heard(self, presence: Presence, *, live: bool) -> list[Decision]:
         """``presence`` arrived (``live``: just said; else a retained copy, which answers
@@ -244,7 +252,7 @@ class Membership:
             return decisions + self._refuse(max(rivals, key=lambda rival: rival.key))
         self.phase = Phase.SERVING
         others_served = any(peer.state == ONLINE for peer in self.peers.values())
-        held, self._held = tuple(self._held), deque()
+        held = self._release()
         rejoined, self.rejoining = self.rejoining, False
         return [*decisions, Announce(self.presence(ONLINE)), Serve(held, rejoined, others_served)]
 
@@ -269,8 +277,12 @@ class Membership:
 
     def _refuse(self, other: Presence) -> list[Decision]:
         self.phase = Phase.REFUSED
-        held, self._held = tuple(self._held), deque()
-        return [Conflict(other, refuse=True, held=held)]
+        return [Conflict(other, refuse=True, held=self._release())]
+
+    def _release(self) -> tuple[object, ...]:
+        held = tuple(command for command, _ in self._held)
+        self._held, self._held_bytes = deque(), 0
+        return held
 
     def _gone(self, name: str) -> list[Decision]:
         self._answered.discard(name)

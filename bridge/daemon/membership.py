@@ -109,7 +109,7 @@ class MembershipAgent:
 
     def command(self, message: Inbound) -> None:
         self._awake()
-        decisions = self.state.command(message)
+        decisions = self.state.command(message, len(message.payload))
         if decisions is None:
             self.carry_out(message)
         else:

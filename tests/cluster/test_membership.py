@@ -166,3 +166,14 @@ def test_garbage_presence_is_none() -> None:
     assert Presence.decode("x", b"") == Presence("x", OFFLINE)
     old = Presence.decode("x", b'{"state":"online","instance":"x"}')
     assert old == Presence("x", ONLINE)  # an older cluster instance: no mode, no incarnation
+
+
+def test_held_commands_are_bounded_by_their_bytes_too() -> None:
+    """They are acknowledged to the broker while held: nothing else bounds their memory."""
+    a = bridge("a")
+    a.join(0.0, rejoin=False)
+    mib = 1024 * 1024
+    for n in range(16):
+        assert a.command(n, mib) == []
+    assert a.command("one more", 1) == [Busy(0)]
+    assert a.command("big", 2 * mib) == [Busy(1), Busy(2)]

@@ -265,7 +265,7 @@ async def test_an_instance_joining_on_another_node_cuts_and_doubles_nothing(
         for connection_id in before + after:
             got = counts[connection_id]
             assert (got["connect"], got["ask"], got["response.completed"]) == (1, 1, 1), got
-            assert got["disconnected"] == 0, got
+            assert got["disconnected"] == 0, (got, logs)
         # n2 served exactly the new ids it owns by hash; the running ones stayed on n1.
         served = {cid for cid in before + after if f"[{cid}] upstream open" in logs["n2"][1]}
         owned = {cid for cid in after if owner_of(cid, ["n1", "n2"]) == "n2"}
