@@ -14,14 +14,17 @@ however fast a client publishes (README, Security).
 
 Outbound: :meth:`BrokerConnection.publish_outbox` hands the outbox to paho,
 up to :data:`PUBLISH_WINDOW` messages in flight, awaiting nothing per
-message. Two callbacks complete them:
+message. The socket callbacks complete them, in order:
 
-- ``on_publish``: the broker acknowledged a QoS 1 or 2 message. It is set
-  only while such a message is in flight, because paho builds a reason code
-  and a properties object for every QoS 0 message it writes whenever the
-  callback is set (a fifth of the CPU time of a QoS 0 relay).
-- ``on_socket_unregister_write``: paho wrote out everything it held, so every
-  QoS 0 message handed to it is on the wire.
+- the reader: paho marks a QoS 1 or 2 message published when the broker
+  acknowledges it (brokers acknowledge in order). paho's ``on_publish`` is
+  never set: whenever it is, paho builds a reason code and a properties
+  object for every QoS 0 message it writes (a fifth of the CPU time of a
+  QoS 0 relay).
+- the writer: paho writes its queue into a
+  :class:`~bridge.mqtt.write_buffer.WriteBuffer`, which sends it with one
+  system call, not one per packet. Once paho holds nothing and the buffer
+  is empty, every QoS 0 message handed to paho is on the wire.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import socket
 import ssl
 import time
 from collections import deque
@@ -45,9 +47,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.daemon.config import MqttConfig
-from bridge.errors import BrokerError
+from bridge.mqtt.errors import BrokerRefusedConnection, BrokerUnavailable, LinkLost
 from bridge.mqtt.outbox import Entry, Outbox
-from bridge.mqtt.properties import properties_of
+from bridge.mqtt.properties import correlation_of, properties_of, reply_to_of
+from bridge.mqtt.read_buffer import ReadBuffer
+from bridge.mqtt.write_buffer import WriteBuffer, no_delay
 from bridge.protocol.messages import ReplyTo
 
 logger = logging.getLogger(__name__)
@@ -60,26 +64,30 @@ PAHO_LOGGER: Final = logging.getLogger("bridge.paho")
 # 52-55 us of CPU per QoS 1 event with 256, 45-51 with 64, worse again with 16.
 PUBLISH_WINDOW: Final = 64
 MISC_INTERVAL: Final = 1.0  # seconds between paho's keepalive checks
-_SOCKET_ERRORS: Final = (OSError, ssl.SSLError, socket.gaierror)
 
+# A message handed to paho: its outbox entry, paho's handle on it, when (for on_published)
+_Handed = tuple[Entry, paho.MQTTMessageInfo, float]
 # topic, payload, retained, where a v5 command wants its reply, the message's Correlation Data
 OnMessage = Callable[[str, bytes, bool, ReplyTo | None, bytes | None], None]
 
 
-class BrokerUnavailable(BrokerError):
-    """The broker cannot be used now (lost, refused, not answering): reconnecting may help."""
+class _Client(paho.Client):
+    """paho, still the protocol's owner, its bytes sent through :attr:`write_buffer` and
+    read through :attr:`read_buffer`: paho sends each packet with a system call of its own,
+    the relay's largest cost per event, and reads each with three (modules of the buffers).
+    ``_sock_send`` and ``_sock_recv`` are where paho sends and reads; the buffers keep
+    their contract: bytes, or BlockingIOError, or OSError."""
 
+    write_buffer: WriteBuffer
+    read_buffer: ReadBuffer
 
-class BrokerRefusedConnection(BrokerUnavailable):
-    """The broker answered CONNECT with a failure reason code (``code``, v5 numbering)."""
+    def _sock_recv(self, bufsize: int) -> bytes:
+        return self.read_buffer.take(bufsize, super()._sock_recv)
 
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"the broker refused the connection: {reason} ({code})")
-        self.code = code
-
-
-class LinkLost(BrokerUnavailable):
-    """The connection to the broker ended (``reason`` says how)."""
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if self._sock is None:
+            raise ConnectionError("self._sock is None")  # as paho's own
+        return self.write_buffer.take(self._sock, buf)
 
 
 class BrokerConnection:
@@ -105,7 +113,7 @@ class BrokerConnection:
         self._lost: asyncio.Future[str] = self._loop.create_future()
         self._subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._misc: asyncio.TimerHandle | None = None
-        self._client = client = paho.Client(
+        self._client = client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
@@ -114,6 +122,8 @@ class BrokerConnection:
             reconnect_on_failure=False,
             manual_ack=True,
         )
+        client.write_buffer = self._buffer = WriteBuffer()
+        client.read_buffer = self._reads = ReadBuffer()
         client.enable_logger(PAHO_LOGGER)
         client.connect_timeout = config.connect_timeout
         client.max_inflight_messages_set(config.max_inflight)
@@ -138,8 +148,8 @@ class BrokerConnection:
         # The publish path (see the module docstring).
         self._outbox: Outbox | None = None
         self._observe: Callable[[float], None] | None = None
-        self._acknowledged: dict[int, tuple[Entry, float]] = {}  # QoS 1-2, by message id
-        self._unwritten: deque[tuple[Entry, paho.MQTTMessageInfo, float]] = deque()
+        self._unacknowledged: deque[_Handed] = deque()  # QoS 1-2
+        self._unwritten: deque[_Handed] = deque()  # QoS 0
         self._room = asyncio.Event()
 
     # Connecting and disconnecting -----------------------------------------------------
@@ -150,7 +160,6 @@ class BrokerConnection:
         # While paho connects in the executor, its socket callbacks come from that thread.
         client.on_socket_open = self._from_thread(self._on_socket_open)
         client.on_socket_register_write = self._from_thread(self._on_socket_register_write)
-        client.on_socket_unregister_write = self._from_thread(self._on_socket_unregister_write)
         try:
             clean: bool | Literal[3] = (
                 self._clean_start if self._v5 else paho.MQTT_CLEAN_START_FIRST_ONLY
@@ -169,7 +178,6 @@ class BrokerConnection:
         finally:
             client.on_socket_open = self._on_socket_open
             client.on_socket_register_write = self._on_socket_register_write
-            client.on_socket_unregister_write = self._on_socket_unregister_write
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise LinkLost(f"cannot connect: {paho.error_string(rc)}")
         async with asyncio.timeout(self.config.connect_timeout):
@@ -247,38 +255,46 @@ class BrokerConnection:
         self._outbox, self._observe = outbox, on_published
         try:
             while not self._lost.done():
-                if self.in_flight >= window:
+                room = window - self.in_flight
+                if room <= 0:
                     self._room.clear()
                     await self._room.wait()  # set by an acknowledgement, or the link's end
-                elif (entry := outbox.take_nowait()) is not None:
-                    self._hand(entry)
-                else:
+                elif not self._hand_some(outbox, room):
                     await outbox.wait_pending()  # woken by a message, or the link's end
             raise LinkLost(self._lost.result())
         finally:
-            self._client.on_publish = None
-            self._acknowledged.clear()
+            self._unacknowledged.clear()
             self._unwritten.clear()
             self._outbox = None
 
     @property
     def in_flight(self) -> int:
-        return len(self._acknowledged) + len(self._unwritten)
+        return len(self._unacknowledged) + len(self._unwritten)
 
     @property
     def awaits_acknowledgements(self) -> bool:
-        """Whether paho's on_publish is set (only while a QoS 1-2 ack is awaited)."""
-        return self._client.on_publish is not None
+        """Whether QoS 1-2 messages wait for the broker's acknowledgement."""
+        return bool(self._unacknowledged)
+
+    def _hand_some(self, outbox: Outbox, most: int) -> bool:
+        """Hand up to ``most`` waiting messages to paho; False if none waited."""
+        take, hand = outbox.take_nowait, self._hand
+        for handed in range(most):
+            entry = take()
+            if entry is None:
+                return handed > 0
+            hand(entry)
+        return True
 
     def _hand(self, entry: Entry) -> None:
         publish = entry.publish
         assert self._outbox is not None
-        # Under MQTT 3.1.1 the core gives no properties, so this is None.
-        properties = properties_of(
-            publish.properties, publish.correlation_data, publish.response_topic
+        # MQTT 3.1.1 carries no properties (paho would not send them).
+        properties = (
+            properties_of(publish.properties, publish.correlation_data, publish.response_topic)
+            if self._v5
+            else None
         )
-        if publish.qos and not self._acknowledged:
-            self._client.on_publish = self._on_publish
         try:
             info = self._client.publish(
                 publish.topic, publish.payload, publish.qos, publish.retain, properties
@@ -287,43 +303,34 @@ class BrokerConnection:
             # A topic MQTT cannot carry (wildcards, bad UTF-8): drop this message only.
             logger.warning("cannot publish to %r: %s", publish.topic[:200], exc)
             self._outbox.done(entry)
-            self._settle()
             return
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             return  # the link is gone; the entry stays unacknowledged and is sent again
         started = time.monotonic() if self._observe else 0.0
-        if publish.qos:
-            self._acknowledged[info.mid] = (entry, started)
-        else:
-            self._unwritten.append((entry, info, started))
-            if info.is_published():  # written at once
-                self._written()
-
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, *args: Any) -> None:
-        found = self._acknowledged.pop(mid, None)
-        if found is None:
-            return  # a QoS 0 message written while an ack is awaited: _written has it
-        entry, started = found
-        self._complete(entry, started)
-        self._settle()
+        # Never written at once: paho only queues it (its writer callback is set).
+        (self._unacknowledged if publish.qos else self._unwritten).append((entry, info, started))
 
     def _written(self) -> None:
-        unwritten = self._unwritten
-        while unwritten and unwritten[0][1].is_published():
-            entry, _, started = unwritten.popleft()
-            self._complete(entry, started)
+        """Complete the QoS 0 messages on the wire (called when the write buffer is empty)."""
+        if self._unwritten:
+            # paho holds none: all of them are (and no lock per message to ask).
+            self._complete(self._unwritten, every=not self._client.want_write())
 
-    def _complete(self, entry: Entry, started: float) -> None:
-        if self._outbox is not None:
-            self._outbox.done(entry)
-        if self._observe is not None:
-            self._observe(time.monotonic() - started)
-        self._room.set()
-
-    def _settle(self) -> None:
-        """No acknowledgement awaited: stop paying for paho's on_publish on every write."""
-        if not self._acknowledged:
-            self._client.on_publish = None
+    def _complete(self, handed: deque[_Handed], *, every: bool = False) -> None:
+        """Complete the messages at the front of ``handed`` that paho marked published
+        (QoS 0: written; QoS 1-2: acknowledged), or all of them if ``every``."""
+        observe = self._observe
+        now = time.monotonic() if observe is not None else 0.0
+        finished: list[Entry] = []
+        while handed and (every or handed[0][1].is_published()):
+            entry, _, started = handed.popleft()
+            finished.append(entry)
+            if observe is not None:
+                observe(now - started)
+        if finished:
+            if self._outbox is not None:
+                self._outbox.done(*finished)
+            self._room.set()
 
     # paho's callbacks, on the event loop ---------------------------------------------
 
@@ -355,8 +362,8 @@ class BrokerConnection:
                 message.topic,
                 bytes(message.payload),
                 bool(message.retain),
-                _reply_to(message),
-                _correlation(message),
+                reply_to_of(message),
+                correlation_of(message),
             )
         except Exception:
             # No message may end the link, and with it the daemon.
@@ -371,6 +378,7 @@ class BrokerConnection:
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if sock.fileno() > -1:
+            no_delay(sock)
             self._loop.add_reader(sock, self._read, client)
         if self._misc is None:
             self._misc = self._loop.call_later(MISC_INTERVAL, self._run_misc)
@@ -379,27 +387,40 @@ class BrokerConnection:
         if sock.fileno() > -1:
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
+        self._buffer.clear()  # its messages were not completed: they go again after reconnecting
+        self._reads.clear()
         self._stop_misc()
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if sock.fileno() > -1:
             self._loop.add_writer(sock, self._write, client)
 
-    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if sock.fileno() > -1:
-            self._loop.remove_writer(sock)
-        self._written()  # paho wrote out everything: every QoS 0 message handed to it
-
     def _read(self, client: paho.Client) -> None:
         # A failure closes the socket and calls on_disconnect. TLS may hold decrypted
         # bytes the selector cannot see: read on while it does.
-        while client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        while True:
+            self._reads.next_pass()
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
             sock = client.socket()
             if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
-                return
+                break
+        # paho takes a few packets a call: the rest of what was read waits in the read
+        # buffer, which the selector cannot see either, and is read next time round.
+        if self._reads and client.socket() is not None:
+            self._loop.call_soon(self._read, client)
+        if self._unacknowledged:  # acknowledgements come in with what was read
+            self._complete(self._unacknowledged)
 
     def _write(self, client: paho.Client) -> None:
-        client.loop_write()
+        # The one place paho writes from (no on_socket_unregister_write: this decides).
+        sock = client.socket()
+        if sock is None or not self._buffer.write_pass(sock, client.loop_write):
+            return  # the socket took only part: the writer stays registered for the rest
+        if client.socket() is sock:  # not closed by a DISCONNECT
+            self._written()  # what paho marked written is on the wire now
+            if not client.want_write():
+                self._loop.remove_writer(sock)
 
     def _run_misc(self) -> None:
         self._misc = None
@@ -410,17 +431,3 @@ class BrokerConnection:
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
-
-
-def _correlation(message: paho.MQTTMessage) -> bytes | None:
-    correlation = getattr(message.properties, "CorrelationData", None)
-    return bytes(correlation) if correlation is not None else None
-
-
-def _reply_to(message: paho.MQTTMessage) -> ReplyTo | None:
-    properties = message.properties
-    topic = getattr(properties, "ResponseTopic", None) if properties else None
-    if not topic:
-        return None
-    correlation = getattr(properties, "CorrelationData", None)
-    return ReplyTo(str(topic), bytes(correlation) if correlation is not None else None)

@@ -31,12 +31,8 @@ from paho.mqtt.client import topic_matches_sub
 from bridge.backoff import backoff_delays
 from bridge.daemon.config import MqttConfig
 from bridge.errors import BrokerError, BrokerRefused
-from bridge.mqtt.client import (
-    PAHO_LOGGER,
-    BrokerConnection,
-    BrokerRefusedConnection,
-    BrokerUnavailable,
-)
+from bridge.mqtt.client import PAHO_LOGGER, BrokerConnection
+from bridge.mqtt.errors import BrokerRefusedConnection, BrokerUnavailable
 from bridge.mqtt.outbox import Outbox
 from bridge.mqtt.tls import fatal_tls_problem
 from bridge.protocol.contract import Topics

@@ -124,14 +124,16 @@ class Outbox:
         """Make :meth:`wait_pending` return now (the link it publishes on is gone)."""
         self._has_pending.set()
 
-    def done(self, entry: Entry) -> None:
-        """The broker acknowledged ``entry``: forget it, and any acknowledged run before it."""
-        entry.acked = True
+    def done(self, *entries: Entry) -> None:
+        """The broker acknowledged ``entries``: forget them, and any acknowledged run before."""
+        for entry in entries:
+            entry.acked = True
         inflight = self._inflight
+        count, size = self._count, self._bytes
         while inflight and inflight[0].acked:
-            gone = inflight.popleft()
-            self._count -= 1
-            self._bytes -= len(gone.publish.payload)
+            count -= 1
+            size -= len(inflight.popleft().publish.payload)
+        self._count, self._bytes = count, size
         if self.drained:
             self._has_space.set()
         if self._count == 0:

@@ -1,13 +1,16 @@
-"""The MQTT 5 properties of what the bridge publishes, packed once and cached where safe."""
+"""The MQTT 5 properties of what the bridge publishes, packed once and cached where safe;
+what the properties of a message it receives ask for (a reply topic, correlation data)."""
 
 from __future__ import annotations
 
 import functools
 from typing import Final
 
+from paho.mqtt.client import MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bridge.protocol.messages import ReplyTo
 from bridge.protocol.server_events import UserProperties
 
 # paho's tables of every MQTT property, which it builds anew for each Properties (6.6 KB).
@@ -70,3 +73,17 @@ def _fill(properties: Properties, user: UserProperties) -> None:
     if user:
         properties.UserProperty = list(user)
         properties.ContentType = "application/json"
+
+
+def correlation_of(message: MQTTMessage) -> bytes | None:
+    correlation = getattr(message.properties, "CorrelationData", None)
+    return bytes(correlation) if correlation is not None else None
+
+
+def reply_to_of(message: MQTTMessage) -> ReplyTo | None:
+    properties = message.properties
+    topic = getattr(properties, "ResponseTopic", None) if properties else None
+    if not topic:
+        return None
+    correlation = getattr(properties, "CorrelationData", None)
+    return ReplyTo(str(topic), bytes(correlation) if correlation is not None else None)

@@ -10,7 +10,8 @@ import aiomqtt
 import pytest
 
 from bridge.daemon.config import MqttConfig
-from bridge.mqtt.client import BrokerConnection, BrokerRefusedConnection
+from bridge.mqtt.client import BrokerConnection
+from bridge.mqtt.errors import BrokerRefusedConnection
 from bridge.mqtt.outbox import Outbox
 from bridge.protocol.messages import Publish
 from bridge.protocol.server_events import DIRECTION_SERVER, user_properties
@@ -150,16 +151,14 @@ async def test_a_refused_login_is_a_refusal_with_its_code(tmp_path: Any) -> None
         broker.stop()
 
 
-async def test_mixed_qos_keeps_order_and_drops_on_publish_when_no_ack_is_awaited(
+async def test_mixed_qos_keeps_order_and_completes_acknowledged_messages(
     broker: Broker,
 ) -> None:
-    """QoS 0 and 1 interleaved each arrive in order; on_publish is set only while an ack is awaited.
-
-    paho builds a reason code and a properties object for every QoS 0 write
-    while on_publish is set, so a QoS 0 stream must run without it. (MQTT
-    keeps order per QoS level only: the broker may pass a QoS 0 message
-    ahead of a QoS 1 one, which is why the bridge publishes one QoS.)
-    """
+    """QoS 0 and 1 interleaved each arrive in order; QoS 1 messages are completed by the
+    broker's acknowledgements, read by the reader callback (paho's on_publish stays unset:
+    paho builds a reason code and a properties object for every QoS 0 write while it is
+    set). MQTT keeps order per QoS level only: the broker may pass a QoS 0 message ahead
+    of a QoS 1 one, which is why the bridge publishes one QoS."""
     qos0 = [Publish("pipe/c/zero", b"a%d" % n, 0) for n in range(500)]
     mixed = [Publish(f"pipe/c/{'one' if n % 2 else 'zero'}", b"m%d" % n, n % 2) for n in range(500)]
     qos0_again = [Publish("pipe/c/zero", b"b%d" % n, 0) for n in range(500)]
@@ -169,8 +168,8 @@ async def test_mixed_qos_keeps_order_and_drops_on_publish_when_no_ack_is_awaited
     for topic in ("pipe/c/zero", "pipe/c/one"):
         sent = [p.payload for p in publishes if p.topic == topic]
         assert [m.payload for m in received if m.topic.value == topic] == sent
-    assert True in hooks  # set while QoS 1 messages were in flight
-    assert hooks[-1] is False  # and unset once all were acknowledged
+    assert True in hooks  # acknowledgements were awaited while QoS 1 messages were in flight
+    assert hooks[-1] is False  # and none once all were acknowledged
 
 
 async def test_retained_publishes_are_retained(broker: Broker) -> None:
