@@ -145,7 +145,9 @@ async def test_distinct_correlation_data_is_not_kept(
     finally:
         _, stderr = finish(process)
     # It was 600 MB more.
-    assert after - baseline < 10, f"RSS MiB: baseline {baseline:.1f}, after {after:.1f} {stderr[-3000:]}"
+    assert after - baseline < 10, (
+        f"RSS MiB: baseline {baseline:.1f}, after {after:.1f} {stderr[-3000:]}"
+    )
     assert "Traceback" not in stderr
 
 
