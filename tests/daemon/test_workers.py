@@ -7,6 +7,7 @@ id, what systemd hears, how they stop and restart (bridge/daemon/workers.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -109,8 +110,9 @@ class Supervised:
         return self.log.read_text(errors="replace")
 
     def finish(self) -> None:
-        """Kill whatever is left of the group (after a failed test) and reap the supervisor."""
-        if self.process.poll() is None:
+        """Kill whatever is left of the group (after a failed test, or workers a supervisor
+        killed by a signal left behind) and reap the supervisor."""
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10 * SECOND)
 
