@@ -50,6 +50,7 @@ class Presence:
     incarnation: str = ""  # random per process ("" from bridges older than 0.x)
     standalone: bool = False
     roll: bool = False  # asks every other bridge of the prefix to say it is here
+    served: float = 0.0  # seconds it has served when it said this (online only)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -62,6 +63,7 @@ class Presence:
             "incarnation": self.incarnation,
             "mode": "standalone" if self.standalone else "cluster",
             "roll": self.roll,
+            "served": round(self.served, 1),
         }
         return json.dumps(document, separators=(",", ":")).encode()
 
@@ -87,6 +89,7 @@ class Presence:
             incarnation[:64],
             document.get("mode") == "standalone",
             document.get("roll") is True,
+            _seconds(document.get("served")),
         )
 
 
@@ -167,11 +170,13 @@ class Membership:
     _answered: set[str] = field(default_factory=set)
     _held: deque[tuple[object, int]] = field(default_factory=deque)
     _held_bytes: int = 0
+    serving_since: float | None = None  # when this bridge last began to serve
 
     # What this bridge says -------------------------------------------------------------
 
-    def presence(self, state: str, *, roll: bool = False) -> Presence:
-        return Presence(self.me, state, self.incarnation, self.standalone, roll)
+    def presence(self, state: str, *, roll: bool = False, now: float = 0.0) -> Presence:
+        served = now - self.serving_since if self.serving_since is not None else 0.0
+        return Presence(self.me, state, self.incarnation, self.standalone, roll, max(0.0, served))
 
     def join(self, now: float, *, rejoin: bool) -> list[Decision]:
         """Start (again): hold commands, say ``joining`` and call the roll."""
@@ -190,7 +195,7 @@ class Membership:
             return []
         self._answered = set()
         self.deadline = now + self.roll_call_seconds
-        return [Announce(self.presence(ONLINE, roll=True))]
+        return [Announce(self.presence(ONLINE, roll=True, now=now))]
 
     # Facts -----------------------------------------------------------------------------
 
@@ -210,7 +215,7 @@ class Membership:
             busy.append(Busy(oldest))
         return busy
 
-    def heard(self, presence: Presence, *, live: bool) -> list[Decision]:
+    def heard(self, presence: Presence, *, live: bool, now: float = 0.0) -> list[Decision]:
         """``presence`` arrived (``live``: just said; else a retained copy, which answers
         no roll call: it may be the last word of a bridge long gone)."""
         if presence.instance == self.me and presence.incarnation == self.incarnation:
@@ -224,12 +229,12 @@ class Membership:
         decisions: list[Decision] = []
         if live and presence.roll and self.phase is not Phase.REFUSED:
             state = ONLINE if self.phase is Phase.SERVING else JOINING
-            decisions.append(Announce(self.presence(state)))  # answer the roll call
+            decisions.append(Announce(self.presence(state, now=now)))  # answer the roll call
         if self._can_share(presence):
             self.peers[presence.instance] = presence
             decisions.append(PeerState(presence.instance, presence.state))
         elif live:
-            decisions += self._rival(presence)
+            decisions += self._rival(presence, now)
         return decisions
 
     def over(self, now: float) -> list[Decision]:
@@ -251,6 +256,7 @@ class Membership:
         if rivals:
             return decisions + self._refuse(max(rivals, key=lambda rival: rival.key))
         self.phase = Phase.SERVING
+        self.serving_since = now
         others_served = any(peer.state == ONLINE for peer in self.peers.values())
         held = self._release()
         rejoined, self.rejoining = self.rejoining, False
@@ -261,22 +267,26 @@ class Membership:
     def _can_share(self, other: Presence) -> bool:
         return not (self.standalone or other.standalone or other.instance == self.me)
 
-    def _rival(self, other: Presence) -> list[Decision]:
+    def _rival(self, other: Presence, now: float) -> list[Decision]:
         before = self.conflicts.get(other.key)
         self.conflicts[other.key] = other
         # Both serve (one was away while the other started): the lower key stops.
-        if (
-            self.phase is Phase.SERVING
-            and other.state == ONLINE
-            and other.key > (self.me, self.incarnation)
-        ):
+        if self.phase is Phase.SERVING and other.state == ONLINE and self._yields_to(other, now):
             return self._refuse(other)
         if before is not None and before.state == other.state:
             return []  # said already
         return [Conflict(other, refuse=False)] if self.phase is Phase.SERVING else []
 
+    def _yields_to(self, other: Presence, now: float) -> bool:
+        """Both serve: the one that has served longer goes on (a roll call shorter than the
+        broker's latency must not stop the bridge that was there first); else the higher key."""
+        mine = now - self.serving_since if self.serving_since is not None else 0.0
+        if abs(other.served - mine) > self.roll_call_seconds:
+            return other.served > mine
+        return other.key > (self.me, self.incarnation)
+
     def _refuse(self, other: Presence) -> list[Decision]:
-        self.phase = Phase.REFUSED
+        self.phase, self.serving_since = Phase.REFUSED, None
         return [Conflict(other, refuse=True, held=self._release())]
 
     def _release(self) -> tuple[object, ...]:
@@ -291,3 +301,10 @@ class Membership:
         if self.peers.pop(name, None) is None:
             return []
         return [PeerState(name, OFFLINE)]
+
+
+def _seconds(value: object) -> float:
+    """A non-negative number of seconds from a document; 0 for anything else."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e12:
+        return float(value)
+    return 0.0

@@ -127,7 +127,7 @@ class MembershipAgent:
             return
         presence = Presence.decode(name, payload)
         if presence is not None:
-            self._perform(self.state.heard(presence, live=not retained))
+            self._perform(self.state.heard(presence, live=not retained, now=time.monotonic()))
 
     def _on_state(self, topic: str, payload: bytes, retained: bool, _: bytes | None) -> None:
         if self._stopped or retained or payload != b"offline":

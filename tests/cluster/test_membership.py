@@ -177,3 +177,21 @@ def test_held_commands_are_bounded_by_their_bytes_too() -> None:
         assert a.command(n, mib) == []
     assert a.command("one more", 1) == [Busy(0)]
     assert a.command("big", 2 * mib) == [Busy(1), Busy(2)]
+
+
+def test_of_two_serving_bridges_the_one_that_served_longer_goes_on() -> None:
+    """A newcomer whose roll call was shorter than the broker's latency serves for a moment
+    next to an old bridge: the newcomer stops, whatever the names."""
+    old = serving("a")  # began to serve at 1.0
+    new = serving("z")
+    answer = old.presence(ONLINE, now=600.0)  # served 599 s
+    assert answer.served == 599.0
+    (conflict,) = new.heard(answer, live=True, now=2.0)
+    assert isinstance(conflict, Conflict)
+    assert conflict.refuse
+    assert old.heard(new.presence(ONLINE, now=1.5), live=True, now=600.0) == [
+        Conflict(new.presence(ONLINE, now=1.5), refuse=False)
+    ]
+    decoded = Presence.decode("a", answer.encode())
+    assert decoded is not None
+    assert decoded.served == 599.0
