@@ -77,7 +77,7 @@ async def bridges(
             "openai": {"base_url": base_url},
             "limits": {"max_connections": 1000},
             "logging": {"level": "WARNING"},
-            "cluster": {"enabled": count > 1 or workers, "instance": name},
+            "cluster": {"enabled": True, "instance": name} if count > 1 or workers else {},
         }
 
     if workers:

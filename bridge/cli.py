@@ -1,4 +1,5 @@
-"""The command line: ``openai-mqtt-bridge run [--workers N] | check-config | demo | simulate``.
+"""The command line: ``openai-mqtt-bridge run [--workers N] | check-config | schema | demo``
+and ``simulate``.
 
 This is the only module that configures logging, reads the environment,
 installs signal handlers, calls ``asyncio.run`` and maps errors to exit codes.
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import faulthandler
+import json
 import logging
 import os
 import signal
@@ -20,10 +22,12 @@ from typing import Final
 
 from bridge import __version__
 from bridge.daemon import logs
-from bridge.daemon.config import Settings, load_settings
+from bridge.daemon.config import Settings, config_schema, load_settings
 from bridge.daemon.config_dump import redacted_dump
+from bridge.daemon.config_inert import inert_keys
+from bridge.daemon.reload import Reloader
 from bridge.daemon.service import Service
-from bridge.errors import BridgeError, BrokerError, BrokerRefused, ConfigError
+from bridge.errors import BridgeError, BrokerError, BrokerRefused, ConfigError, InstanceConflict
 from bridge.ops.operations import Operations
 
 logger = logging.getLogger("bridge")
@@ -43,17 +47,26 @@ def main(argv: list[str] | None = None) -> int:
         return _simulate(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "schema":
+        print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    environ: dict[str, str] = dict(os.environ)
+    if getattr(args, "workers", None) is not None:  # every worker is a cluster instance
+        environ["OPENAI_MQTT_BRIDGE__CLUSTER__ENABLED"] = "true"
     try:
-        settings = load_settings(args.config, os.environ)
+        settings = load_settings(args.config, environ)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        # At err in the journal: `journalctl -p err` says why the service stopped.
+        print(logs.stderr_line(f"config error: {exc}"), file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
         print(redacted_dump(settings), end="")
+        for problem in inert_keys(settings.config):  # set, but acting on nothing
+            print(f"WARNING: {problem}", file=sys.stderr)
         return EXIT_OK
     if args.workers is not None:
         return _run_workers(settings, args.config, args.workers)
-    return _run(settings)
+    return _run(settings, args.config)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = commands.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("--config", type=Path, help="YAML config file")
+    commands.add_parser("schema", help="print the JSON Schema of the config file")
     demo = commands.add_parser("demo", help="run the seed flow end to end, offline")
     demo.add_argument(
         "--config", type=Path, help="take the broker from this config (default 127.0.0.1:1883)"
@@ -124,26 +138,39 @@ def _run_workers(settings: Settings, config: Path | None, count: int) -> int:
     logs.setup(
         settings.config.logging.level, settings.config.logging.format, redactor=settings.redactor
     )
+    # On a hang, systemd's watchdog sends SIGABRT: the supervisor's stacks go to the journal
+    # at err (the workers write their own).
+    faulthandler.enable(logs.fault_file())
     logger.info("openai-mqtt-bridge %s: supervising %d workers", __version__, count)
+
+    def reload_logging() -> None:  # the workers reload the rest, and say what is wrong
+        with contextlib.suppress(ConfigError):
+            logging_config = load_settings(config, os.environ).config.logging
+            logs.reconfigure(logging_config.level, logging_config.format)
+
     supervisor = Supervisor(
         worker_specs(count, settings, config),
         environ=os.environ,
         fatal_codes=frozenset({EXIT_CONFIG, EXIT_REFUSED}),
         grace_seconds=settings.config.shutdown.grace_seconds,
+        on_reload=reload_logging,
     )
     return asyncio.run(supervisor.run())
 
 
-def _run(settings: Settings) -> int:
+def _run(settings: Settings, config: Path | None) -> int:
 
     logs.setup(
         settings.config.logging.level, settings.config.logging.format, redactor=settings.redactor
     )
-    # On a hang, systemd's watchdog sends SIGABRT: leave every thread's stack in the journal.
-    faulthandler.enable()
+    # On a hang, systemd's watchdog sends SIGABRT: leave every thread's stack in the journal,
+    # at err.
+    faulthandler.enable(logs.fault_file())
     _give_large_buffers_back()
     if settings.config.mqtt.tls.enabled and settings.config.mqtt.tls.insecure:
         logger.warning("mqtt.tls.insecure: the broker's certificate name is not checked")
+    for problem in inert_keys(settings.config):
+        logger.warning("config: %s", problem)
     if settings.api_key is None:
         logger.warning(
             "no API key (OPENAI_API_KEY, openai.api_key_file or a systemd "
@@ -157,9 +184,12 @@ def _run(settings: Settings) -> int:
         settings.endpoint.display_url,
     )
     try:
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, config))
     except ConfigError as exc:
         logger.error("config error: %s", exc)
+        return EXIT_CONFIG
+    except InstanceConflict:  # said in full when found; not restarted (exit 78, as config)
+        logger.error("another bridge serves this prefix; not retrying (exit %d)", EXIT_CONFIG)
         return EXIT_CONFIG
     except BrokerRefused as exc:
         logger.error("%s; not retrying (exit %d)", exc, EXIT_REFUSED)
@@ -187,11 +217,12 @@ def _give_large_buffers_back() -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, config: Path | None) -> None:
     """Run the daemon until a signal stops it: the operations side first, as the service's
-    observer, then the service, reported on while it runs."""
+    observer, then the service, reported on while it runs. SIGHUP reloads ``config``."""
     ops = Operations(settings, os.environ)
     service = Service(settings, observer=ops)
+    reloader = Reloader(service, config, os.environ, ops)
     stop = asyncio.Event()
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -207,9 +238,13 @@ async def _serve(settings: Settings) -> None:
         stop.set()
 
     def on_hangup() -> None:
-        # What `systemctl reload` and many scripts send; its default would kill us
-        # without a close ack. Nothing is reloaded: the config is read once.
-        logger.info("SIGHUP: ignored; restart the service to apply a changed config")
+        # What `systemctl reload` sends (ExecReload=): read the config again, apply what
+        # can change live (bridge/daemon/reload.py).
+        if stop.is_set():
+            logger.info("SIGHUP: stopping, not reloading")
+            return
+        logger.info("SIGHUP: reloading %s", config if config is not None else "(no config file)")
+        reloader.reload()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)

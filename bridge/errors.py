@@ -36,6 +36,10 @@ class ConfigError(BridgeError):
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
+class InstanceConflict(BridgeError):
+    """Another bridge serves this prefix and the two cannot share it: this one stops."""
+
+
 class CommandError(BridgeError):
     """A command on ``P/<id>/cmd`` cannot be carried out.
 

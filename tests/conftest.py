@@ -11,7 +11,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 import pytest
@@ -23,6 +23,9 @@ from bridge.daemon.service import Service
 from bridge_tools.local_broker import LocalMosquitto, find_mosquitto
 from bridge_tools.simulator import Simulator, SimulatorOptions
 from tests.helpers import SECOND
+
+# Fixtures of their own modules (bridge processes for the several-instances tests).
+pytest_plugins = ["tests.bridge_processes"]
 
 KEY = "sk-test-canary-0123456789abcdefXYZ"  # a canary: it must never show up on MQTT or in logs
 
@@ -77,8 +80,15 @@ async def simulator() -> AsyncIterator[Simulator]:
         yield sim
 
 
+class Endpoint(Protocol):
+    """A Responses endpoint for a test: the simulator, or one that lies."""
+
+    @property
+    def base_url(self) -> str: ...
+
+
 def bridge_settings(
-    broker: Broker, simulator: Simulator, tmp_path: Path, **sections: Any
+    broker: Broker, simulator: Endpoint, tmp_path: Path, **sections: Any
 ) -> Settings:
     """Settings for a bridge between ``broker`` and ``simulator``, with overrides."""
     document: dict[str, Any] = {
@@ -97,6 +107,8 @@ def bridge_settings(
             "close_timeout": 2 * SECOND,
         },
         "shutdown": {"grace_seconds": 5 * SECOND},
+        # The roll call every bridge holds before it serves: short on a private broker.
+        "cluster": {"roll_call": 0.1 * SECOND},
     }
     for name, values in sections.items():
         if isinstance(values, dict):
@@ -130,7 +142,7 @@ async def start_bridge(tmp_path: Path) -> AsyncIterator[Any]:
     running: list[RunningBridge] = []
 
     async def start(
-        broker: Broker, simulator: Simulator, **sections: dict[str, Any]
+        broker: Broker, simulator: Endpoint, **sections: dict[str, Any]
     ) -> RunningBridge:
         bridge = RunningBridge(Service(bridge_settings(broker, simulator, tmp_path, **sections)))
         running.append(bridge)

@@ -103,6 +103,7 @@ def daemon_config(tmp_path: Path, mqtt: dict[str, Any], **sections: dict[str, An
         },
         "openai": {"base_url": "http://127.0.0.1:9/v1", "close_timeout": 2 * SECOND},
         "shutdown": {"grace_seconds": 5 * SECOND},
+        "cluster": {"roll_call": 0.1 * SECOND},  # every bridge's start roll call
     }
     for name, values in sections.items():
         document.setdefault(name, {}).update(values)

@@ -8,12 +8,16 @@ taken out of the source (string macros, YAML with substitutions) and checked her
 from __future__ import annotations
 
 import ast
+import asyncio
 import json
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from bridge.daemon.config import parse_config
@@ -29,6 +33,9 @@ from bridge.protocol.contract import (
     connection_id_problem,
     parse_command,
 )
+from bridge_tools.simulator import Simulator
+from tests.conftest import Broker, Client
+from tests.helpers import SECOND
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 ALLOWED = frozenset({"response.create"})
@@ -91,6 +98,30 @@ def test_node_red_flow_is_importable_json() -> None:
             assert all(nodes[target]["z"] == node["z"] for target in output)  # no cross-tab wire
         if "broker" in node and node["type"] != "mqtt-broker":
             assert nodes[node["broker"]]["type"] == "mqtt-broker"
+
+
+def test_node_red_flows_share_one_broker_node() -> None:
+    """Every example flow carries the same broker configuration node (same id, same
+    settings): Node-RED keeps one on import, so the flows open one connection and the
+    broker address is edited in one place. Apart from it, no id is in two flows."""
+    flows = sorted((EXAMPLES / "node-red").glob("*.json"))
+    assert {path.name for path in flows} >= {"flow.json", "tools-flow.json"}
+    brokers: list[dict[str, Any]] = []
+    ids_of_flows: list[set[str]] = []
+    for path in flows:
+        nodes = json.loads(path.read_text())
+        (broker,) = [node for node in nodes if node["type"] == "mqtt-broker"]
+        assert "z" not in broker  # global, as a config node must be to be shared
+        users = [node for node in nodes if node["type"] in {"mqtt in", "mqtt out"}]
+        assert users, path.name
+        assert {node["broker"] for node in users} == {broker["id"]}, path.name
+        brokers.append(broker)
+        ids_of_flows.append({node["id"] for node in nodes} - {broker["id"]})
+    assert all(broker == brokers[0] for broker in brokers)
+    assert (brokers[0]["broker"], brokers[0]["port"]) == ("localhost", "1883")
+    for index, ids in enumerate(ids_of_flows):
+        for other in ids_of_flows[index + 1 :]:
+            assert not ids & other
 
 
 def test_node_red_injects_publish_the_seed_commands() -> None:
@@ -214,7 +245,7 @@ def test_home_assistant_ask_script_speaks_the_contract() -> None:
     script = ha_script("ask_openai")
     variables = script["variables"]
     connection_id = TOPICS.connection_id_of(variables["commands"])
-    assert connection_id == HA_ID
+    assert connection_id == HA_ID == variables["assistant"]
     entities = discovered_entity_ids(connection_id)
     assert variables["answer_sensor"] == entities["Answer"]
     assert "now()" in variables["request_id"]  # new for every run: no redelivery clash
@@ -234,12 +265,17 @@ def test_home_assistant_entity_script_asks_through_the_ask_entity() -> None:
     """text.set_value on the Ask entity, then a wait for a newer state of the Answer sensor."""
     script = ha_script("ask_openai_entity")
     variables = script["variables"]
+    assert variables["assistant"] == HA_ID
     entities = discovered_entity_ids(HA_ID)
     assert variables["ask_entity"] == entities["Ask"]
     assert variables["answer_sensor"] == entities["Answer"]
-    assert "answer_sensor" in variables["before"]  # taken when the run starts, before asking
     steps = ha_steps(script["sequence"])
     (set_value,) = [step for step in steps if step.get("service") == "text.set_value"]
+    (noted,) = [step["variables"] for step in steps if "variables" in step]
+    assert "answer_sensor" in noted["before"]  # taken before asking
+    assert (
+        steps.index(set_value) == next(i for i, step in enumerate(steps) if "variables" in step) + 1
+    )
     assert set_value["target"]["entity_id"] == "{{ ask_entity }}"
     assert set_value["data"]["value"] == "{{ question }}"
     (wait,) = [step["wait_template"] for step in steps if "wait_template" in step]
@@ -255,9 +291,37 @@ def test_home_assistant_examples_notify_the_answer_or_its_absence() -> None:
         assert {step["data"]["notification_id"] for step in notes} == {name}
         assert notes[-1] is steps[-1]
         assert notes[-1]["data"]["message"] == "{{ state_attr(answer_sensor, 'text') }}"
-        (failure,) = [step for step in steps if "if" in step]
-        assert "not wait.completed" in failure["if"]
+        (failure,) = [step for step in steps if "not wait.completed" in step.get("if", "")]
         assert failure["then"][-1]["error"] is True
+
+
+# The entity ids an example names, by its variable: those discovery makes for `assistant`.
+_ASSISTANT_ENTITY_VARIABLES = {"answer_sensor": "Answer", "ask_entity": "Ask"}
+
+
+def test_home_assistant_examples_say_which_assistant_is_missing_before_asking() -> None:
+    """A script whose assistant's entities do not exist (the id is not in the bridge's
+    homeassistant.assistants) asks nothing and waits for nothing: its first step notifies
+    which entry is missing and stops with an error. scripts/check-homeassistant runs it."""
+    for name in ("ask_openai", "ask_openai_entity"):
+        script = ha_script(name)
+        variables = script["variables"]
+        entities = discovered_entity_ids(variables["assistant"])
+        named = {var: variables[var] for var in _ASSISTANT_ENTITY_VARIABLES if var in variables}
+        assert named == {var: entities[_ASSISTANT_ENTITY_VARIABLES[var]] for var in named}
+        # Nothing before the check needs the entities: the script-level variables don't.
+        assert "states" not in json.dumps(variables)
+        check = script["sequence"][0]
+        tested = re.findall(r"states\[(\w+)\] is none", check["if"])
+        assert sorted(tested) == sorted(named), check["if"]
+        notify, stop = check["then"]
+        assert notify["service"] == "persistent_notification.create"
+        assert notify["data"]["notification_id"] == name
+        message = notify["data"]["message"]
+        assert "homeassistant.assistants" in message
+        assert "{{ assistant }} is not there" in message
+        assert "assistants: [{{ assistant }}]" in " ".join(message.split())
+        assert stop["error"] is True
 
 
 # Node-RED: the "ask (text and answer)" tab --------------------------------------------
@@ -483,6 +547,152 @@ def test_esp32_sketch_asks_and_prints_text_and_status() -> None:
     assert packet <= PUBSUBCLIENT_BUFFER
 
 
+# PubSubClient speaks MQTT 3.1.1 and keeps a whole packet in its buffer: the limit on
+# the connection id is measured on the packets a 3.1.1 subscriber gets.
+LONGEST_DEVICE_ID = 41  # what the sketch and the README promise
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes, int]:
+    """One MQTT packet: its first byte, its body, and its size on the wire."""
+    first = (await reader.readexactly(1))[0]
+    length, shift, size = 0, 0, 1
+    while True:
+        digit = (await reader.readexactly(1))[0]
+        size += 1
+        length |= (digit & 0x7F) << shift
+        shift += 7
+        if not digit & 0x80:
+            return first, await reader.readexactly(length), size + length
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    assert len(body) < 128
+    return bytes([first, len(body)]) + body
+
+
+def _string(text: str) -> bytes:
+    return len(text.encode()).to_bytes(2, "big") + text.encode()
+
+
+async def publish_sizes_as_pubsubclient_gets_them(
+    broker: Broker, topic: str, wanted_bytes: int, asked: Any
+) -> list[tuple[int, int]]:
+    """(packet size, payload size) of each QoS 1 PUBLISH an MQTT 3.1.1 subscriber of
+    ``topic`` receives, until ``wanted_bytes`` of payload came; ``asked`` is awaited once
+    the subscription is in place."""
+    reader, writer = await asyncio.open_connection(broker.host, broker.port)
+    try:
+        hello = _string("MQTT") + bytes([4, 0x02, 0, 60]) + _string("pubsubclient-like")
+        writer.write(_packet(0x10, hello))  # CONNECT, 3.1.1, clean session
+        assert (await _read_packet(reader))[:2] == (0x20, bytes([0, 0]))
+        writer.write(_packet(0x82, (1).to_bytes(2, "big") + _string(topic) + bytes([1])))
+        assert (await _read_packet(reader))[:2] == (0x90, bytes([0, 1, 1]))  # SUBACK, QoS 1
+        await asyncio.wait_for(asked, 10 * SECOND)
+        found: list[tuple[int, int]] = []
+        async with asyncio.timeout(15 * SECOND):
+            while sum(payload for _, payload in found) < wanted_bytes:
+                first, body, size = await _read_packet(reader)
+                assert first & 0xF0 == 0x30  # a PUBLISH
+                assert (first >> 1) & 3 == 1  # at QoS 1
+                topic_end = 2 + int.from_bytes(body[:2], "big")
+                assert body[2:topic_end].decode() == topic
+                writer.write(_packet(0x40, body[topic_end : topic_end + 2]))  # PUBACK
+                found.append((size, len(body) - topic_end - 2))
+        return found
+    finally:
+        writer.close()
+
+
+@pytest.mark.integration
+async def test_a_full_text_chunk_fits_pubsubclient_with_the_longest_id(
+    broker: Broker, simulator: Simulator, start_bridge: Any, client: Client
+) -> None:
+    """At the default text_max_bytes (200) a chunk on ai/<id>/text, with an id of 41
+    characters, is a 256-byte packet: exactly PubSubClient's default buffer, so 41 is
+    the longest id a device with that buffer can use (one more character, 257 bytes,
+    and PubSubClient drops the chunk)."""
+    await start_bridge(broker, simulator)
+    connection_id = "d" * LONGEST_DEVICE_ID
+    word = "x" * 250  # one word longer than a chunk: cut at exactly 200 bytes
+    ask = {"action": "ask", "input": f"say {word}", "output": {"text": True, "events": False}}
+    sizes = await publish_sizes_as_pubsubclient_gets_them(
+        broker,
+        device_topic(connection_id, "text"),
+        len(word),
+        client.command(connection_id, ask),
+    )
+    assert sizes[0] == (PUBSUBCLIENT_BUFFER, TEXT_MAX_BYTES)
+    assert max(size for size, _ in sizes) == PUBSUBCLIENT_BUFFER
+    source, _ = sketch()
+    assert f"At most {LONGEST_DEVICE_ID}\n// characters" in source
+    manual = (EXAMPLES.parent / "docs/features/device-output.md").read_text()
+    assert f"an id of at most {LONGEST_DEVICE_ID} characters" in manual
+
+
+# Just enough of Arduino for the sketch's message handler to build and run on this host.
+_ARDUINO_STUB = r"""
+#include <cstdio>
+#include <cstring>
+typedef unsigned char byte;
+struct {
+  void write(const byte* data, unsigned int length) { fwrite(data, 1, length, stdout); }
+  void print(const char* text) { fputs(text, stdout); }
+  void println(const char* text = "") { printf("%s\n", text); }
+} Serial;
+"""
+_FEED = r"""
+int main(int argc, char** argv) {  // topic payload topic payload ...
+  for (int i = 1; i + 1 < argc; i += 2) {
+    onMessage(argv[i], (byte*)argv[i + 1], strlen(argv[i + 1]));
+  }
+  return 0;
+}
+"""
+
+
+def run_message_handler(tmp_path: Path, messages: list[tuple[str, str]]) -> str:
+    """What the sketch prints for ``messages``: its ``onMessage`` (and the state it
+    keeps) built natively with a stand-in Serial, fed the messages in order."""
+    source, macros = sketch()
+    handler = re.search(r"^bool midLine\b.*?^void onMessage\(.*?^\}\n", source, re.S | re.M)
+    assert handler, "the sketch's onMessage"
+    defines = "".join(f"#define {name} {json.dumps(macros[name])}\n" for name in macros)
+    program = tmp_path / "handler.cpp"
+    program.write_text(_ARDUINO_STUB + defines + handler[0] + _FEED)
+    compiler = shutil.which("c++") or shutil.which("g++")
+    assert compiler, "a C++ compiler (g++) runs the sketch's handler"
+    binary = tmp_path / "handler"
+    subprocess.run([compiler, "-o", str(binary), str(program)], check=True)
+    args = [part for message in messages for part in message]
+    done = subprocess.run([str(binary), *args], check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def test_esp32_sketch_prints_statuses_and_skips_a_cleared_one(tmp_path: Path) -> None:
+    """A status is printed once per change; an empty one (the bridge cleared the retained
+    status when the conversation ended) prints nothing, and the next status is news."""
+    _, macros = sketch()
+    text, status = macros["TOPIC_TEXT"], macros["TOPIC_STATUS"]
+    printed = run_message_handler(
+        tmp_path,
+        [
+            (status, "ready"),
+            (status, "thinking"),
+            (status, "thinking"),  # the heartbeat: not printed again
+            (text, "Octopuses have "),
+            (text, "three hearts."),
+            (status, "ready"),
+            (status, ""),  # cleared
+            (status, ""),
+            (status, "ready"),
+        ],
+    )
+    assert printed == (
+        "[status] ready\n[status] thinking\nOctopuses have three hearts.\n"
+        "[status] ready\n[status] ready\n"
+    )
+
+
 # The ESPHome device -------------------------------------------------------------------
 
 
@@ -560,6 +770,21 @@ def test_esphome_device_asks_and_logs_text_and_status() -> None:
     }
 
 
+def test_esphome_device_prints_only_the_answers_it_asked_for_after_a_reboot() -> None:
+    """ESPHome's defaults would replay an old answer after a reboot: a kept session
+    (clean_session false) has the broker queue the QoS 1 chunks sent while the device
+    was away, and the log lines, chunks included, go out retained on <name>/debug.
+    The example connects clean and logs over MQTT without retain."""
+    _, device = esphome()
+    mqtt = device["mqtt"]
+    assert mqtt["clean_session"] is True
+    log_topic = mqtt["log_topic"]
+    assert log_topic is None or log_topic.get("retain") is False  # ESPHome's default: True
+    (on_message,) = mqtt["on_message"]
+    assert on_message["qos"] == 1  # in order, once per connection; nothing kept across one
+    assert [sensor["qos"] for sensor in device["text_sensor"]] == [1]  # retained status
+
+
 def test_each_example_asks_on_a_connection_of_its_own() -> None:
     """An ask's ``output`` applies when it opens the connection: examples sharing an id
     would get whichever output the first of them asked for."""
@@ -571,3 +796,13 @@ def test_each_example_asks_on_a_connection_of_its_own() -> None:
         TOPICS.connection_id_of(ha_script("ask_openai")["variables"]["commands"]),
     ]
     assert len(set(ids)) == len(ids)
+
+
+def test_esphome_config_accepts_the_example() -> None:
+    """ESPHome's own `esphome config` (scripts/check-esphome installs it once, cached)."""
+    from bridge_tools import esphome_check
+
+    program = esphome_check.cache_root() / f"esphome-{esphome_check.VERSION}" / "bin" / "esphome"
+    if not program.exists():
+        pytest.skip("ESPHome is not installed: scripts/check-esphome installs it")
+    assert esphome_check.check(program, sorted(EXAMPLES.glob("esphome/*.yaml"))) == []

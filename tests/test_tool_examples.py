@@ -101,8 +101,11 @@ def test_the_config_fragment_loads_and_offers_both_tools_to_both_ids() -> None:
     assert house.request["store"] is False
     for connection_id in (HA_ID, NODERED_ID):
         assert profile_for(config.profiles, config.sessions, connection_id, None) == PROFILE
-    # Another id keeps the default profile: no tools.
+    # Another id keeps the default profile: the built-in one (the fragment does not
+    # restate it), with no tools.
+    assert "default" not in fragment()["profiles"]
     assert profile_for(config.profiles, config.sessions, "kitchen", None) == "default"
+    assert config.profiles["default"] == parse_config(None).profiles["default"]
     assert config.profiles["default"].mqtt_tools == ()
 
 
@@ -364,12 +367,15 @@ def switch_output(switch: dict[str, Any], payload: dict[str, Any]) -> int | None
 
 
 def test_node_red_flow_is_importable_json() -> None:
-    """One tab, its own broker node; unique ids, also next to flow.json's; wires resolve."""
+    """One tab and flow.json's broker node; other ids unique, also next to flow.json's;
+    wires resolve."""
     nodes = flow_nodes()
     (tab,) = of_type(nodes, "tab")
     assert tab["label"] == "tools"
     (broker,) = of_type(nodes, "mqtt-broker")
-    assert not set(nodes) & set(flow_nodes(OTHER_FLOW_FILE))  # both can be imported
+    other = flow_nodes(OTHER_FLOW_FILE)
+    assert set(nodes) & set(other) == {broker["id"]}  # the shared broker node, nothing else
+    assert other[broker["id"]] == broker
     for node in nodes.values():
         assert isinstance(node["type"], str)
         if node["type"] not in {"tab", "mqtt-broker"}:

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+from bridge.protocol.error_codes import INSTANCE_BUSY
+
 # Commands of one id waiting for its claim to settle, and in all: past these the
 # oldest is refused (instance_busy), never dropped in silence.
 MAX_WAITING_PER_ID: Final = 64
@@ -147,7 +149,8 @@ class Ownership:
         self.me = me
         self.claim_window = claim_window
         self.claim_timeout = claim_timeout  # unclaimed commands: claim them anyway after this
-        self.members: set[str] = {me}
+        self.members: set[str] = {me}  # the live instances that take new ids
+        self.joining: set[str] = set()  # live, keep what they hold, take nothing new yet
         self.claims: dict[str, Claim] = {}
         self._waiting: dict[str, _Waiting] = {}
         self.ready = False  # the retained claims and presences have been read
@@ -165,7 +168,7 @@ class Ownership:
     def command(self, connection_id: str, command: object, now: float) -> list[Decision]:
         """A command arrived for ``connection_id``."""
         claim = self.claims.get(connection_id)
-        if claim is not None and claim.instance in self.members:
+        if claim is not None and self._alive(claim.instance):
             if claim.instance != self.me:
                 return []  # its holder carries it out
             if claim.held:
@@ -174,13 +177,13 @@ class Ownership:
         decisions: list[Decision] = []
         if waiting is None:
             if len(self._waiting) >= MAX_WAITING_IDS:
-                return [Refuse(connection_id, command, "instance_busy", _BUSY)]
+                return [Refuse(connection_id, command, INSTANCE_BUSY, _BUSY)]
             waiting = self._waiting[connection_id] = _Waiting(since=now)
         if len(waiting.commands) >= MAX_WAITING_PER_ID:
             oldest = waiting.commands.popleft()
-            decisions.append(Refuse(connection_id, oldest, "instance_busy", _BUSY))
+            decisions.append(Refuse(connection_id, oldest, INSTANCE_BUSY, _BUSY))
         waiting.commands.append(command)
-        if claim is None or claim.instance not in self.members:
+        if claim is None or not self._alive(claim.instance):
             decisions += self._maybe_claim(connection_id, waiting)
         return decisions
 
@@ -198,7 +201,9 @@ class Ownership:
             return []  # our own, echoed (what we hold is in self.claims already)
         decisions: list[Decision] = []
         if current is not None and current.instance == self.me:
-            if not self._beats(claim, current, connection_id):
+            # Not ready: this instance is (re)joining and may have been declared lost
+            # meanwhile; what the others hold now is theirs.
+            if self.ready and not self._beats(claim, current, connection_id):
                 # A stale or weaker claimer: ours stands; say it again (the retained
                 # copy is theirs now), and they yield to it.
                 return [PublishClaim(connection_id, current)]
@@ -231,14 +236,31 @@ class Ownership:
                 decisions += self._claim(connection_id, waiting)
         return decisions
 
-    def member_online(self, name: str) -> None:
+    def holds(self, connection_id: str) -> bool:
+        """Whether this instance holds the id's claim (established)."""
+        claim = self.claims.get(connection_id)
+        return claim is not None and claim.instance == self.me and claim.held
+
+    def member_online(self, name: str) -> list[Decision]:
+        self.joining.discard(name)
         self.members.add(name)
+        return []
+
+    def member_joining(self, name: str) -> list[Decision]:
+        """``name`` (re)joins: it keeps what it holds but takes no new id until it is
+        online, so commands waiting for it as their owner go to another."""
+        if name == self.me:
+            return []
+        self.members.discard(name)
+        self.joining.add(name)
+        return self.reevaluate()
 
     def member_offline(self, name: str) -> list[Decision]:
         """``name`` is gone: the ids it held are free; their new owner says so."""
         if name == self.me:
             return []
         self.members.discard(name)
+        self.joining.discard(name)
         decisions: list[Decision] = []
         for connection_id, claim in list(self.claims.items()):
             if claim.instance != name:
@@ -255,7 +277,7 @@ class Ownership:
         decisions: list[Decision] = []
         for connection_id, waiting in list(self._waiting.items()):
             claim = self.claims.get(connection_id)
-            if claim is None or claim.instance not in self.members:
+            if claim is None or not self._alive(claim.instance):
                 decisions += self._maybe_claim(connection_id, waiting)
         return decisions
 
@@ -294,6 +316,9 @@ class Ownership:
         self.claims[connection_id] = claim
         return [PublishClaim(connection_id, claim), Settle(connection_id, self.claim_window)]
 
+    def _alive(self, instance: str) -> bool:
+        return instance in self.members or instance in self.joining
+
     def _beats(self, theirs: Claim, ours: Claim, connection_id: str) -> bool:
         if theirs.held != ours.held:
             return theirs.held
@@ -301,51 +326,3 @@ class Ownership:
 
 
 _BUSY: Final = "too many commands wait for their connection's instance; publish it again"
-
-
-@dataclass(slots=True)
-class Roster:
-    """Who is alive, by roll call: a will says only that *someone* was lost.
-
-    Every instance's presence is retained on ``P/bridge/instances/<name>``. A
-    roll call (at start, and whenever ``P/bridge/state`` says ``offline`` or an
-    instance says it is stopping) asks every instance to say ``online`` again
-    within ``roll_call_seconds``; those that do not are gone.
-    """
-
-    me: str
-    roll_call_seconds: float
-    members: set[str] = field(default_factory=set)
-    _answered: set[str] = field(default_factory=set)
-    deadline: float | None = None
-
-    def start_roll_call(self, now: float) -> None:
-        self._answered = {self.me}
-        self.deadline = now + self.roll_call_seconds
-
-    def online(self, name: str, *, live: bool = True) -> bool:
-        """``name`` says it is online (``live``: now; else a retained copy, which answers
-        no roll call: it may be the last word of an instance long gone); True if new."""
-        if live:
-            self._answered.add(name)
-        new = name not in self.members
-        self.members.add(name)
-        return new
-
-    def offline(self, name: str) -> bool:
-        """``name`` says it stopped; True if it was a member."""
-        self._answered.discard(name)
-        if name in self.members and name != self.me:
-            self.members.discard(name)
-            return True
-        return False
-
-    def roll_call_over(self, now: float) -> list[str]:
-        """The members that did not answer the roll call (now gone), once it is over."""
-        if self.deadline is None or now < self.deadline:
-            return []
-        self.deadline = None
-        gone = sorted(self.members - self._answered - {self.me})
-        self.members -= set(gone)
-        self.members.add(self.me)
-        return gone

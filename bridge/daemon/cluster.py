@@ -11,13 +11,13 @@ and timers. The rules are the pure module's; here is only the wiring.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
 from collections.abc import Callable
 from typing import Final
 
+from bridge.cluster.membership import JOINING, ONLINE, Serve
 from bridge.cluster.ownership import (
     Claim,
     Decision,
@@ -26,11 +26,11 @@ from bridge.cluster.ownership import (
     Ownership,
     PublishClaim,
     Refuse,
-    Roster,
     Settle,
     Yield,
 )
 from bridge.daemon.config import Config
+from bridge.daemon.membership import MembershipAgent
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.protocol.actions import Action
 from bridge.protocol.contract import RESERVED_ID, Rejection, Topics, peek
@@ -59,88 +59,96 @@ class ClusterMember:
         core: BridgeCore,
         perform: Callable[[list[Action]], None],
         handle: Callable[[Inbound], None],
+        membership: MembershipAgent,
     ) -> None:
-        self.name = instance_name(config)
+        self.name = membership.name
         self.topics = topics
         self.link = link
         self.core = core
         self.perform = perform
         self.handle = handle  # carry a command out here (the core)
-        self.qos = config.mqtt.qos
+        self.membership = membership
         keepalive = config.mqtt.keepalive
         self.ownership = Ownership(
             self.name, claim_window=config.cluster.claim_window, claim_timeout=2.0 * keepalive
         )
-        self.roster = Roster(self.name, config.cluster.roll_call)
-        self.roster.members.add(self.name)
-        base = f"{topics.prefix}/{RESERVED_ID}"
-        self.presence_topic = f"{base}/instances/{self.name}"
-        self._instances = f"{base}/instances/"
-        self._claims = f"{base}/claims/"
-        link.listen_filter(f"{base}/instances/+", self._on_presence)
-        link.listen_filter(f"{base}/claims/+", self._on_claim)
-        link.listen_filter(topics.state, self._on_state)
-        link.offline_at_stop = lambda: len(self.roster.members) <= 1
-        self._roll_called = False  # the first roll call waits for the broker link
-        self._stopped = False  # said `offline`: says nothing else
+        self._claims = f"{topics.prefix}/{RESERVED_ID}/claims/"
+        link.listen_filter(self._claims + "+", self._on_claim)
+        membership.carry_out = self.command
+        membership.on_peer = self._peer
+        membership.on_serve = self._serve
+        membership.on_join = self._join
+        self._held_before_join: set[str] = set()
 
     # Inbound ------------------------------------------------------------------------
 
     def command(self, message: Inbound) -> None:
         self._carry_out(self.ownership.command(message.connection_id, message, time.monotonic()))
 
-    def _on_presence(self, topic: str, payload: bytes, retained: bool, _: bytes | None) -> None:
-        name = topic[len(self._instances) :]
-        if "/" in name or name == self.name:
-            return
-        try:
-            document = json.loads(payload) if payload else {}
-        except ValueError:
-            return
-        if isinstance(document, dict) and document.get("state") == "online":
-            new = self.roster.online(name, live=not retained)
-            self.ownership.member_online(name)
-            if new:
-                logger.info("instance %s is here (%d instances)", name, len(self.roster.members))
-            if document.get("roll") and not retained and not self._stopped:
-                self._say_online(roll=False)  # answer the roll call
-        elif self.roster.offline(name):
-            logger.info("instance %s stopped", name)
-            self._carry_out(self.ownership.member_offline(name))
-
     def _on_claim(self, topic: str, payload: bytes, retained: bool, _: bytes | None) -> None:
         connection_id = topic[len(self._claims) :]
         claim = Claim.decode(payload) if payload else None
         self._carry_out(self.ownership.claim_seen(connection_id, claim))
 
-    def _on_state(self, topic: str, payload: bytes, retained: bool, _: bytes | None) -> None:
-        if self._stopped:
+    # What the membership says ----------------------------------------------------------
+
+    def _peer(self, name: str, state: str) -> None:
+        if state == ONLINE:
+            self._carry_out(self.ownership.member_online(name))
+        elif state == JOINING:
+            self._carry_out(self.ownership.member_joining(name))
+        else:
+            self._carry_out(self.ownership.member_offline(name))
+
+    def _join(self) -> None:
+        """This instance (re)joins: it claims nothing until it serves again, and what the
+        others hold by then is theirs (it may have been declared lost meanwhile)."""
+        if self.ownership.ready:
+            self._held_before_join = set(self.ownership.held_here())
+        self.ownership.ready = False
+
+    def _serve(self, serve: Serve) -> None:
+        """The join is over. Commands held meanwhile: when other instances served, they
+        had them too, so only those of ids this instance still holds are its own; the
+        rest were carried out there, or answered with ``disconnected`` if this instance
+        was declared lost, and are dropped here."""
+        self.ownership.ready = True
+        dropped = 0
+        for command in serve.commands:
+            assert isinstance(command, Inbound)
+            if not serve.others_served or self.ownership.holds(command.connection_id):
+                self.command(command)
+            else:
+                dropped += 1
+        if dropped:
+            logger.warning(
+                "dropped %d commands that arrived while this instance %s; "
+                "the other instances had them",
+                dropped,
+                "was away" if serve.rejoined else "joined",
+            )
+        for connection_id in sorted(self._held_before_join):
+            if not self.ownership.holds(connection_id):
+                self._lost_while_away(connection_id)
+        self._held_before_join = set()
+        self._carry_out(self.ownership.reevaluate())
+
+    def _lost_while_away(self, connection_id: str) -> None:
+        """An id this instance held before it was away is no longer its own."""
+        if self.core.phase(connection_id) is None and connection_id not in self.core.conversations:
             return
-        if payload == b"offline" and not retained:  # an instance's will, or the last one stopped
-            self.link.reannounce()  # we are still here: `online` again
-            self._say_online(roll=True)
-            self.roster.start_roll_call(time.monotonic())
+        logger.warning("[%s] taken over while this instance was away: ended here", connection_id)
+        self.core.conversations.forget(connection_id)
+        reason = "this bridge instance was away and the connection was taken over"
+        self.perform(self.core.end_connection(connection_id, INSTANCE_LOST_CODE, reason))
 
     # Timers and the supervisor's sweep ------------------------------------------------
 
     def sweep(self) -> None:
-        """Every second or so: roll calls, unclaimed commands, claims no longer needed."""
-        now = time.monotonic()
-        if not self._roll_called:
-            if not self.link.connected.is_set():
-                return
-            self._roll_called = True  # who is alive, of those the retained presences name
-            self._say_online(roll=True)
-            self.roster.start_roll_call(now)
-        for name in self.roster.roll_call_over(now):
-            logger.warning("instance %s did not answer the roll call: it is lost", name)
-            self._carry_out(self.ownership.member_offline(name))
-        decisions: list[Decision] = []
-        if not self.ownership.ready and self.roster.deadline is None:
-            self.ownership.ready = True
-            logger.info("cluster: %d instances: %s", len(self.roster.members), self.roster.members)
-            decisions += self.ownership.reevaluate()
-        decisions += self.ownership.sweep(now)
+        """Every second or so: unclaimed commands, claims no longer needed."""
+        if not self.ownership.ready:
+            return
+        decisions = self.ownership.sweep(time.monotonic())
         for connection_id in self.ownership.held_here():
             open_ = self.core.phase(connection_id) is not None
             in_use = open_ or connection_id in self.core.conversations
@@ -148,10 +156,8 @@ class ClusterMember:
         self._carry_out(decisions)
 
     def stop(self) -> None:
-        """A clean stop: this instance's claims cleared, its presence `offline`."""
-        self._stopped = True
+        """A clean stop: this instance's claims cleared."""
         self._carry_out(self.ownership.release_all())
-        self.link.announce(self.presence_topic, b'{"state":"offline"}')
 
     # Decisions ------------------------------------------------------------------------
 
@@ -188,9 +194,3 @@ class ClusterMember:
 
     def _settle(self, connection_id: str) -> None:
         self._carry_out(self.ownership.settle(connection_id))
-
-    def _say_online(self, *, roll: bool) -> None:
-        """Say this instance is online (retained, and again after each reconnect); ``roll``
-        asks the others to say so too."""
-        document = {"state": "online", "instance": self.name, "roll": roll}
-        self.link.announce(self.presence_topic, json.dumps(document).encode())

@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -84,48 +84,74 @@ def _topic_filter(value: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class MqttTlsConfig(_Section):
     """TLS to the broker (``mqtt.tls``); the client key may come as credential ``mqtt_tls_key``."""
 
     enabled: bool = False
-    ca_file: Path | None = None  # None: the system's trusted CAs
+    """TLS to the broker (usually port 8883)."""
+    ca_file: Path | None = None
+    """CA certificate(s) the broker's certificate must chain to; null: the system's trusted CAs."""
     cert_file: Path | None = None
+    """Client certificate, for brokers that ask for one."""
     key_file: Path | None = None
-    insecure: bool = False  # skip the host name check (the chain is still verified)
+    """The client certificate's key; null: the systemd credential `mqtt_tls_key` (when `cert_file`
+    is set)."""
+    insecure: bool = False
+    """Skip the host name check (the chain is still verified)."""
 
 
 class MqttConfig(_Section):
     """The broker connection (section ``mqtt``)."""
 
-    # Where
     host: str = "127.0.0.1"
+    """The broker's host name or address."""
     port: int = Field(1883, ge=1, le=65535)
+    """The broker's port (usually 8883 with TLS)."""
     topic_prefix: str = "ai"
+    """`P`, the first levels of every topic of the bridge; no wildcards, no leading or trailing
+    `/`."""
     client_id: str = Field("openai-mqtt-bridge", min_length=1, max_length=128)
+    """The bridge's MQTT client id: unique per bridge on one broker (it also names its Home
+    Assistant device)."""
     protocol: Literal["3.1.1", "5"] = "5"
-    # Who
+    """MQTT version: `"5"` or `"3.1.1"` (no user properties or response topics)."""
     username: str | None = None
+    """Broker login; null: none."""
     password: SecretStr | None = None
+    """Broker password written in the file (discouraged): prefer `password_file`, the systemd
+    credential `mqtt_password` or `MQTT_PASSWORD`, which come first."""
     password_file: Path | None = None
+    """File holding the broker password (first of: this, the systemd credential `mqtt_password`,
+    env `MQTT_PASSWORD`, `password`)."""
     tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig)
-    # How
+    """TLS to the broker."""
     qos: Literal[0, 1, 2] = 1
+    """QoS of everything the bridge publishes."""
     keepalive: int = Field(60, ge=5, le=65535)
+    """MQTT keepalive, in seconds."""
     session_expiry: int = Field(600, ge=0)
+    """Seconds the broker keeps the bridge's session while it reconnects (MQTT 5; 3.1.1 uses a
+    persistent session)."""
     connect_timeout: float = Field(10.0, gt=0)
+    """Seconds for CONNACK and the first publish and subscribe."""
     reconnect_initial_delay: float = Field(0.5, gt=0)
+    """First delay before reconnecting to a lost broker, in seconds; doubled (with jitter) up to
+    `reconnect_max_delay`, and back to this once a connection has held for 10 s."""
     reconnect_max_delay: float = Field(30.0, gt=0)
-    # Limits
+    """Longest delay between reconnects, in seconds."""
     max_inflight: int = Field(100, ge=1, le=65535)
+    """QoS 1/2 publishes awaiting the broker's ack at once (the bridge hands paho at most 64
+    messages at a time)."""
     buffer_max_messages: int = Field(10_000, ge=10)
+    """Bound of the outgoing buffer, in messages waiting for the broker or its ack."""
     buffer_max_bytes: int = Field(64 * MIB, ge=64 * 1024)
-    # Where an MQTT v5 command's Response Topic may send its ack (topic
-    # filters). The bridge's own topics (P/#), the Home Assistant discovery
-    # prefix and $ topics are refused whatever this says.
+    """Bound of the outgoing buffer, in bytes."""
     response_topics: tuple[str, ...] = ("#",)
+    """Topic filters an MQTT v5 command's Response Topic must match; `P/#`, the discovery prefix
+    and `$` topics are refused whatever this says."""
 
     @field_validator("topic_prefix")
     @classmethod
@@ -147,25 +173,43 @@ class OpenAIConfig(_Section):
     """The upstream Responses WebSocket (section ``openai``)."""
 
     base_url: str = "https://api.openai.com/v1"
+    """API base; the WebSocket URL is derived from it (`https` → `wss`, the path + `/responses`);
+    `user:password@` is sent as Basic auth and its password treated as a secret."""
     api_key_file: Path | None = None
+    """File holding the API key (first of: this, the systemd credential `openai_api_key`, env
+    `OPENAI_API_KEY`)."""
     auth_header: str = "Authorization"
+    """Header that carries the key (Azure: `api-key`)."""
     auth_scheme: str = "Bearer"
+    """Scheme before the key in that header (Azure: `""`)."""
     api_key_query_param: str | None = None
+    """Send the key as this query parameter instead of a header; null: in the header."""
     headers: dict[str, str] = Field(default_factory=dict)
+    """Extra handshake headers; one named like a default replaces it."""
     query: dict[str, str] = Field(default_factory=dict)
+    """Extra query parameters of the WebSocket URL."""
     organization: str | None = None
+    """Sent as the `OpenAI-Organization` header."""
     project: str | None = None
-    # Timeouts
+    """Sent as the `OpenAI-Project` header."""
     open_timeout: float = Field(10.0, gt=0)
+    """Seconds per handshake attempt."""
     connect_attempts: int = Field(3, ge=1, le=10)
+    """Handshake attempts for network errors and HTTP 5xx (a 4xx is final)."""
     ping_interval: float | None = Field(20.0, gt=0)
+    """Seconds between WebSocket pings; null: no pings."""
     ping_timeout: float | None = Field(60.0, gt=0)
+    """Seconds a ping may go unanswered before the connection ends (1011); null: no timeout."""
     close_timeout: float = Field(10.0, gt=0)
-    # permessage-deflate: off by default; each compressed connection holds
-    # zlib windows (~35 KiB more per connection) and inflates every event.
+    """Seconds for a close handshake."""
     compression: bool = False
-    # Limits
-    max_message_bytes: int = Field(64 * MIB, ge=MIB)
+    """permessage-deflate upstream; off saves ~35 KiB and a zlib inflate per event on every
+    connection."""
+    max_message_bytes: int = Field(16 * MIB, ge=MIB)
+    """Largest server event accepted; a larger one ends its connection with 1009."""
+    max_bytes_in_flight: int = Field(32 * MIB, ge=MIB)
+    """Bytes of server events all upstream sockets together may hold between reading them and
+    handing them to the event buffer; a socket whose next frame does not fit waits, in turn."""
 
     @field_validator("base_url")
     @classmethod
@@ -184,13 +228,16 @@ class ShutdownConfig(_Section):
     """Graceful stop (section ``shutdown``)."""
 
     grace_seconds: float = Field(10.0, gt=0)
+    """Seconds for the upstream close handshakes on stop."""
 
 
 class LoggingConfig(_Section):
     """Log output (section ``logging``)."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """`DEBUG`, `INFO`, `WARNING` or `ERROR` (any case)."""
     format: Literal["text", "json"] = "text"
+    """`text` (a line per record) or `json` (an object per line)."""
 
     @field_validator("level", mode="before")
     @classmethod
@@ -202,17 +249,24 @@ class MetricsConfig(_Section):
     """Prometheus metrics over HTTP (section ``metrics``; needs the ``[metrics]`` extra)."""
 
     enabled: bool = False
+    """Serve Prometheus metrics at `/metrics` (needs the `[metrics]` extra:
+    `pip install 'openai-mqtt-bridge[metrics]'`)."""
     host: str = "127.0.0.1"
+    """Address `/metrics` is served on (`0.0.0.0`: every interface)."""
     port: int = Field(9464, ge=1, le=65535)
+    """Port `/metrics` is served on."""
 
 
 class HomeAssistantConfig(_Section):
     """Home Assistant MQTT discovery of the bridge's own entities (section ``homeassistant``)."""
 
     discovery: bool = False
+    """Announce the bridge's own entities to Home Assistant's MQTT integration."""
     prefix: str = "homeassistant"
-    # Connection ids announced as assistant devices (ask text, answer, status, tokens).
+    """Home Assistant's discovery prefix; its birth topic is `<prefix>/status`."""
     assistants: tuple[str, ...] = ()
+    """Connection ids announced as assistant devices (Ask, Answer, Status, Tokens today); their
+    connections always publish `answer` and `status`."""
 
     @field_validator("assistants")
     @classmethod
@@ -235,19 +289,32 @@ class Config(_Section):
     """The whole configuration, as the user wrote it (secrets excluded)."""
 
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    """The broker."""
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+    """The upstream: the Responses WebSocket."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    """What clients may ask of the bridge, and its spend guardrails."""
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    """The graceful stop."""
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    """Connections and `ask` conversations."""
     profiles: dict[str, ProfileConfig] = Field(default_factory=default_profiles)
+    """Profile name → the defaults of a conversation. The built-in `default` stays unless this
+    names a `default` of its own."""
 
-    # Tools over MQTT: the model publishes to these fixed topics (bridge/protocol/tools.py).
     tools: tuple[ToolConfig, ...] = ()
+    """Tools over MQTT: fixed topics the model may publish to, offered by profiles."""
+
+    @field_validator("profiles")
+    @classmethod
+    def _keep_the_default(cls, value: dict[str, ProfileConfig]) -> dict[str, ProfileConfig]:
+        # A `profiles:` section adds to the built-in `default`; it replaces it only by name.
+        if DEFAULT_PROFILE in value:
+            return value
+        return {**default_profiles(), **value}
 
     @model_validator(mode="after")
     def _profiles_known(self) -> Config:
-        if DEFAULT_PROFILE not in self.profiles:
-            raise ValueError(f"profiles needs a profile named {DEFAULT_PROFILE!r}")
         check_tools(self.tools, self.profiles, (self.mqtt.topic_prefix, self.homeassistant.prefix))
         for pattern, profile in self.sessions.profile_by_id.items():
             if profile not in self.profiles:
@@ -258,12 +325,16 @@ class Config(_Section):
         return self
 
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    """Log output (stderr)."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """Prometheus metrics over HTTP."""
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    """Home Assistant MQTT discovery."""
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    # Where today's token usage is kept (None: $STATE_DIRECTORY under systemd, else
-    # $XDG_STATE_HOME/openai-mqtt-bridge or ~/.local/state/openai-mqtt-bridge).
+    """Several instances on one prefix."""
     state_dir: Path | None = None
+    """Where today's token usage is kept (`usage.json`); null: `$STATE_DIRECTORY` under systemd,
+    else `$XDG_STATE_HOME/openai-mqtt-bridge` or `~/.local/state/openai-mqtt-bridge`."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +350,41 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict)  # dotted key → file / env NAME
     # Scrubs every secret above by value (and their encodings) from any text.
     redactor: Redactor = field(default_factory=Redactor, compare=False)
+
+
+SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file (``openai-mqtt-bridge schema``).
+
+    For editors (the YAML language server completes and checks keys with it)
+    and other tools; the bridge itself validates with the models, which also
+    check what a schema cannot say (a profile named by ``sessions.profile_by_id``
+    must exist, a tool's topic must not be under the prefix, ...).
+    """
+    schema = _one_line_descriptions(Config.model_json_schema())
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "title": "openai-mqtt-bridge configuration",
+        "description": "The YAML configuration file of openai-mqtt-bridge "
+        "(openai-mqtt-bridge check-config --config FILE checks one).",
+        **{key: value for key, value in schema.items() if key not in ("title", "description")},
+    }
+
+
+def _one_line_descriptions(node: Any) -> Any:
+    """Descriptions as one line each (docstrings wrap), everything else as it is."""
+    if isinstance(node, dict):
+        return {
+            key: " ".join(value.split())
+            if key == "description" and isinstance(value, str)
+            else _one_line_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_one_line_descriptions(item) for item in node]
+    return node
 
 
 def load_settings(path: Path | str | None, environ: Mapping[str, str]) -> Settings:

@@ -18,7 +18,12 @@ When stderr is the journal (``JOURNAL_STREAM`` names it), lines carry no
 timestamp (journald adds it) and start with the syslog priority, ``<3>`` for
 ERROR to ``<7>`` for DEBUG, which journald strips and stores as the entry's
 priority: ``journalctl -p warning -u openai-mqtt-bridge`` then shows just the
-warnings and errors.
+warnings and errors. Every line of a record carries it, a traceback's too, so
+``journalctl -p err`` shows why the bridge stopped. What does not go through
+logging has its own way there: :func:`stderr_line` prefixes a line printed
+before logging is set up (``config error: ...``), and :func:`fault_file` is
+where :mod:`faulthandler` writes the stacks of a crash or of the watchdog's
+SIGABRT: a journal stream of its own, opened at priority ``err``.
 
 Every line, from every logger (libraries included) and at every level, is
 scrubbed as a whole, traceback included, by the :class:`~bridge.redaction.Redactor`
@@ -33,8 +38,9 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
-from typing import Final
+from typing import Final, TextIO
 
 from bridge.protocol.redaction import Redactor
 
@@ -47,6 +53,11 @@ PRIORITIES: Final = {
     logging.DEBUG: 7,
 }
 _CONNECTION_PREFIX: Final = re.compile(r"\[([^\s\]]+)\] ")
+# journald's stream socket, as sd_journal_stream_fd(3) connects to it.
+JOURNAL_STDOUT: Final = "/run/systemd/journal/stdout"
+IDENTIFIER: Final = "openai-mqtt-bridge"  # SYSLOG_IDENTIFIER of the fault stream's lines
+ERR: Final = 3
+_fault_streams: list[socket.socket] = []  # kept open for faulthandler, which holds only the fd
 
 
 def setup(level: str, fmt: str = "text", redactor: Redactor | None = None) -> None:
@@ -55,6 +66,22 @@ def setup(level: str, fmt: str = "text", redactor: Redactor | None = None) -> No
     Each line is scrubbed by ``redactor`` (by default one that knows no secret
     and removes only what is shaped like an API key).
     """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(_formatter(fmt), redactor or Redactor()))
+    logging.getLogger().handlers[:] = [handler]
+    _set_level(level)
+
+
+def reconfigure(level: str, fmt: str) -> None:
+    """Another level and format from now on (a reloaded config), for the handler :func:`setup`
+    installed; its redactor stays, other handlers are left alone."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, RedactingFormatter):
+            handler.formatter.inner = _formatter(fmt)
+    _set_level(level)
+
+
+def _formatter(fmt: str) -> logging.Formatter:
     journal = stderr_is_journal()
     formatter: logging.Formatter
     if fmt == "json":
@@ -62,13 +89,11 @@ def setup(level: str, fmt: str = "text", redactor: Redactor | None = None) -> No
     else:
         pattern = "%(levelname)s %(name)s: %(message)s"
         formatter = logging.Formatter(pattern if journal else "%(asctime)s " + pattern)
-    if journal:
-        formatter = JournalPriority(formatter)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(formatter, redactor or Redactor()))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    return JournalPriority(formatter) if journal else formatter
+
+
+def _set_level(level: str) -> None:
+    logging.getLogger().setLevel(level)
     # Library chatter (paho logs every packet, websockets every frame and
     # header) shows only at DEBUG.
     library_level = logging.DEBUG if level == "DEBUG" else logging.WARNING
@@ -96,6 +121,35 @@ def stderr_is_journal() -> bool:
     return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
 
 
+def stderr_line(text: str, priority: int = ERR) -> str:
+    """``text`` as a line for stderr: with journald's ``<priority>`` prefix when that is the
+    journal, for what is printed before (or instead of) logging: ``config error: ...``."""
+    return f"<{priority}>{text}" if stderr_is_journal() else text
+
+
+def fault_file(path: str = JOURNAL_STDOUT) -> TextIO | int:
+    """Where :mod:`faulthandler` should write: stderr, or under journald a stream of its own
+    at priority ``err`` (a file descriptor), as ``sd_journal_stream_fd(3)`` opens one.
+
+    faulthandler writes from a signal handler, straight to the descriptor: its lines
+    cannot carry a ``<3>`` prefix, so the stream's priority does it. If journald
+    cannot be reached, stderr it is (the dump lands at info, but lands).
+    """
+    if not stderr_is_journal():
+        return sys.stderr
+    stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        stream.connect(path)
+        stream.shutdown(socket.SHUT_RD)
+        # identifier, unit (none), priority, level prefix, to syslog, to kmsg, to console
+        stream.sendall(f"{IDENTIFIER}\n\n{ERR}\n0\n0\n0\n0\n".encode())
+    except OSError:
+        stream.close()
+        return sys.stderr
+    _fault_streams.append(stream)
+    return stream.fileno()
+
+
 class RedactingFormatter(logging.Formatter):
     """Scrubs the finished line of the formatter it wraps: message, traceback, JSON alike."""
 
@@ -109,7 +163,9 @@ class RedactingFormatter(logging.Formatter):
 
 
 class JournalPriority(logging.Formatter):
-    """Puts ``<priority>`` before each record, for journald; wraps the real formatter."""
+    """Puts ``<priority>`` before each line of a record, for journald (which makes each line
+    an entry of its own: a traceback's lines would be at info otherwise); wraps the real
+    formatter."""
 
     def __init__(self, inner: logging.Formatter) -> None:
         super().__init__()
@@ -117,7 +173,8 @@ class JournalPriority(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         priority = PRIORITIES.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
-        return f"<{priority}>{self.inner.format(record)}"
+        text = self.inner.format(record)
+        return f"<{priority}>" + text.replace("\n", f"\n<{priority}>")
 
 
 class JsonFormatter(logging.Formatter):

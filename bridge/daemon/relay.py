@@ -56,16 +56,20 @@ class Relay:
         if self.core.shaped(connection_id):
             return self._shaped_deliverer(connection_id)
         upstream_event = self.core.upstream_event
-        publish = self.link.publish
+        link = self.link
+        publish = link.publish
         observer = self.observer
 
         def deliver(raw: bytes) -> bool:
+            # Room first: the core takes each event exactly once (an end is charged, and
+            # ends its turn, once), and the buffer then takes what the core returns.
+            if link.full:
+                return False  # the reader awaits room, then delivers again
             message = upstream_event(connection_id, raw)
-            if message is None:  # held back: an `ask` turn goes to a new socket
+            if message is None:  # held back: a turn sent again, a tool round, an answer
                 self.perform(self.core.take_deferred())
                 return True
-            if not publish(message):
-                return False  # the buffer is full: the reader awaits room, then delivers again
+            publish(message)
             self.events_relayed += 1
             if message.outcome is not None:  # a completed response
                 observer.observe(message.outcome)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,14 +25,15 @@ from typing import Final
 
 from bridge.daemon import logs
 from bridge.daemon.buffer_waits import BufferWaits
-from bridge.daemon.cluster import ClusterMember
-from bridge.daemon.config import Settings
+from bridge.daemon.cluster import ClusterMember, instance_name
+from bridge.daemon.config import Config, Settings
+from bridge.daemon.membership import MembershipAgent
 from bridge.daemon.relay import Relay
-from bridge.daemon.usage_store import UsageStore, default_state_dir, keep_usage
-from bridge.errors import UpstreamError
+from bridge.daemon.usage_sharing import UsageSharing
+from bridge.daemon.usage_store import UsageStore, default_state_dir
+from bridge.errors import InstanceConflict, UpstreamError
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.ops.observer import Observer
-from bridge.ops.usage import usage_topic
 from bridge.protocol.actions import (
     AbortUpstream,
     Action,
@@ -42,11 +44,13 @@ from bridge.protocol.actions import (
     SendUpstream,
     ToolDeadline,
 )
-from bridge.protocol.contract import Topics
+from bridge.protocol.contract import Rejection, Topics, peek
 from bridge.protocol.core import BridgeCore, Phase
+from bridge.protocol.error_codes import INSTANCE_BUSY
 from bridge.protocol.guardrails import local_time
 from bridge.protocol.messages import Publish
 from bridge.protocol.response_topics import ResponseTopicPolicy
+from bridge.protocol.usage_documents import MAX_DOCUMENT_BYTES
 from bridge.upstream.connection import Upstream, UpstreamConnection
 
 logger = logging.getLogger(__name__)
@@ -85,7 +89,8 @@ class Service:
         self.observer = observer or Observer()
         self.topics = Topics(config.mqtt.topic_prefix)
         self.wall_clock = wall_clock  # the budgets' days (tests move it)
-        self.usage_store = UsageStore(config.state_dir or default_state_dir())
+        state_dir = config.state_dir or default_state_dir()
+        self.usage_store = UsageStore(state_dir, instance_name(config))
         self.core = BridgeCore(
             self.topics,
             url=settings.endpoint.display_url,
@@ -98,10 +103,7 @@ class Service:
             assistants=config.homeassistant.assistants,
             usage=self.usage_store.load(),
             tools=config.tools,
-            response_topics=ResponseTopicPolicy(
-                allowed=config.mqtt.response_topics,
-                refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),
-            ),
+            response_topics=self._response_topics(config),
         )
         # websockets logs handshake headers (Authorization) and the URL at DEBUG;
         # the handler logs.setup installs scrubs every line, this covers other handlers.
@@ -113,42 +115,91 @@ class Service:
             self._on_inbound,
             password=settings.mqtt_password.value if settings.mqtt_password else None,
             tls=settings.mqtt_tls,
-            # Commands up to twice the limit still get `payload_too_large`; the
-            # broker drops larger ones before they cost us memory (MQTT v5).
-            max_packet_bytes=2 * config.limits.max_command_bytes + PACKET_OVERHEAD_BYTES,
+            # Commands up to twice the limit still get `payload_too_large` (and other
+            # instances' usage documents fit); the broker drops larger ones (MQTT v5).
+            max_packet_bytes=max(2 * config.limits.max_command_bytes, MAX_DOCUMENT_BYTES)
+            + PACKET_OVERHEAD_BYTES,
             on_published=self.observer.publish_latency,
         )
         for tool in config.tools:  # replies to tool calls (MQTT v5 correlation, or the first)
             if tool.reply is not None:
                 self.link.listen_for_replies(tool.reply.topic, self._on_tool_reply)
+        # The day's usage of every instance on the prefix, as budgets count it.
+        self.usage_sharing = UsageSharing(
+            self.core.guardrails,
+            self.usage_store,
+            self.link,
+            self.topics,
+            lambda: local_time(self.wall_clock(), self.core.timezone),
+        )
+        # Every bridge says who it is on its prefix and serves only after a roll call
+        # found no other bridge it cannot share the prefix with (README: Several instances).
+        self.membership = MembershipAgent(
+            instance_name(config),
+            self.topics,
+            self.link,
+            standalone=not config.cluster.enabled,
+            roll_call=config.cluster.roll_call,
+            carry_out=self._handle,
+            busy=self._busy,
+            on_error=self.observer.error,
+        )
         # Several instances on one prefix: which commands are this one's (cluster.enabled).
         self.cluster = (
-            ClusterMember(config, self.topics, self.link, self.core, self._perform, self._handle)
+            ClusterMember(
+                config,
+                self.topics,
+                self.link,
+                self.core,
+                self._perform,
+                self._handle,
+                self.membership,
+            )
             if config.cluster.enabled
             else None
         )
-        self.relay = Relay(
-            self.core,
-            self.link,
-            self.observer,
-            self._perform,
-            BufferWaits(
-                self.link.room,
-                limit=config.limits.event_buffer_wait,
-                buffered=lambda: self.link.buffered_messages,
-                log=logger,
-            ),
+        self._buffer_waits = BufferWaits(
+            self.link.room,
+            limit=config.limits.event_buffer_wait,
+            buffered=lambda: self.link.buffered_messages,
+            log=logger,
         )
+        self.relay = Relay(self.core, self.link, self.observer, self._perform, self._buffer_waits)
         self._observed_count = 0
         self._upstreams: dict[str, _Upstream] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}  # device output (ArmTimer), per id
         self._idle = asyncio.Event()
         self._idle.set()
 
+    def reconfigure(self, settings: Settings) -> None:
+        """Run with a reloaded config from now on (bridge/daemon/reload.py says what changes
+        live): nothing open is dropped, new tools' reply topics are subscribed."""
+        self.settings, config = settings, settings.config
+        self.core.reconfigure(
+            limits=config.limits,
+            sessions=config.sessions,
+            profiles=config.profiles,
+            tools=config.tools,
+            assistants=config.homeassistant.assistants,
+            response_topics=self._response_topics(config),
+        )
+        self._buffer_waits.limit = config.limits.event_buffer_wait
+        self.link.max_packet_bytes = 2 * config.limits.max_command_bytes + PACKET_OVERHEAD_BYTES
+        for tool in config.tools:
+            if tool.reply is not None:
+                self.link.listen_for_replies(tool.reply.topic, self._on_tool_reply)
+
+    def _response_topics(self, config: Config) -> ResponseTopicPolicy:
+        return ResponseTopicPolicy(
+            allowed=config.mqtt.response_topics,
+            refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),
+        )
+
     @property
     def ready(self) -> asyncio.Event:
-        """Set while the broker link is up and commands are subscribed."""
-        return self.link.connected
+        """Set while this bridge serves: the broker link is up, commands are subscribed,
+        and no other bridge serves the prefix that it cannot share it with."""
+        return self.membership.serving
 
     @property
     def events_relayed(self) -> int:
@@ -167,35 +218,32 @@ class Service:
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], object] | None = None) -> None:
         """Run until ``stop`` is set, then shut down in order; raise if the link is fatal."""
+        self.membership.start()
         link = asyncio.create_task(self.link.run(), name="bridge.mqtt_link")
-        ready = asyncio.create_task(self.link.connected.wait(), name="bridge.ready")
+        ready = asyncio.create_task(self.membership.serving.wait(), name="bridge.ready")
         stopping = asyncio.create_task(stop.wait(), name="bridge.stop")
+        refused = asyncio.create_task(self.membership.refused_event.wait(), name="bridge.refused")
         sweeper = asyncio.create_task(self._sweep_idle(), name="bridge.idle_sweep")
-        usage = asyncio.create_task(
-            keep_usage(
-                self.usage_store,
-                self.core.guardrails,
-                self.link,
-                usage_topic(self.topics),
-                lambda: local_time(self.wall_clock(), self.core.timezone),
-            ),
-            name="bridge.usage",
-        )
+        usage = asyncio.create_task(self.usage_sharing.run(), name="bridge.usage")
         try:
             done, _ = await asyncio.wait(
-                [link, ready, stopping], return_when=asyncio.FIRST_COMPLETED
+                [link, ready, stopping, refused], return_when=asyncio.FIRST_COMPLETED
             )
             if ready in done and on_ready is not None:
                 on_ready()
-            if not done & {link, stopping}:
-                done, _ = await asyncio.wait([link, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not done & {link, stopping, refused}:
+                done, _ = await asyncio.wait(
+                    [link, stopping, refused], return_when=asyncio.FIRST_COMPLETED
+                )
             if link in done:
                 link.result()  # raises the fatal broker error that ended the link
                 return
             await self._shutdown()
             await link
+            if refused in done:
+                raise InstanceConflict("another bridge serves this prefix (logged above)")
         finally:
-            for task in (ready, stopping, sweeper, usage):
+            for task in (ready, stopping, refused, sweeper, usage):
                 task.cancel()
             self.usage_store.save(self.core.guardrails.usage)
             await self._cancel_all()
@@ -209,10 +257,9 @@ class Service:
     async def _sweep_idle(self) -> None:
         """Close connections idle for ``sessions.idle_timeout`` and let conversations
         expire (checked every second or so)."""
-        timeout = self.core.idle_timeout
-        interval = IDLE_SWEEP_INTERVAL if timeout is None else min(IDLE_SWEEP_INTERVAL, timeout / 4)
         while True:
-            await asyncio.sleep(interval)
+            timeout = self.core.idle_timeout  # a reload may change it
+            await asyncio.sleep(min(IDLE_SWEEP_INTERVAL, (timeout or math.inf) / 4))
             self._perform(self.core.sweep(time.monotonic(), self.wall_clock()))
             if self.cluster is not None:
                 self.cluster.sweep()
@@ -220,10 +267,14 @@ class Service:
     # Inbound facts ------------------------------------------------------------------
 
     def _on_inbound(self, message: Inbound) -> None:
-        if self.cluster is not None:
-            self.cluster.command(message)
-        else:
-            self._handle(message)
+        self.membership.command(message)  # on to the cluster, or to _handle
+
+    def _busy(self, message: Inbound) -> None:
+        """Refuse a command that cannot be placed now (retryable)."""
+        action, request_id = peek(message.payload, max_bytes=1 << 20)
+        message_text = "too many commands wait for this bridge to join; publish it again"
+        rejection = Rejection(INSTANCE_BUSY, message_text, action, request_id)
+        self._perform(self.core.replies.refuse(message.connection_id, rejection, None))
 
     def _handle(self, message: Inbound) -> None:
         """Carry out a command here: the core decides, the actions are performed."""
@@ -257,8 +308,8 @@ class Service:
     ) -> None:
         self._perform(self.core.tool_reply(topic, payload, retained, correlation))
 
-    def _tool_deadline(self, connection_id: str, call_id: str) -> None:
-        self._perform(self.core.tool_timed_out(connection_id, call_id))
+    def _tool_deadline(self, wait: int) -> None:
+        self._perform(self.core.tool_timed_out(wait))
 
     def _output_due(self, connection_id: str) -> None:
         del self._timers[connection_id]
@@ -299,10 +350,8 @@ class Service:
                     )
                 case Observe(outcome):
                     self.observer.observe(outcome)
-                case ToolDeadline(connection_id, call_id, delay):
-                    asyncio.get_running_loop().call_later(
-                        delay, self._tool_deadline, connection_id, call_id
-                    )
+                case ToolDeadline(delay=delay, wait=wait):
+                    asyncio.get_running_loop().call_later(delay, self._tool_deadline, wait)
         if self.core.connection_count != self._observed_count:
             self._observed_count = self.core.connection_count
             self.observer.connections_changed(self._observed_count)
@@ -414,6 +463,8 @@ class Service:
             await self._cancel_all()
         if self.cluster is not None:
             self.cluster.stop()
+        self.usage_sharing.publish_now()
+        self.membership.stop()
         self.link.stop(BROKER_FLUSH_GRACE)
 
     async def _cancel_all(self) -> None:

@@ -211,6 +211,10 @@ class BrokerConnection:
         if any(code.is_failure for code in future.result()):
             raise BrokerUnavailable(f"the broker refused the subscription to {topic}")
 
+    def unsubscribe(self, topic: str) -> None:
+        """Unsubscribe from ``topic`` without waiting for the UNSUBACK (nothing waits on it)."""
+        self._client.unsubscribe(topic)
+
     async def lost(self) -> str:
         """Wait until the connection ends; how it ended."""
         return await asyncio.shield(self._lost)

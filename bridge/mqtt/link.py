@@ -3,7 +3,10 @@
 :class:`MqttLink` keeps a link to the broker alive: it connects with the
 last will ``offline`` on ``P/bridge/state``, subscribes to ``P/+/cmd``,
 publishes ``online`` (retained), hands every inbound command to a callback,
-and publishes what the :class:`~bridge.mqtt.outbox.Outbox` holds. When the
+and publishes what the :class:`~bridge.mqtt.outbox.Outbox` holds. On every
+connect it logs which broker it reached: its address, and its version where
+the broker tells it on ``$SYS/broker/version`` (subscribed to once, until the
+answer or :data:`VERSION_WAIT`). When the
 link drops it reconnects with backoff, resubscribes, and publishes again,
 in order, whatever the broker had not acknowledged. However it stops, it
 says ``offline`` first.
@@ -46,6 +49,9 @@ HELD_SECONDS: Final = 10.0
 # acknowledge a command once it is handled, so this many (each at most the
 # maximum packet size) is all that can wait in memory on our side.
 RECEIVE_MAXIMUM: Final = 16
+# Where Mosquitto (and others) say what they are, retained; how long we wait for it.
+BROKER_VERSION: Final = "$SYS/broker/version"
+VERSION_WAIT: Final = 2.0
 # CONNACK reason codes that a retry will not fix (paho gives 3.1.1's in v5 numbering).
 _REFUSALS: Final = {134: "bad user name or password", 135: "not authorized"}
 
@@ -125,12 +131,17 @@ class MqttLink:
         # Whether a clean stop says `offline` on P/bridge/state (not while other instances
         # of the prefix still run).
         self.offline_at_stop: Callable[[], bool] = lambda: True
+        # Called as each connection starts, before anything can arrive on it.
+        self.on_connecting: Callable[[], None] = lambda: None
         self.outbox = Outbox(config.buffer_max_messages, config.buffer_max_bytes)
         self.connected = asyncio.Event()
         self.connects = 0
         self._v5 = config.protocol == "5"
         self._stop = asyncio.Event()
         self._stop_grace = 0.0
+        self._current: BrokerConnection | None = None  # while a session runs
+        self._subscribing: set[asyncio.Task[None]] = set()  # subscriptions made while it runs
+        self._version: asyncio.Future[bytes] | None = None  # $SYS/broker/version, awaited
 
     @property
     def v5(self) -> bool:
@@ -168,6 +179,7 @@ class MqttLink:
         while not self._stop.is_set():
             connected_at: float | None = None
             try:
+                self.on_connecting()  # before anything can arrive on the new connection
                 connection = self._connection(clean=self.connects == 0)
                 try:
                     await connection.open()
@@ -225,14 +237,24 @@ class MqttLink:
         for topic, payload in self._announcements.items():
             self._queue_retained(topic, payload)
 
+    def retract(self, topic: str) -> None:
+        """Stop announcing ``topic`` and clear it: an empty retained message (QoS 1)."""
+        if self._announcements.pop(topic, None) is not None:
+            self._queue_retained(topic, b"")
+
     def listen(self, topic: str, callback: Callable[[bytes], None]) -> None:
-        """Subscribe to ``topic`` (an exact name) on every connect; call ``callback(payload)``."""
+        """Subscribe to ``topic`` (an exact name) on every connect, and now if connected;
+        call ``callback(payload)``."""
+        if topic not in self._listeners:
+            self._subscribe_now(topic)
         self._listeners[topic] = callback
 
     def listen_for_replies(
         self, topic: str, callback: Callable[[str, bytes, bool, bytes | None], None]
     ) -> None:
         """As :meth:`listen`, for replies: ``callback(topic, payload, retained, correlation)``."""
+        if topic not in self._reply_listeners:
+            self._subscribe_now(topic)
         self._reply_listeners[topic] = callback
 
     def listen_filter(
@@ -242,6 +264,45 @@ class MqttLink:
         self._filter_listeners[topic_filter] = callback
 
     # Internals -------------------------------------------------------------------
+
+    def _subscribe_now(self, topic: str) -> None:
+        """A listener added while a session runs (a reloaded config): subscribe at once.
+
+        A session that is starting may subscribe it too: subscribing twice is harmless.
+        """
+        connection = self._current
+        if connection is None:
+            return  # the next connect subscribes it
+
+        async def subscribe() -> None:
+            try:
+                await connection.subscribe(topic)
+            except BrokerError as exc:  # refused (an ACL) or the link lost: say so, go on
+                logger.warning("cannot subscribe to %s: %s", topic, exc)
+
+        task = asyncio.create_task(subscribe(), name="bridge.mqtt_subscribe")
+        self._subscribing.add(task)
+        task.add_done_callback(self._subscribing.discard)
+
+    async def _identify(self, connection: BrokerConnection) -> None:
+        """Log which broker this is: its version, if it says it on ``$SYS/broker/version``."""
+        told = self._version = asyncio.get_running_loop().create_future()
+        version: bytes | None = None
+        try:
+            async with asyncio.timeout(VERSION_WAIT):
+                await connection.subscribe(BROKER_VERSION)
+                version = await told
+        except (BrokerError, TimeoutError):
+            pass  # not a broker that says (or lets us read) it
+        finally:
+            self._version = None
+        connection.unsubscribe(BROKER_VERSION)
+        address = f"{self.config.host}:{self.config.port}"
+        if version:
+            text = "".join(c for c in version.decode(errors="replace")[:100] if c.isprintable())
+            logger.info("broker %s is %s", address, text.strip())
+        else:
+            logger.info("broker %s does not say its version (%s)", address, BROKER_VERSION)
 
     def _connection(self, *, clean: bool, will: bool = True) -> BrokerConnection:
         properties = {"ReceiveMaximum": RECEIVE_MAXIMUM}
@@ -270,6 +331,15 @@ class MqttLink:
             await connection.close()
 
     async def _session(self, connection: BrokerConnection) -> None:
+        self._current = connection
+        try:
+            await self._subscribed_session(connection)
+        finally:
+            self._current = None
+            for task in list(self._subscribing):
+                task.cancel()
+
+    async def _subscribed_session(self, connection: BrokerConnection) -> None:
         # Subscribe first: a client that sees `online` may publish a command at once.
         # MQTT v5 keeps the retain flag of live deliveries (Retain As Published),
         # so a retained command is refused even when it is published while we run.
@@ -294,6 +364,7 @@ class MqttLink:
             name="bridge.mqtt_out",
         )
         stop = asyncio.create_task(self._stop.wait(), name="bridge.mqtt_stop")
+        identify = asyncio.create_task(self._identify(connection), name="bridge.mqtt_identify")
         try:
             done, _ = await asyncio.wait([pipeline, stop], return_when=asyncio.FIRST_COMPLETED)
             if pipeline in done:
@@ -303,9 +374,9 @@ class MqttLink:
             await self._flush()
         finally:
             self.connected.clear()
-            for task in (pipeline, stop):
+            for task in (pipeline, stop, identify):
                 task.cancel()
-            await asyncio.gather(pipeline, stop, return_exceptions=True)
+            await asyncio.gather(pipeline, stop, identify, return_exceptions=True)
         logger.info("said offline; disconnecting from the broker")
 
     def _queue_retained(self, topic: str, payload: bytes) -> None:
@@ -339,6 +410,10 @@ class MqttLink:
         reply_to: ReplyTo | None,
         correlation: bytes | None,
     ) -> None:
+        if topic == BROKER_VERSION:
+            if self._version is not None and not self._version.done():
+                self._version.set_result(payload)
+            return
         connection_id = self.topics.connection_id_of(topic)
         if connection_id is None:
             listener = self._listeners.get(topic)

@@ -49,7 +49,7 @@ def properties_of(
     it would let clients pin memory (up to 64 KiB an entry).
     """
     if correlation is None and response_topic is None:
-        return cached_properties(user)
+        return cached_properties(user) if user else None  # the bridge's own: none to cache
     properties = _PackedOnce()
     _fill(properties, user)
     if correlation is not None:

@@ -10,55 +10,36 @@ document is scrubbed by value with the settings' redactor at the end.
 from __future__ import annotations
 
 import datetime
-import json
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from bridge import __version__
 from bridge.daemon.config import Settings
+from bridge.protocol.guardrails import Tokens
+from bridge.protocol.shared_usage import SharedUsage
 
 MAX_ERROR_MESSAGE: Final = 200  # HA keeps at most 255 characters of a sensor's state
-_DECODER: Final = json.JSONDecoder()
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one completed response."""
-
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
 
 
 @dataclass
 class Tally:
-    """Counts since start (and since local midnight) that the info document shows."""
+    """Counts since this process started that the info document shows.
 
-    day: str = field(default_factory=lambda: datetime.date.today().isoformat())
-    tokens_today: int = 0
+    The day's tokens are not here: ``tokens_today`` is the budgets' figure, every
+    instance's usage of the day (:class:`~bridge.protocol.shared_usage.SharedUsage`),
+    which survives restarts.
+    """
+
     tokens_total: int = 0
     responses_completed: int = 0
     last_error: dict[str, Any] | None = None
-    # Tokens today of each assistant id (homeassistant.assistants): those ids only,
-    # fixed when the tally is made, so the document stays as small as the config.
-    assistants: dict[str, int] = field(default_factory=dict)
     revision: int = 0  # bumped on every change: the publisher compares it
 
-    @classmethod
-    def for_assistants(cls, connection_ids: Iterable[str]) -> Tally:
-        """A tally that also counts the tokens of each of these connection ids."""
-        return cls(assistants=dict.fromkeys(connection_ids, 0))
-
-    def add_usage(self, usage: Usage, today: str, connection_id: str | None = None) -> None:
-        """A response of ``connection_id`` completed with ``usage``."""
-        self.roll(today)
-        self.tokens_today += usage.total_tokens
-        self.tokens_total += usage.total_tokens
+    def add_usage(self, tokens: Tokens) -> None:
+        """A response completed with these ``tokens`` (as the budgets counted them)."""
+        self.tokens_total += tokens.total
         self.responses_completed += 1
-        if connection_id in self.assistants:
-            self.assistants[connection_id] += usage.total_tokens
         self.revision += 1
 
     def note_error(self, code: str, message: str, connection_id: str | None, at: str) -> None:
@@ -72,39 +53,6 @@ class Tally:
         }
         self.revision += 1
 
-    def roll(self, today: str) -> None:
-        """A new local day starts ``tokens_today`` (the assistants' too) from zero."""
-        if today != self.day:
-            self.day, self.tokens_today = today, 0
-            self.assistants = dict.fromkeys(self.assistants, 0)
-            self.revision += 1
-
-
-def usage_of(raw: bytes) -> Usage | None:
-    """The ``usage`` of a raw ``response.completed`` event, or None if it has none.
-
-    A completed response can be megabytes (it repeats the whole output), and
-    ``usage`` comes last: it is read from the last ``"usage":`` onwards, and
-    the whole event is parsed only if that fails.
-    """
-    at = raw.rfind(b'"usage"')
-    if at >= 0:
-        rest = raw[at + len(b'"usage"') :].decode("utf-8", "replace").lstrip()
-        if rest.startswith(":"):
-            try:
-                value, _ = _DECODER.raw_decode(rest[1:].lstrip())
-            except ValueError:
-                value = None
-            usage = _usage(value)
-            if usage is not None:
-                return usage
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    response = document.get("response") if isinstance(document, dict) else None
-    return _usage(response.get("usage")) if isinstance(response, dict) else None
-
 
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,100})"')
 
@@ -115,45 +63,40 @@ def model_of(raw: bytes) -> str:
     return match.group(1).decode("utf-8", "replace") if match else "unknown"
 
 
-def _usage(value: object) -> Usage | None:
-    if not isinstance(value, dict):
-        return None
-    counts = [value.get(name) for name in ("input_tokens", "output_tokens")]
-    if not all(isinstance(count, int) and count >= 0 for count in counts):
-        return None
-    input_tokens, output_tokens = int(counts[0] or 0), int(counts[1] or 0)
-    total = value.get("total_tokens")
-    if not isinstance(total, int) or total < 0:
-        total = input_tokens + output_tokens
-    return Usage(input_tokens, output_tokens, total)
-
-
 def info_document(
     settings: Settings,
     tally: Tally,
+    usage: SharedUsage,
     *,
     started_at: float,
     uptime: float,
     connections: int,
     broker_connects: int,
     buffer_waits: int,
+    usage_file: str | None = None,
 ) -> dict[str, Any]:
-    """The retained ``P/bridge/info`` object, every secret the bridge knows scrubbed from it."""
+    """The retained ``P/bridge/info`` object, every secret the bridge knows scrubbed from it.
+
+    ``usage``: the day's usage of every instance (``tokens_today``, as the budgets count
+    it); ``usage_file``: what is wrong with ``usage.json``, if anything.
+    """
     config = settings.config
+    day = usage.day or datetime.date.today()
     document = {
         "version": __version__,
         "started_at": iso_time(started_at),
         "uptime_seconds": round(uptime),
         "connections": connections,
         "max_connections": config.limits.max_connections,
-        "tokens_today": tally.tokens_today,
-        "tokens_day": tally.day,
+        "tokens_today": usage.used(),
+        "tokens_day": day.isoformat(),
         "tokens_total": tally.tokens_total,
         "responses_completed": tally.responses_completed,
         "assistants": {
-            connection_id: {"tokens_today": tokens}
-            for connection_id, tokens in tally.assistants.items()
+            connection_id: {"tokens_today": usage.used_by(connection_id)}
+            for connection_id in config.homeassistant.assistants
         },
+        "usage_file": usage_file or "ok",
         "last_error": tally.last_error,
         "broker_connects": broker_connects,
         "buffer_waits": buffer_waits,

@@ -23,8 +23,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from bridge import __version__
-from bridge.ops.info import Usage
 from bridge.protocol.contract import ACTIONS
+from bridge.protocol.guardrails import Tokens
 
 if TYPE_CHECKING:
     from bridge.daemon.service import Service
@@ -130,15 +130,15 @@ class Metrics:
         self.upstream_closes.labels(str(code)).inc()
 
     def completed(
-        self, usage: Usage | None, connection_id: str = "", model: str = "unknown"
+        self, tokens: Tokens | None, connection_id: str = "", model: str = "unknown"
     ) -> None:
         self.responses.inc()
-        if usage is not None:
-            self.tokens.labels("input").inc(usage.input_tokens)
-            self.tokens.labels("output").inc(usage.output_tokens)
+        if tokens is not None:
+            self.tokens.labels("input").inc(tokens.input)
+            self.tokens.labels("output").inc(tokens.output)
             connection = _bounded(connection_id, self._id_labels, MAX_ID_LABELS)
             kind = _bounded(model, self._model_labels, MAX_MODEL_LABELS)
-            self.tokens_by_id.labels(connection, kind).inc(usage.total_tokens)
+            self.tokens_by_id.labels(connection, kind).inc(tokens.total)
 
     def tool_called(self, name: str, status: str) -> None:
         # Tool names come from the config; statuses from the bridge: both bounded.

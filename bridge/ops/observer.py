@@ -29,3 +29,7 @@ class Observer:
     def observe(self, outcome: Outcome) -> None:
         """A message that says ``outcome`` was published: an ack, an error, a notice that
         an upstream closed, or a relayed ``response.completed``."""
+
+    def error(self, code: str, message: str) -> None:
+        """The bridge as a whole met a problem its owner must see (``P/bridge/info``'s
+        ``last_error``), e.g. ``instance_conflict``; already logged."""

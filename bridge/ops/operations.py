@@ -8,8 +8,9 @@ that service beside it:
 
 - systemd: ``READY=1``, a ``STATUS=`` line on every change of the broker link
   or the connection count, ``WATCHDOG=1`` while healthy, ``STOPPING=1``;
-- ``P/bridge/info``, retained, published on connect and on every change,
-  at most once a second (bursts are coalesced);
+- ``P/bridge/info``, retained, published on connect (once the day's usage is
+  read back: :attr:`~bridge.daemon.usage_sharing.UsageSharing.settled`) and
+  on every change, at most once a second (bursts are coalesced);
 - Home Assistant discovery (``homeassistant.discovery``), published again
   when Home Assistant says ``online``;
 - Prometheus metrics (``metrics.enabled``).
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import time
@@ -31,7 +31,7 @@ from bridge.daemon.config import Settings
 from bridge.errors import ConfigError
 from bridge.ops import systemd
 from bridge.ops.discovery import discovery_messages, info_topic, status_topic
-from bridge.ops.info import Tally, info_document, iso_time, model_of, usage_of
+from bridge.ops.info import Tally, info_document, iso_time, model_of
 from bridge.ops.observer import Observer
 from bridge.protocol import contract
 from bridge.protocol.contract import RESERVED_ID, Topics
@@ -42,6 +42,7 @@ from bridge.protocol.messages import (
     ResponseCompleted,
     ToolCalled,
     UpstreamClosed,
+    UsageDoubted,
 )
 
 if TYPE_CHECKING:
@@ -69,13 +70,15 @@ class Operations(Observer):
             if config.cluster.enabled
             else None
         )
-        self.tally = Tally.for_assistants(config.homeassistant.assistants)
+        self.tally = Tally()
         self.started_at = time.time()
         self._started = time.monotonic()
         self._changed = asyncio.Event()
         self._changed.set()  # the first look is at once
         self.watchdog_interval = systemd.watchdog_interval(environ)
         self.metrics: Metrics | None = None
+        self._service: Service | None = None  # the one reported on (running)
+        self._status = ""  # the last STATUS= line systemd was told
         if config.metrics.enabled:
             from bridge.ops.metrics import Metrics  # the [metrics] extra: imported only when asked
 
@@ -83,6 +86,7 @@ class Operations(Observer):
         self.discovery: list[tuple[str, bytes]] = []
         if config.homeassistant.discovery:
             self.discovery = discovery_messages(config, topics)
+        self._reloads = 0
 
     # Observer ------------------------------------------------------------------------
 
@@ -113,13 +117,10 @@ class Operations(Observer):
                         metrics.command(contract.CLOSE, "ok")
                 if outcome.disconnected and code != contract.DEFAULT_CLOSE_CODE:
                     self._note_error("disconnected", f"{code} {reason}".strip(), connection_id)
-            case ResponseCompleted(connection_id, raw):
-                usage = usage_of(raw)
-                if metrics is not None:
-                    metrics.completed(usage, connection_id, model_of(raw))
-                if usage is not None:
-                    self.tally.add_usage(usage, _today(), connection_id)
-                    self._changed.set()
+            case ResponseCompleted():
+                self._completed(outcome)
+            case UsageDoubted(connection_id, problem):
+                _usage_doubted(connection_id, problem)
             case ToolCalled(connection_id, name, call_id, topic, status, arguments):
                 logger.info(
                     "[%s] tool %s (call %s) on %s: %s", connection_id, name, call_id, topic, status
@@ -128,15 +129,55 @@ class Operations(Observer):
                 if metrics is not None:
                     metrics.tool_called(name, status)
 
+    def error(self, code: str, message: str) -> None:
+        self._note_error(code, message, None)
+        self._changed.set()  # the owner must see it now
+
+    def _completed(self, outcome: ResponseCompleted) -> None:
+        """A response completed: its tokens, as the budgets counted them."""
+        connection_id, tokens = outcome.connection_id, outcome.tokens
+        if outcome.usage_problem is not None:
+            _usage_doubted(connection_id, outcome.usage_problem)
+        if self.metrics is not None:
+            self.metrics.completed(tokens, connection_id, model_of(outcome.raw))
+        if tokens is not None:
+            self.tally.add_usage(tokens)
+            self._changed.set()
+
     def _note_error(self, code: str, message: str, connection_id: str | None) -> None:
         self.tally.note_error(code, message, connection_id, iso_time(time.time()))
+        self._changed.set()
+
+    def reconfigure(self, settings: Settings, service: Service) -> None:
+        """A reloaded config: Home Assistant discovery published again as it now says (the
+        entities it no longer names are removed), and ``P/bridge/info`` too."""
+        self.settings = settings
+        config, link = settings.config, service.link
+        before = {topic for topic, _ in self.discovery}
+        self.discovery = []
+        if config.homeassistant.discovery:
+            self.discovery = discovery_messages(config, Topics(config.mqtt.topic_prefix))
+        for topic in before - {topic for topic, _ in self.discovery}:
+            link.retract(topic)
+        for topic, payload in self.discovery:
+            link.announce(topic, payload)
+        if self.discovery:
+            link.listen(
+                status_topic(config), lambda payload: _on_homeassistant_status(link, payload)
+            )
+        self._reloads += 1
         self._changed.set()
 
     # Lifecycle -----------------------------------------------------------------------
 
     def ready(self) -> None:
-        """The broker is connected and ``P/+/cmd`` subscribed: tell systemd."""
-        systemd.notify("READY=1")
+        """The broker is connected and ``P/+/cmd`` subscribed: tell systemd, with the status
+        line in the same message (``systemctl enable --now`` returns with it shown)."""
+        if self._service is None:
+            systemd.notify("READY=1")
+        else:
+            self._status = self.status_line(self._service)
+            systemd.notify(f"READY=1\nSTATUS={self._status}")
         self._changed.set()
 
     def stopping(self) -> None:
@@ -151,6 +192,7 @@ class Operations(Observer):
         """
         config = self.settings.config
         link = service.link
+        self._service = service
         if self.metrics is not None:
             try:
                 await self.metrics.serve(service, config.metrics.host, config.metrics.port)
@@ -180,7 +222,7 @@ class Operations(Observer):
             )
             tasks.append(
                 asyncio.create_task(
-                    systemd.watchdog(self.watchdog_interval, service.ready.is_set),
+                    systemd.watchdog(self.watchdog_interval, service.link.connected.is_set),
                     name="bridge.ops.operations.watchdog",
                 )
             )
@@ -202,6 +244,8 @@ class Operations(Observer):
         mqtt = self.settings.config.mqtt
         if service.ready.is_set():
             return f"broker connected; {connections}"
+        if service.link.connected.is_set():
+            return "broker connected; calling the roll of the bridges on this prefix"
         if service.link.connects == 0:
             return f"connecting to the broker at {mqtt.host}:{mqtt.port}"
         return f"broker unreachable, reconnecting; {connections}"
@@ -210,33 +254,42 @@ class Operations(Observer):
         document = info_document(
             self.settings,
             self.tally,
+            service.core.guardrails.usage,
             started_at=self.started_at,
             uptime=time.monotonic() - self._started,
             connections=service.connection_count,
             broker_connects=service.link.connects,
             buffer_waits=service.buffer_waits,
+            usage_file=service.usage_store.problem,
         )
         return json.dumps(document, separators=(",", ":")).encode()
 
     async def _report(self, service: Service) -> None:
         """Send STATUS= and republish P/bridge/info on change; never more than once a second."""
-        status = ""
         published: tuple[object, ...] = ()
         while True:
             await self._next_change(service)
             self._changed.clear()
             line = self.status_line(service)
-            if line != status:
+            if line != self._status:
                 systemd.notify(f"STATUS={line}")
-                status = line
-            self.tally.roll(_today())
+                self._status = line
             state = (
                 service.ready.is_set(),
+                service.link.connects,  # broker_connects
                 service.connection_count,
                 self.tally.revision,
+                service.core.guardrails.usage.revision,  # tokens_today: every instance's
+                service.usage_store.problem,
                 service.buffer_waits,
+                self._reloads,
             )
-            if state != published:
+            # Only a serving bridge speaks for the prefix: one that joins, or was refused
+            # because another serves it, must not write over that one's document. And not
+            # before our retained usage is read back: a restart that lost usage.json would
+            # show tokens_today 0 first, and Home Assistant would take it for a reset.
+            serving = service.ready.is_set() and service.usage_sharing.settled
+            if state != published and serving:
                 published = state
                 payload = self.info_payload(service)
                 service.link.announce(self.info_topic, payload)
@@ -262,5 +315,10 @@ def _on_homeassistant_status(link: MqttLink, payload: bytes) -> None:
         link.reannounce()
 
 
-def _today() -> str:
-    return datetime.date.today().isoformat()
+def _usage_doubted(connection_id: str, problem: str) -> None:
+    logger.warning(
+        "[%s] the upstream's usage was not taken as sent: %s "
+        "(said once per connection; Spend guardrails in the README)",
+        connection_id,
+        problem,
+    )

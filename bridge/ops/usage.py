@@ -1,4 +1,5 @@
-"""The ``P/bridge/usage`` document: today's tokens and what each budget has left (pure)."""
+"""The ``P/bridge/usage`` document: the day's tokens of every instance on the prefix, each
+instance's share, and what each budget has left (pure)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from bridge.protocol.contract import RESERVED_ID, Topics
-from bridge.protocol.guardrails import Guardrails, GuardrailsConfig, next_midnight
+from bridge.protocol.guardrails import Guardrails, GuardrailsConfig, day_end
 
 TOP_IDS: Final = 20  # the busiest ids listed one by one; the document stays small
 
@@ -20,18 +21,21 @@ def usage_document(guardrails: Guardrails, now: datetime) -> dict[str, Any]:
     """What ``P/bridge/usage`` says at ``now`` (local time of the budgets' zone)."""
     usage = guardrails.usage
     usage.roll(now.date())
-    busiest = sorted(usage.ids.items(), key=lambda item: item[1].total, reverse=True)[:TOP_IDS]
+    totals = usage.totals()  # every instance's
+    busiest = sorted(totals.ids.items(), key=lambda item: item[1].total, reverse=True)[:TOP_IDS]
     budgets: list[dict[str, Any]] = []
-    _add_budgets(budgets, "bridge", None, guardrails.bridge, usage.bridge.total, busiest)
+    _add_budgets(budgets, "bridge", None, guardrails.bridge, totals.bridge.total, busiest)
     for name, rules in guardrails.profiles.items():
-        _add_budgets(budgets, "profile", name, rules, usage.used_by_profile(name), busiest)
+        _add_budgets(budgets, "profile", name, rules, totals.used_by_profile(name), busiest)
+    day = usage.day or now.date()  # a clock that went back: the later day still counts
     return {
-        "day": now.date().isoformat(),
-        "resets_at": next_midnight(now).isoformat(),
-        "tokens": usage.bridge.as_json(),
+        "day": day.isoformat(),
+        "resets_at": day_end(now, day).isoformat(),
+        "tokens": totals.bridge.as_json(),
         "ids": {name: tokens.as_json() for name, tokens in busiest},
-        "id_count": len(usage.ids),
-        "profiles": {name: tokens.as_json() for name, tokens in usage.profiles.items()},
+        "id_count": len(totals.ids),
+        "profiles": {name: tokens.as_json() for name, tokens in totals.profiles.items()},
+        "instances": {name: {"tokens": share.as_json()} for name, share in usage.shares().items()},
         "budgets": budgets,
     }
 

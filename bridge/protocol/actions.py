@@ -59,11 +59,12 @@ class Observe:
 
 @dataclass(frozen=True, slots=True)
 class ToolDeadline:
-    """Call :meth:`BridgeCore.tool_timed_out` for this call in ``delay`` seconds."""
+    """Call :meth:`BridgeCore.tool_timed_out` with ``wait`` in ``delay`` seconds."""
 
     connection_id: str
     call_id: str
     delay: float
+    wait: int  # the number of the call's wait (a call id may come again in a later round)
 
 
 Action = (

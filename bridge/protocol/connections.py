@@ -44,3 +44,4 @@ class Connection:
     replacing: bool = False  # closed before the server's age limit: the next turn reopens it
     output: DeviceOutput | None = None  # text, answer, status topics (None: events only)
     tool_turn: ToolTurn | None = None  # the tool loop of the `ask` turn in flight
+    usage_doubted: bool = False  # a response's usage was not taken as sent (logged once)

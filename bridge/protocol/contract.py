@@ -17,6 +17,66 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from bridge.errors import CommandError
+from bridge.protocol.error_codes import (
+    ALREADY_OPEN as ALREADY_OPEN,
+)
+from bridge.protocol.error_codes import (
+    CONNECTION_ID_MISMATCH as CONNECTION_ID_MISMATCH,
+)
+from bridge.protocol.error_codes import (
+    ERROR_CODES,
+)
+from bridge.protocol.error_codes import (
+    EVENT_TYPE_NOT_ALLOWED as EVENT_TYPE_NOT_ALLOWED,
+)
+from bridge.protocol.error_codes import (
+    INTERNAL_ERROR as INTERNAL_ERROR,
+)
+from bridge.protocol.error_codes import (
+    INVALID_COMMAND as INVALID_COMMAND,
+)
+from bridge.protocol.error_codes import (
+    INVALID_CONNECTION_ID as INVALID_CONNECTION_ID,
+)
+from bridge.protocol.error_codes import (  # re-exported: the contract's codes
+    INVALID_JSON as INVALID_JSON,
+)
+from bridge.protocol.error_codes import (
+    INVALID_SERVER_EVENT as INVALID_SERVER_EVENT,
+)
+from bridge.protocol.error_codes import (
+    LIMIT_REACHED as LIMIT_REACHED,
+)
+from bridge.protocol.error_codes import (
+    NOT_OPEN as NOT_OPEN,
+)
+from bridge.protocol.error_codes import (
+    PAYLOAD_TOO_LARGE as PAYLOAD_TOO_LARGE,
+)
+from bridge.protocol.error_codes import (
+    RATE_LIMITED as RATE_LIMITED,
+)
+from bridge.protocol.error_codes import (
+    RESPONSE_TOPIC_NOT_ALLOWED as RESPONSE_TOPIC_NOT_ALLOWED,
+)
+from bridge.protocol.error_codes import (
+    RETAINED_COMMAND as RETAINED_COMMAND,
+)
+from bridge.protocol.error_codes import (
+    SHUTTING_DOWN as SHUTTING_DOWN,
+)
+from bridge.protocol.error_codes import (
+    UNKNOWN_ACTION as UNKNOWN_ACTION,
+)
+from bridge.protocol.error_codes import (
+    UNKNOWN_PROFILE as UNKNOWN_PROFILE,
+)
+from bridge.protocol.error_codes import (
+    UPSTREAM_CONNECT_FAILED as UPSTREAM_CONNECT_FAILED,
+)
+from bridge.protocol.error_codes import (
+    UPSTREAM_LOST as UPSTREAM_LOST,
+)
 from bridge.protocol.output_options import output_override
 from bridge.protocol.strict_json import elide, load_json
 
@@ -49,28 +109,7 @@ SHUTDOWN_CLOSE_REASON: Final = "bridge shutting down"
 INTERNAL_ERROR_CLOSE_CODE: Final = 1011  # RFC 6455: the endpoint hit an unexpected condition
 INTERNAL_ERROR_REASON: Final = "internal error of the bridge (logged); connect again"
 
-# Stable error codes (error.code); the README documents each one ----------------
-
-INVALID_JSON: Final = "invalid_json"
-INVALID_COMMAND: Final = "invalid_command"
-UNKNOWN_ACTION: Final = "unknown_action"
-INVALID_CONNECTION_ID: Final = "invalid_connection_id"
-CONNECTION_ID_MISMATCH: Final = "connection_id_mismatch"
-ALREADY_OPEN: Final = "already_open"
-NOT_OPEN: Final = "not_open"
-EVENT_TYPE_NOT_ALLOWED: Final = "event_type_not_allowed"
-PAYLOAD_TOO_LARGE: Final = "payload_too_large"
-UPSTREAM_CONNECT_FAILED: Final = "upstream_connect_failed"
-LIMIT_REACHED: Final = "limit_reached"
-RATE_LIMITED: Final = "rate_limited"
-SHUTTING_DOWN: Final = "shutting_down"
-RETAINED_COMMAND: Final = "retained_command"
-RESPONSE_TOPIC_NOT_ALLOWED: Final = "response_topic_not_allowed"
-INTERNAL_ERROR: Final = "internal_error"
-UNKNOWN_PROFILE: Final = "unknown_profile"
-UPSTREAM_LOST: Final = "upstream_lost"
-INVALID_SERVER_EVENT: Final = "invalid_server_event"
-EVENT_BUFFER_FULL: Final = "event_buffer_full"
+# Stable error codes (error.code) live in bridge/protocol/error_codes.py, with their meaning.
 
 # WebSocket close codes a client may send: RFC 6455 §7.4.1 and §7.4.2.
 _CLIENT_CLOSE_CODES: Final = frozenset({1000, 1001})
@@ -206,6 +245,9 @@ class Rejection:
     request_id: str | None = None
     status: int | None = None
     resets_at: str | None = None  # budget_exceeded: when the budget is there again
+
+    def __post_init__(self) -> None:
+        assert self.code in ERROR_CODES, f"{self.code!r} is not in bridge/protocol/error_codes.py"
 
 
 def rejection_of(refused: Command | Rejection, code: str, message: str) -> Rejection:

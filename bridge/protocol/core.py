@@ -20,10 +20,9 @@ messages the bridge says are built by :mod:`bridge.protocol.replies`.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import Final
 
 from bridge.errors import InvalidState
-from bridge.protocol import contract, server_events
+from bridge.protocol import contract
 from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream, OpenUpstream, SendUpstream
 from bridge.protocol.backlogs import Backlogs
 from bridge.protocol.commands import SeedCommands
@@ -40,37 +39,39 @@ from bridge.protocol.contract import (
 )
 from bridge.protocol.device_output import DeviceOutput
 from bridge.protocol.endings import ConnectionEndings
-from bridge.protocol.guardrails import Guardrails, UsageBook
-from bridge.protocol.idle import REQUEST_ENDING_EVENTS, IdleTracker
+from bridge.protocol.guardrails import Guardrails
+from bridge.protocol.idle import IdleTracker
 from bridge.protocol.intake import CommandIntake
 from bridge.protocol.limits import LimitsConfig
-from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted
+from bridge.protocol.messages import Publish, ReplyTo
 from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies
+from bridge.protocol.reply_waits import ReplyWaits
 from bridge.protocol.response_topics import ResponseTopicPolicy
-from bridge.protocol.server_events import RESPONSE_COMPLETED, RESPONSE_ENDINGS
 from bridge.protocol.sessions import (
     Conversations,
     ProfileConfig,
     SessionsConfig,
     default_profiles,
-    response_of,
 )
+from bridge.protocol.shared_usage import SharedUsage
 from bridge.protocol.spending import Spending
 from bridge.protocol.tool_rounds import ToolRounds
 from bridge.protocol.tools import ToolBox, ToolConfig
 from bridge.protocol.turns import AskTurns
-
-# Server events that carry an error message: the only ones scrubbed of the
-# bridge's secrets (a server could echo a credential it was sent); every other
-# event is relayed byte for byte, unread.
-_SCRUBBED_EVENT_TYPES: Final = frozenset({"error", "response.failed"})
-# Server events that need more than relaying: one set lookup per event finds them.
-_NOTABLE_EVENT_TYPES: Final = _SCRUBBED_EVENT_TYPES | {RESPONSE_COMPLETED} | REQUEST_ENDING_EVENTS
+from bridge.protocol.upstream_events import UpstreamEvents
 
 
-class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spending, ToolRounds):
+class BridgeCore(
+    SeedCommands,
+    UpstreamEvents,
+    AskTurns,
+    ConnectionEndings,
+    DeviceOutputs,
+    Spending,
+    ToolRounds,
+):
     """Protocol logic of the whole bridge, for every connection id, with no I/O.
 
     Every input method returns the actions to perform, in order. Perform
@@ -91,7 +92,7 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
         sessions: SessionsConfig | None = None,
         profiles: Mapping[str, ProfileConfig] | None = None,
         assistants: Collection[str] = (),
-        usage: UsageBook | None = None,
+        usage: SharedUsage | None = None,
         tools: Sequence[ToolConfig] = (),
     ) -> None:
         self.topics = topics
@@ -106,8 +107,7 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
         self._reopening: dict[str, DeviceOutput] = {}
         self._kept: dict[str, DeviceOutput] = {}
         self.toolbox = ToolBox(tools)
-        self._waits_by_topic: dict[str, list[tuple[str, str]]] = {}
-        self._waits_by_correlation: dict[bytes, tuple[str, str]] = {}
+        self._reply_waits = ReplyWaits()  # tool calls waiting for their replies
         self._held_event: Publish | None = None  # see ToolRounds._hold
         self.url = url
         self.qos = qos
@@ -115,7 +115,7 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
         self.guardrails = Guardrails(
             self.limits.guardrails,
             {name: profile.limits for name, profile in self.conversations.profiles.items()},
-            usage or UsageBook(),
+            usage or SharedUsage(),
         )
         self.timezone = self.limits.budgets.timezone
         self._wall = 0.0
@@ -129,6 +129,47 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
         self.draining = False
         self._connections: dict[str, Connection] = {}
         self._backlogs = Backlogs(self.limits.max_waiting_bytes)
+
+    def reconfigure(
+        self,
+        *,
+        limits: LimitsConfig,
+        sessions: SessionsConfig,
+        profiles: Mapping[str, ProfileConfig],
+        tools: Sequence[ToolConfig],
+        assistants: Collection[str],
+        response_topics: ResponseTopicPolicy,
+    ) -> None:
+        """Apply a reloaded config from the next command on; nothing in flight is dropped.
+
+        Open connections keep their socket, their output options and the profile
+        they opened with; conversations keep their memory; today's usage stays. A
+        tool turn in flight goes on with the tools it was offered, removed or not
+        (a removed tool stays known, never offered again, until a later reload).
+        """
+        self.limits = limits
+        self.idle_timeout = sessions.idle_timeout or None
+        self.conversations.profiles = profiles
+        self.conversations.sessions = sessions
+        self.assistants = frozenset(assistants)
+        in_use = {
+            name
+            for connection in self._connections.values()
+            if connection.tool_turn is not None
+            for name in connection.tool_turn.offered
+        }
+        kept = [
+            tool
+            for name, tool in self.toolbox.tools.items()
+            if name in in_use and name not in {new.name for new in tools}
+        ]
+        self.toolbox = ToolBox([*tools, *kept])
+        self.guardrails.configure(
+            limits.guardrails, {name: profile.limits for name, profile in profiles.items()}
+        )
+        self.timezone = limits.budgets.timezone
+        self.intake.configure(limits, response_topics)
+        self._backlogs.max_waiting_bytes = limits.max_waiting_bytes
 
     # Introspection ----------------------------------------------------------
 
@@ -234,66 +275,6 @@ class BridgeCore(SeedCommands, AskTurns, ConnectionEndings, DeviceOutputs, Spend
         actions = self._refuse(connection_id, rejection, connection.connect_reply)
         actions += self._output_closed(connection_id, connection.output, 1006, message)
         return actions + self._pump(connection_id)
-
-    def upstream_event(self, connection_id: str, raw: bytes) -> Publish | None:
-        """A server event arrived: the hot path. Returns the one message to publish.
-
-        None: the event is held back (an ``ask`` turn is sent again); perform
-        :meth:`take_deferred`.
-        """
-        connection = self._connections.get(connection_id)
-        if connection is None:
-            raise InvalidState(f"event for unknown connection {connection_id!r}")
-        event_type = server_events.server_event_type(raw)
-        if event_type is None:
-            return self.replies.invalid_server_event(connection_id, raw)
-        if (
-            connection.turn is not None
-            and not connection.turn_output
-            and self._watch_turn(connection, event_type, raw)
-        ):
-            self._idle.request_ended(connection_id)
-            return None
-        outcome = None
-        if event_type in _NOTABLE_EVENT_TYPES:
-            if event_type in REQUEST_ENDING_EVENTS:
-                going_on = self._request_ended(connection, event_type, raw)
-                if going_on is not None:  # a tool round: the turn goes on after it
-                    self._hold(connection, raw, going_on)
-                    return None
-            if event_type == RESPONSE_COMPLETED:
-                outcome = ResponseCompleted(connection_id, raw)
-            else:
-                raw = self.redactor.redact_bytes(raw)
-        properties = (
-            server_events.user_properties(connection_id, server_events.DIRECTION_SERVER, event_type)
-            if self.v5
-            else ()
-        )
-        return Publish(
-            connection.events_topic, raw, self.qos, properties, relayed=True, outcome=outcome
-        )
-
-    def _request_ended(
-        self, connection: Connection, event_type: str, raw: bytes
-    ) -> list[Action] | None:
-        """A response ended (or an error came): the turn ends, or its tool round's actions.
-
-        The event is parsed once, here, for the usage, the tool round and the memory.
-        """
-        response = response_of(raw) if event_type in RESPONSE_ENDINGS else {}
-        self._charge(connection, response)
-        if event_type == RESPONSE_COMPLETED and connection.tool_turn is not None:
-            going_on = self._tool_round(connection, response)
-            if going_on is not None:
-                return going_on
-        self._tools_ended(connection)
-        connection_id = connection.connect.connection_id
-        self._idle.request_ended(connection_id)
-        connection.turn = None
-        if connection_id in self.conversations:  # an `ask` session: its memory
-            self._turn_ended(connection_id, event_type, response)
-        return None
 
     def upstream_closed(self, connection_id: str, code: int, reason: str) -> list[Action]:
         """An OPEN or CLOSING connection ended: after our close, or not."""

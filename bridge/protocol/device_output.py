@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any, Final
 
 from bridge.protocol.actions import Action, ArmTimer, Observe
+from bridge.protocol.guardrails import usage_of
 from bridge.protocol.messages import Publish
 from bridge.protocol.output_options import OutputConfig
 from bridge.protocol.text_chunks import TextChunker
@@ -199,7 +200,7 @@ class DeviceOutput:
             "response_id": response_id if isinstance(response_id, str) else None,
             "status": status,
             "text": text,
-            "usage": _usage(response.get("usage")),
+            "usage": _usage(response),
         }
         if len(text.encode()) >= MAX_ANSWER_TEXT_BYTES:
             answer["truncated"] = True
@@ -238,12 +239,7 @@ def _document(raw: bytes) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-def _usage(usage: object) -> dict[str, int] | None:
-    if not isinstance(usage, dict):
-        return None
-    counts = {
-        name: usage[name]
-        for name in ("input_tokens", "output_tokens", "total_tokens")
-        if isinstance(usage.get(name), int) and not isinstance(usage.get(name), bool)
-    }
-    return counts or None
+def _usage(response: dict[str, Any]) -> dict[str, int] | None:
+    """The answer's usage: as the budgets count it, when the response carried one."""
+    usage = usage_of(response)
+    return usage.as_json() if usage is not None and usage.carried else None

@@ -3,25 +3,31 @@
 The rules come from ``limits`` (the whole bridge) and from each profile's
 ``limits``; where both speak, both hold (a model must be allowed by both, the
 lower cap wins, every budget must have room). :class:`Guardrails` checks one
-``response.create`` against them before anything goes upstream, and
-:class:`UsageBook` keeps today's tokens, counted from the ``usage`` of every
-finished response. Time comes in as an aware ``datetime``; nothing here reads
-a clock or a file.
+``response.create`` against them before anything goes upstream, against the
+day's usage of every instance on the prefix
+(:class:`~bridge.protocol.shared_usage.SharedUsage`); a :class:`UsageBook` is
+one instance's tokens of one day, counted from the ``usage`` of every finished
+response. Time comes in as an aware ``datetime``; nothing here reads a clock
+or a file.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MODEL_NOT_ALLOWED: Final = "model_not_allowed"
-BUDGET_EXCEEDED: Final = "budget_exceeded"
+from bridge.protocol.error_codes import BUDGET_EXCEEDED, MODEL_NOT_ALLOWED
+
+if TYPE_CHECKING:
+    from bridge.protocol.shared_usage import SharedUsage
+
 # Ids whose usage is kept one by one; the rest of the day's usage is summed as "(other)".
 MAX_USAGE_IDS: Final = 10_000
 OTHER_IDS: Final = "(other)"
@@ -30,23 +36,28 @@ OTHER_IDS: Final = "(other)"
 class BudgetsConfig(BaseModel):
     """Daily token budgets (``limits.budgets``, or a profile's ``limits.budgets``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    tokens_per_day: int | None = Field(None, ge=0)  # per connection id
-    # The whole bridge (under `limits`), or every id of the profile together.
+    tokens_per_day: int | None = Field(None, ge=0)
+    """Tokens a day for each connection id (on every instance); null: no budget."""
     global_tokens_per_day: int | None = Field(None, ge=0)
+    """Tokens a day for the whole bridge (every instance on the prefix) under `limits`, or for all
+    the profile's ids together in a profile; null: no budget."""
 
 
 class GuardrailsConfig(BaseModel):
     """The rules one scope sets: the bridge (``limits``) or a profile (``limits``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    # Model names or shell-style patterns; None: any model.
     allowed_models: tuple[str, ...] | None = None
-    # Requests get at most this many output tokens; None: no cap.
+    """Model names or shell-style patterns this profile's requests may name (the bridge's
+    `limits.allowed_models` must allow them too); null: any."""
     max_output_tokens: int | None = Field(None, ge=1)
+    """Output tokens cap of this profile's requests (the lower of this and the bridge's wins);
+    null: no cap."""
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    """Daily token budgets of this profile's connections."""
 
     @property
     def active(self) -> bool:
@@ -62,8 +73,9 @@ class GuardrailsConfig(BaseModel):
 class BridgeBudgetsConfig(BudgetsConfig):
     """``limits.budgets``: the bridge's budgets, and when their days start."""
 
-    # An IANA time zone name (Europe/Berlin); None: the system's local time.
     timezone: str | None = None
+    """IANA time zone (`Europe/Berlin`) in which budget days start at midnight; null: the
+    system's."""
 
     @field_validator("timezone")
     @classmethod
@@ -117,19 +129,16 @@ class Tokens:
 
 @dataclass(slots=True)
 class UsageBook:
-    """Today's tokens: the whole bridge, per profile, per connection id."""
+    """One day's tokens of one instance: the whole bridge, per profile, per connection id.
+
+    Which day counts, and the other instances' books, are
+    :class:`~bridge.protocol.shared_usage.SharedUsage`'s business.
+    """
 
     day: date | None = None
     bridge: Tokens = field(default_factory=Tokens)
     profiles: dict[str, Tokens] = field(default_factory=dict)
     ids: dict[str, Tokens] = field(default_factory=dict)
-    changed: bool = False  # since the owner last saved or published it
-
-    def roll(self, today: date) -> None:
-        """A new day starts every count from zero."""
-        if self.day != today:
-            self.day, self.bridge, self.profiles, self.ids = today, Tokens(), {}, {}
-            self.changed = True
 
     def charge(self, connection_id: str, profile: str, tokens: Tokens) -> None:
         self.bridge.add(tokens)
@@ -137,7 +146,6 @@ class UsageBook:
         if connection_id not in self.ids and len(self.ids) >= MAX_USAGE_IDS:
             connection_id = OTHER_IDS
         self.ids.setdefault(connection_id, Tokens()).add(tokens)
-        self.changed = True
 
     def used_by(self, connection_id: str) -> int:
         tokens = self.ids.get(connection_id)
@@ -148,18 +156,111 @@ class UsageBook:
         return tokens.total if tokens is not None else 0
 
 
-def tokens_of(usage: object) -> Tokens | None:
-    """The counts of a response's ``usage`` object (None: it has none)."""
+# A count of more tokens than this in one response is not believed (the largest
+# context windows hold about a million): it, and any count that is not an integer
+# from 0 up, is not taken as sent.
+MAX_RESPONSE_TOKENS: Final = 10**9
+# What a count the bridge cannot take is estimated from: this many bytes of the
+# response's output (as compact UTF-8 JSON) per token, rounded up.
+BYTES_PER_TOKEN: Final = 4
+_USAGE_COUNTS: Final = ("input_tokens", "output_tokens", "total_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseUsage:
+    """What one finished response counts against the budgets.
+
+    ``carried``: the response had a ``usage`` object. ``problem``: why that
+    usage (or its absence) was not taken as sent; None when it was.
+    """
+
+    tokens: Tokens
+    carried: bool
+    problem: str | None = None
+
+    def as_json(self) -> dict[str, int]:
+        """The counts under the names the Responses API gives them (answers)."""
+        tokens = self.tokens
+        return {
+            "input_tokens": tokens.input,
+            "output_tokens": tokens.output,
+            "total_tokens": tokens.total,
+        }
+
+
+def usage_of(response: Mapping[str, Any]) -> ResponseUsage | None:
+    """The usage of a finished response, checked: the one place usage is read.
+
+    Counts that are integers from 0 to :data:`MAX_RESPONSE_TOKENS` are taken
+    as sent. An output count that is not (missing, a float, a string,
+    negative, too large), and a usage that is missing or not an object, count
+    the output's size (:func:`output_estimate`); an input count that is not
+    counts 0; the total is at least input plus output. None: the response
+    carried no usage and has no output, so there is nothing to count.
+    """
+    usage = response.get("usage")
     if not isinstance(usage, dict):
-        return None
-
-    def count(name: str) -> int:
+        estimate = output_estimate(response)
+        if usage is None and not estimate:
+            return None
+        problem = "it carried no usage" if usage is None else f"its usage is {_kind(usage)}"
+        return ResponseUsage(Tokens(0, estimate, estimate), usage is not None, problem)
+    counts: dict[str, int] = {}
+    problems = []
+    for name in _USAGE_COUNTS:
         value = usage.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+        if _is_count(value):
+            counts[name] = value
+        elif name in usage or name != "total_tokens":
+            problems.append(f"{name} is {_kind(value) if name in usage else 'missing'}")
+    input_tokens = counts.get("input_tokens", 0)
+    output_tokens = counts.get("output_tokens")
+    if output_tokens is None:
+        output_tokens = output_estimate(response)
+    total = max(counts.get("total_tokens", 0), input_tokens + output_tokens)
+    return ResponseUsage(
+        Tokens(input_tokens, output_tokens, total), True, "; ".join(problems) or None
+    )
 
-    input_tokens, output_tokens = count("input_tokens"), count("output_tokens")
-    total = count("total_tokens") or input_tokens + output_tokens
-    return Tokens(input_tokens, output_tokens, total)
+
+def unreadable_usage(raw: bytes) -> ResponseUsage:
+    """What a response whose end is not JSON counts: the whole event's size."""
+    estimate = -(-len(raw) // BYTES_PER_TOKEN)
+    return ResponseUsage(Tokens(0, estimate, estimate), False, "its end is not JSON")
+
+
+def output_estimate(response: Mapping[str, Any]) -> int:
+    """Tokens estimated from the size of a response's ``output`` (0 when it has none)."""
+    output = response.get("output")
+    if not output:
+        return 0
+    try:
+        text = json.dumps(output, ensure_ascii=False, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        return MAX_RESPONSE_TOKENS  # cannot be measured: it counts as the most
+    return -(-len(text.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN)
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    """An integer from 0 to :data:`MAX_RESPONSE_TOKENS` (a boolean is not one)."""
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RESPONSE_TOKENS
+    )
+
+
+def _kind(value: object) -> str:
+    """What a usage value is, in words (never its digits: they may be thousands)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "negative" if value < 0 else f"more than {MAX_RESPONSE_TOKENS:,}"
+    if isinstance(value, float):
+        return "not an integer"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def next_midnight(now: datetime) -> datetime:
@@ -170,6 +271,16 @@ def next_midnight(now: datetime) -> datetime:
     return datetime.combine(tomorrow, time(0)).astimezone()  # the system's zone
 
 
+def day_end(now: datetime, day: date | None) -> datetime:
+    """When the budgets' day ``day`` ends, seen at ``now``: the next midnight, or the end of
+    a later day the usage still counts into (a clock that went back)."""
+    if day is None or day <= now.date():
+        return next_midnight(now)
+    if isinstance(now.tzinfo, ZoneInfo):
+        return next_midnight(datetime.combine(day, time(12), tzinfo=now.tzinfo))
+    return next_midnight(datetime.combine(day, time(12)).astimezone())
+
+
 def model_allowed(model: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns)
 
@@ -178,11 +289,18 @@ class Guardrails:
     """The bridge's rules and each profile's, applied to one request at a time."""
 
     def __init__(
-        self, bridge: GuardrailsConfig, profiles: Mapping[str, GuardrailsConfig], usage: UsageBook
+        self,
+        bridge: GuardrailsConfig,
+        profiles: Mapping[str, GuardrailsConfig],
+        usage: SharedUsage,
     ) -> None:
+        self.usage = usage
+        self.configure(bridge, profiles)
+
+    def configure(self, bridge: GuardrailsConfig, profiles: Mapping[str, GuardrailsConfig]) -> None:
+        """Apply these rules from now on (a reloaded config); today's usage stays."""
         self.bridge = bridge
         self.profiles = {name: rules for name, rules in profiles.items() if rules.active}
-        self.usage = usage
         self.active = bridge.active or bool(self.profiles)
         self.counts_usage = any(
             rules.budgets.tokens_per_day is not None
@@ -216,13 +334,17 @@ class Guardrails:
         lowered = cap if asked is not None else None  # a missing field is filled, not lowered
         return Checked({**request, "max_output_tokens": cap}, lowered)
 
+    def spent(self, connection_id: str, profile: str, now: datetime) -> Refusal | None:
+        """A ``budget_exceeded`` refusal if a budget covering this id is used up, else None."""
+        return self._budget_refusal(connection_id, profile, now)
+
     def _budget_refusal(self, connection_id: str, profile: str, now: datetime) -> Refusal | None:
         if not self.counts_usage:
             return None
-        self.usage.roll(now.date())
-        usage = self.usage
+        usage = self.usage  # every instance's usage of the day
+        usage.roll(now.date())
         checks: list[tuple[int | None, int, str]] = [
-            (self.bridge.budgets.global_tokens_per_day, usage.bridge.total, "the bridge's daily"),
+            (self.bridge.budgets.global_tokens_per_day, usage.used(), "the bridge's daily"),
             (self.bridge.budgets.tokens_per_day, usage.used_by(connection_id), "this id's daily"),
         ]
         rules = self.profiles.get(profile)
@@ -241,7 +363,7 @@ class Guardrails:
             ]
         for limit, used, name in checks:
             if limit is not None and used >= limit:
-                resets_at = next_midnight(now).isoformat()
+                resets_at = day_end(now, usage.day).isoformat()
                 return Refusal(
                     BUDGET_EXCEEDED,
                     f"{name} budget of {limit} tokens is used up ({used} used); "

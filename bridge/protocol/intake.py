@@ -43,12 +43,24 @@ class CommandIntake:
     """Takes commands in for the core, for every connection id."""
 
     def __init__(self, limits: LimitsConfig, response_topics: ResponseTopicPolicy) -> None:
+        self.stats = CommandStats()
+        self._rate = RateLimiter(limits.commands_per_second, limits.command_burst)
+        self._recent: RecentCommands | None = None
+        self.configure(limits, response_topics)
+
+    def configure(self, limits: LimitsConfig, response_topics: ResponseTopicPolicy) -> None:
+        """Hold commands to these limits from now on (a reloaded config); each id's rate
+        bucket and the commands seen lately are kept."""
         self.limits = limits
         self.response_topics = response_topics
         self.allowed_event_types = frozenset(limits.allowed_event_types)
-        self.stats = CommandStats()
-        self._rate = RateLimiter(limits.commands_per_second, limits.command_burst)
-        self._recent = RecentCommands(limits.dedupe_seconds) if limits.dedupe_seconds else None
+        self._rate.rate, self._rate.burst = limits.commands_per_second, limits.command_burst
+        if not limits.dedupe_seconds:
+            self._recent = None
+        elif self._recent is None:
+            self._recent = RecentCommands(limits.dedupe_seconds)
+        else:
+            self._recent.window = limits.dedupe_seconds
 
     def take(
         self,

@@ -26,23 +26,35 @@ MAX_TRACKED_IDS: Final = 10_000  # beyond this the quietest ids are forgotten fi
 class LimitsConfig(BaseModel):
     """What one client may ask of the bridge (config section ``limits``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     max_connections: int = Field(100, ge=1)
+    """Open upstream connections across the bridge; past it `limit_reached`."""
     max_command_bytes: int = Field(MIB, ge=1024)
+    """Largest command; past it `payload_too_large`."""
     allowed_event_types: tuple[str, ...] = ("response.create",)
+    """Client event types a `send` may carry; others are `event_type_not_allowed`."""
     commands_per_second: float = Field(10.0, gt=0)
+    """Commands per second per connection id; the excess is answered `rate_limited`, never
+    queued."""
     command_burst: int = Field(20, ge=1)
-    dedupe_seconds: float = Field(30.0, ge=0)  # 0: no redelivery window
-    # Seconds a reader may wait for room in the event buffer before its connection ends (1013).
+    """Commands per connection id allowed at once, above the rate."""
+    dedupe_seconds: float = Field(30.0, ge=0)
+    """Window in which a QoS 1 redelivery (same id, same `request_id`, same bytes) is not carried
+    out again; 0: no window."""
     event_buffer_wait: float = Field(30.0, gt=0)
-    # Characters of commands waiting across the bridge: in backlogs, and sends
-    # not yet written upstream. Past it commands get `limit_reached`.
+    """Seconds a stream waits for room in the event buffer before its connection is ended (1013)."""
     max_waiting_bytes: int = Field(16 * MIB, ge=64 * 1024)
-    # Spend guardrails (bridge/protocol/guardrails.py); each profile may add its own.
-    allowed_models: tuple[str, ...] | None = None  # names or shell-style patterns; None: any
-    max_output_tokens: int | None = Field(None, ge=1)  # cap of every request; None: none
+    """Commands waiting across the bridge (backlogs, and sends not yet written upstream), in
+    characters of their JSON; past it `limit_reached`. At least `max_command_bytes`."""
+    allowed_models: tuple[str, ...] | None = None
+    """Model names or shell-style patterns a request may name (else `model_not_allowed`); null: any
+    model."""
+    max_output_tokens: int | None = Field(None, ge=1)
+    """The most output tokens any request gets: a request without it gets it, one asking for more
+    is lowered to it; null: no cap."""
     budgets: BridgeBudgetsConfig = Field(default_factory=BridgeBudgetsConfig)
+    """Daily token budgets of the bridge, and when their days start."""
 
     @property
     def guardrails(self) -> GuardrailsConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bridge.protocol.contract import Rejection
+from bridge.protocol.guardrails import Tokens
 from bridge.protocol.server_events import UserProperties
 
 
@@ -63,10 +64,24 @@ class UpstreamClosed:
 
 @dataclass(frozen=True, slots=True)
 class ResponseCompleted:
-    """A ``response.completed`` server event was relayed (``raw`` as sent: it holds the usage)."""
+    """A ``response.completed`` server event was relayed (``raw`` as sent); ``tokens``:
+    its usage as the budgets count it (None: it had none and no output);
+    ``usage_problem``: why that usage was not taken as sent, the first time on its
+    connection (for the log)."""
 
     connection_id: str
     raw: bytes
+    tokens: Tokens | None
+    usage_problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDoubted:
+    """A response ended (incomplete, failed) with a usage not taken as sent: the first
+    time on its connection (for the log)."""
+
+    connection_id: str
+    problem: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +97,7 @@ class ToolCalled:
     arguments: str = ""
 
 
-Outcome = Acknowledged | Refused | UpstreamClosed | ResponseCompleted | ToolCalled
+Outcome = Acknowledged | Refused | UpstreamClosed | ResponseCompleted | ToolCalled | UsageDoubted
 
 
 # The message -------------------------------------------------------------------------
@@ -114,5 +129,6 @@ __all__ = [
     "ResponseCompleted",
     "ToolCalled",
     "UpstreamClosed",
+    "UsageDoubted",
     "UserProperties",
 ]

@@ -14,10 +14,10 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bridge.errors import CommandError
+from bridge.protocol.error_codes import INVALID_COMMAND
 from bridge.protocol.strict_json import elide
 from bridge.protocol.text_chunks import TextSplit
 
-INVALID_COMMAND: Final = "invalid_command"  # contract.INVALID_COMMAND (no import cycle)
 # Smallest chunk limit: room for the longest UTF-8 character, several times over.
 MIN_TEXT_MAX_BYTES: Final = 16
 
@@ -25,17 +25,34 @@ MIN_TEXT_MAX_BYTES: Final = 16
 class OutputConfig(BaseModel):
     """The topics one connection publishes on, and how (``output`` of a profile)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
+    )
 
-    events: bool = True  # server events on P/<id>/events (acks and errors go there always)
-    text: bool = False  # the answer's text, plain UTF-8, on P/<id>/text
-    answer: bool = False  # one JSON object per finished response on P/<id>/answer
-    status: bool = False  # ready / thinking / streaming / closed, retained, on P/<id>/status
-    # Payload bytes per text chunk (0: no limit); 200 fits PubSubClient's 256-byte packets.
+    events: bool = True
+    """The server events on `P/<id>/events`; acks, errors and `disconnected` go there whatever this
+    says."""
+    text: bool = False
+    """The answer's text on `P/<id>/text`: plain UTF-8 chunks, in order (text and refusal deltas,
+    never reasoning)."""
+    answer: bool = False
+    """One compact JSON object on `P/<id>/answer` per request that produced a response or an
+    error."""
+    status: bool = False
+    """The connection's state on `P/<id>/status`, one retained word: `ready`, `thinking`,
+    `streaming` or `closed`."""
     text_max_bytes: int = Field(200, ge=0, le=1 << 20)
+    """Payload bytes per text chunk (0: no limit, else at least 16); never splits a UTF-8
+    character. 200 fits PubSubClient's default 256-byte buffer with an id of up to 41
+    characters."""
     text_split: TextSplit = "word"
-    text_flush_ms: int = Field(100, ge=0, le=10_000)  # coalescing of deltas into a chunk
-    status_heartbeat: float = Field(2.0, ge=0.1, le=3600)  # `thinking` again every N seconds
+    """Where chunks end: `word` (after whitespace or any CJK character) or `sentence` (after `.`,
+    `!` or `?` and a space, the CJK full stop, exclamation and question marks, or a line break),
+    where the limit allows."""
+    text_flush_ms: int = Field(100, ge=0, le=10_000)
+    """Milliseconds deltas are gathered into one chunk."""
+    status_heartbeat: float = Field(2.0, ge=0.1, le=3600)
+    """Seconds between repeats of `thinking` while no text arrives."""
 
     @field_validator("text_max_bytes")
     @classmethod

@@ -112,10 +112,7 @@ class Replies:
 
     def invalid_server_event(self, connection_id: str, raw: bytes) -> Publish:
         """The error event that stands for a server frame that cannot be relayed."""
-        rejection = Rejection(
-            INVALID_SERVER_EVENT,
-            f"the upstream sent a frame that is not a JSON object with a type: {raw[:120]!r}",
-        )
+        rejection = Rejection(INVALID_SERVER_EVENT, invalid_frame_message(raw))
         error = rejection_event(connection_id, rejection)
         return self._publish(connection_id, error, "error", Refused(connection_id, rejection))
 
@@ -227,6 +224,11 @@ def rejection_event(connection_id: str, rejection: Rejection) -> dict[str, Any]:
         status=rejection.status,
         resets_at=rejection.resets_at,
     )
+
+
+def invalid_frame_message(raw: bytes) -> str:
+    """What ``invalid_server_event`` says of a frame: its first bytes."""
+    return f"the upstream sent a frame that is not a JSON object with a type: {raw[:120]!r}"
 
 
 def _with_request_id(message: dict[str, Any], request_id: str | None) -> dict[str, Any]:

@@ -34,16 +34,18 @@ _SET_BY_THE_BRIDGE: Final = frozenset({"type", "input", "previous_response_id"})
 class ProfileConfig(BaseModel):
     """The defaults of a conversation (one entry of ``profiles``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    # Fields of every response.create of an `ask` (model, instructions, store, ...).
     request: dict[str, Any] = Field(default_factory=dict)
-    # What its connections publish besides events (text, answer, status topics).
+    """Fields of every `response.create` of an `ask` (`model`, `instructions`, `max_output_tokens`,
+    `store`, `reasoning`, `text`, `tools`, ...), but not `type`, `input` or
+    `previous_response_id`, which the bridge sets."""
     output: OutputConfig = Field(default_factory=OutputConfig)
-    # Spend guardrails of its connections, on top of the bridge's `limits`.
+    """Device output of its connections: what they publish besides the events."""
     limits: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
-    # Names of `tools` its `ask` turns offer the model (the bridge runs their calls).
+    """Spend guardrails of its connections, on top of the bridge's `limits`."""
     mqtt_tools: tuple[str, ...] = ()
+    """Names of `tools` its `ask` turns offer the model (the bridge runs their calls)."""
 
     @field_validator("request")
     @classmethod
@@ -62,21 +64,29 @@ def default_profiles() -> dict[str, ProfileConfig]:
 class SessionsConfig(BaseModel):
     """How the bridge looks after connections and conversations (section ``sessions``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    # Seconds with no command and no request in flight after which a connection
-    # is closed (1000, `disconnected` "idle timeout"); 0 switches it off.
     idle_timeout: float = Field(600.0, ge=0)
-    # Shell-style connection-id pattern → profile; the first match wins.
+    """Seconds with no command and no request in flight after which a connection is closed (1000,
+    `disconnected` "idle timeout"); 0: never."""
     profile_by_id: dict[str, str] = Field(default_factory=dict)
+    """Shell-style connection-id pattern → profile name; the first match wins."""
     max_transcript_bytes: int = Field(32 * 1024, ge=1024)
+    """The most an `ask` conversation replays on a new socket, in UTF-8 bytes (oldest turns dropped
+    first)."""
     conversation_ttl: float = Field(3600.0, gt=0)
-    # An `ask` on a socket this old goes to a new one (the server ends sockets at 60 min).
+    """Seconds an id's conversation is remembered after its last turn."""
     max_socket_age: float = Field(3300.0, gt=0)
-    # A `send` for an id that is not open opens it (as `ask` does) instead of `not_open`.
+    """An `ask` on a socket this old (seconds) is sent on a new one, before the server's 60-minute
+    limit."""
     auto_connect: bool = False
-    # Tool rounds one `ask` turn may take before it ends with tool_rounds_exceeded.
+    """A `send` for an id that is not open opens it (as `ask` does) instead of answering
+    `not_open`."""
     max_tool_rounds: int = Field(5, ge=1, le=50)
+    """Tool rounds one `ask` turn may take before it ends with `tool_rounds_exceeded`."""
+    max_tool_calls: int = Field(16, ge=1, le=256)
+    """Tool calls of one response that run; each call past them is answered `refused` and never
+    run."""
 
 
 def profile_for(
@@ -99,10 +109,14 @@ def profile_for(
 
 @dataclass(slots=True)
 class _Turn:
-    """A finished turn as compact JSON: its input items and answer, comma-separated
-    (kept as text: a third of the memory of the same items as Python objects)."""
+    """A finished turn as compact JSON: its input items and answer, comma-separated.
 
-    json: str
+    Kept as UTF-8 bytes (a third of the memory of the same items as Python
+    objects): its size is then what it adds to a replay and what it holds in
+    memory. As a str, one emoji would make every character of it 4 bytes.
+    """
+
+    json: bytes
 
 
 @dataclass(slots=True)
@@ -112,7 +126,7 @@ class Conversation:
     on_this_socket: bool = False  # the last response lives on the open socket
     # A list, not a deque: a deque costs 760 bytes even with one turn, a list 72.
     transcript: list[_Turn] = field(default_factory=list)
-    transcript_bytes: int = 0
+    transcript_bytes: int = 0  # UTF-8 bytes of the transcript's turns
     pending: list[Any] | None = None  # input items of the turn in flight
     last_turn_at: float = 0.0
     # Where the conversation stood when the turn in flight began: a turn whose tool
@@ -206,7 +220,7 @@ class Conversations:
         conversation.last_response_id = response_id if isinstance(response_id, str) else None
         conversation.on_this_socket = True
         conversation.last_turn_at = now
-        turn = _Turn(_compact(items)[1:-1])
+        turn = _Turn(_compact(items)[1:-1].encode("utf-8", "surrogatepass"))
         conversation.transcript.append(turn)
         conversation.transcript_bytes += len(turn.json)
         while (
@@ -251,9 +265,10 @@ def _request(
     if conversation.last_response_id and (conversation.on_this_socket or stored):
         event["previous_response_id"] = conversation.last_response_id
     elif conversation.transcript or conversation.pending is not items:
-        turns = [turn.json for turn in conversation.transcript]
+        kept = b",".join(turn.json for turn in conversation.transcript)
+        turns = kept.decode("utf-8", "surrogatepass")
         so_far = _compact(conversation.pending or items)[1:-1]
-        history = ",".join([*turns, so_far] if so_far else turns)
+        history = ",".join(part for part in (turns, so_far) if part)
         head = _compact(event)[:-1]  # the object without its closing brace
         return f'{head},"input":[{history}]}}'
     event["input"] = items
@@ -262,16 +277,6 @@ def _request(
 
 def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def response_of(raw: bytes) -> Mapping[str, Any]:
-    """The ``response`` object of a ``response.completed`` event ({} if it has none)."""
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):
-        return {}
-    response = document.get("response") if isinstance(document, dict) else None
-    return response if isinstance(response, dict) else {}
 
 
 def input_items(turn_input: str | tuple[Any, ...]) -> list[Any]:

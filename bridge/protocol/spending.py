@@ -2,8 +2,9 @@
 
 A ``send`` of a ``response.create`` and every ``ask`` pass
 :class:`~bridge.protocol.guardrails.Guardrails` before anything goes upstream;
-every finished response is charged to today's
-:class:`~bridge.protocol.guardrails.UsageBook`. With no rule configured a
+every finished response is charged to the day's
+:class:`~bridge.protocol.shared_usage.SharedUsage` (the budgets read every
+instance's usage there). With no rule configured a
 ``send`` is not even parsed again. The wall-clock time comes in with the
 facts (``wall``, epoch seconds), like the monotonic ``now``.
 """
@@ -12,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bridge.protocol.actions import Action
 from bridge.protocol.connections import Connection
 from bridge.protocol.contract import Ask, Rejection, Send
-from bridge.protocol.guardrails import Checked, Guardrails, Refusal, local_time, tokens_of
+from bridge.protocol.guardrails import Checked, Guardrails, Refusal, ResponseUsage, local_time
 from bridge.protocol.messages import ReplyTo
 from bridge.protocol.server_events import RESPONSE_CREATE
 from bridge.protocol.sessions import Conversations
@@ -84,14 +84,20 @@ class Spending:
         )
         return self._refuse(command.connection_id, rejection, reply_to)
 
-    def _charge(self, connection: Connection, response: Mapping[str, Any]) -> None:
+    def _budget_spent(self, connection: Connection) -> Refusal | None:
+        """A budget that covers this connection is used up (checked before each tool
+        round: a model that keeps calling tools is not stopped by the ask's check)."""
+        return self.guardrails.spent(
+            connection.connect.connection_id, connection.profile, self.local_now
+        )
+
+    def _charge(self, connection: Connection, usage: ResponseUsage | None) -> None:
         """A response finished: its usage counts against today's budgets."""
-        tokens = tokens_of(response.get("usage"))
-        if tokens is None:
+        if usage is None:
             return
-        usage = self.guardrails.usage
-        usage.roll(self.local_now.date())
-        usage.charge(connection.connect.connection_id, connection.profile, tokens)
+        book = self.guardrails.usage
+        book.roll(self.local_now.date())
+        book.charge(connection.connect.connection_id, connection.profile, usage.tokens)
 
 
 def _compact(value: dict[str, Any]) -> str:

@@ -5,10 +5,13 @@ with ``function_call`` items for them, the turn goes on: each call's arguments
 are checked against its schema, valid calls are published to their fixed
 topics, replies are awaited (each with its timeout), and once every call has
 exactly one output the conversation continues with them. The loop ends with a
-response that calls no bridge tool, or with ``tool_rounds_exceeded`` after
-``sessions.max_tool_rounds`` rounds. Calls of tools the bridge does not run
-(a profile's own request tools) are relayed, and answered "not available" when
-they come with bridge calls, so no call is ever left without an output.
+response that calls no bridge tool, with ``tool_rounds_exceeded`` after
+``sessions.max_tool_rounds`` rounds, or with ``budget_exceeded`` when a budget
+is used up before a round. Calls of tools the bridge does not run (a profile's
+own request tools) are relayed, and answered "not available" when they come
+with bridge calls; calls past ``sessions.max_tool_calls``, and calls whose id
+is missing or shared, are answered "refused": no call is ever left without an
+output. Which waiting call a reply answers is :mod:`bridge.protocol.reply_waits`.
 """
 
 from __future__ import annotations
@@ -23,16 +26,24 @@ from bridge.protocol.actions import Action, SendUpstream, ToolDeadline
 from bridge.protocol.backlogs import Backlogs
 from bridge.protocol.connections import Connection
 from bridge.protocol.contract import Rejection, Topics, rejection_of
+from bridge.protocol.error_codes import TOOL_ROUNDS_EXCEEDED
+from bridge.protocol.guardrails import Refusal
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted, ToolCalled
 from bridge.protocol.replies import encode
+from bridge.protocol.reply_waits import ReplyWaits, Wait
 from bridge.protocol.server_events import DIRECTION_SERVER, RESPONSE_COMPLETED, user_properties
 from bridge.protocol.sessions import Conversations
-from bridge.protocol.tools import Call, Rendered, ToolBox, reply_text
+from bridge.protocol.tools import Call, Rendered, ToolBox, call_id_refusals, reply_text
 
-TOOL_ROUNDS_EXCEEDED: Final = "tool_rounds_exceeded"
 OBJECT_TOOL_CALL: Final = "response.websocket.tool_call"
 NOT_AVAILABLE: Final = "this tool is not available: it was not called"
+# The statuses of a call in its response.websocket.tool_call message.
+PUBLISHED: Final = "published"
+REPLIED: Final = "replied"
+TIMEOUT: Final = "timeout"
+INVALID_ARGUMENTS: Final = "invalid_arguments"
+REFUSED: Final = "refused"
 
 
 @dataclass(slots=True)
@@ -43,8 +54,8 @@ class ToolTurn:
     fields: Mapping[str, Any]  # the turn's request fields, tools included
     rounds: int = 0
     calls: list[Call] = field(default_factory=list)  # of the round in progress, in order
-    outputs: dict[str, str] = field(default_factory=dict)  # call_id -> output
-    waiting: dict[str, str] = field(default_factory=dict)  # call_id -> reply topic
+    outputs: list[str | None] = field(default_factory=list)  # by position; None: not yet
+    waiting: set[int] = field(default_factory=set)  # the numbers of its replies' waits
 
 
 class ToolRounds:
@@ -55,20 +66,25 @@ class ToolRounds:
     _deferred: list[Action]
     _held_event: Publish | None
     _idle: IdleTracker
+    _reply_waits: ReplyWaits
     conversations: Conversations
     toolbox: ToolBox
     topics: Topics
     qos: int
     v5: bool
-    # Calls waiting for a reply, by reply topic in publish order, and by correlation data.
-    _waits_by_topic: dict[str, list[tuple[str, str]]]
-    _waits_by_correlation: dict[bytes, tuple[str, str]]
 
-    if TYPE_CHECKING:  # the core's own
+    if TYPE_CHECKING:  # the core's own, and Spending's
 
         def _refuse(
             self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
         ) -> list[Action]: ...
+
+        def _budget_spent(self, connection: Connection) -> Refusal | None: ...
+
+    @property
+    def waiting_replies(self) -> int:
+        """Tool calls waiting for a reply, across every connection."""
+        return len(self._reply_waits)
 
     # Facts ---------------------------------------------------------------------------
 
@@ -78,24 +94,22 @@ class ToolRounds:
         """A message arrived on a tool's reply topic (a retained one is old news)."""
         if retained:
             return []
-        waiter = self._waits_by_correlation.get(correlation) if correlation else None
-        if waiter is None:
-            waiters = self._waits_by_topic.get(topic)
-            waiter = waiters[0] if waiters else None
-        if waiter is None:
+        wait = self._reply_waits.match(topic, correlation)
+        if wait is None:
             return []
-        connection_id, call_id = waiter
-        return self._call_done(connection_id, call_id, reply_text(payload), "replied")
+        output = reply_text(payload)
+        return self._call_done(wait, output, REPLIED, output=output)
 
-    def tool_timed_out(self, connection_id: str, call_id: str) -> list[Action]:
-        """A :class:`ToolDeadline` went off (nothing, if the call was answered since)."""
-        turn = self._tool_turn(connection_id)
-        if turn is None or call_id not in turn.waiting:
+    def tool_timed_out(self, wait_number: int) -> list[Action]:
+        """A :class:`ToolDeadline` went off (nothing, if its call was answered since)."""
+        wait = self._reply_waits.get(wait_number)
+        turn = self._tool_turn(wait.connection_id) if wait is not None else None
+        if wait is None or turn is None:
             return []
-        timeout = self._timeout_of(turn, call_id)
-        return self._call_done(
-            connection_id, call_id, f"no reply within {timeout:g} s (timeout)", "timeout"
-        )
+        reply = self.toolbox.tools[turn.calls[wait.position].name].reply
+        timeout = reply.timeout if reply is not None else 0.0
+        silence = f"no reply on {wait.topic} within {timeout:g} s (timeout)"
+        return self._call_done(wait, silence, TIMEOUT, error=silence)
 
     # The loop --------------------------------------------------------------------------
 
@@ -110,6 +124,26 @@ class ToolRounds:
         calls = [_call(item) for item in response.get("output") or [] if _is_call(item)]
         if not any(call.name in turn.offered for call in calls):
             return None
+        ending = self._round_refused(connection, turn)
+        if ending is not None:
+            return ending
+        turn.rounds += 1
+        turn.calls, turn.outputs, turn.waiting = calls, [None] * len(calls), set()
+        response_id = response.get("id")
+        self.conversations.tool_round(
+            connection_id, response_id if isinstance(response_id, str) else None
+        )
+        limit = self.conversations.sessions.max_tool_calls
+        actions: list[Action] = []
+        refusals = call_id_refusals(calls)  # over all calls: an id past the limit counts
+        for position, refusal in enumerate(refusals[:limit]):
+            actions += self._run(connection_id, turn, position, refusal)
+        if len(calls) > limit:
+            actions.append(self._too_many(connection_id, turn, limit))
+        return actions + self._maybe_continue(connection_id, turn)
+
+    def _round_refused(self, connection: Connection, turn: ToolTurn) -> list[Action] | None:
+        """The turn's end before another round: out of rounds, or a budget used up."""
         if turn.rounds >= self.conversations.sessions.max_tool_rounds:
             return self._tool_turn_failed(
                 connection,
@@ -117,68 +151,74 @@ class ToolRounds:
                 f"the model still called tools after {turn.rounds} rounds "
                 "(sessions.max_tool_rounds); the turn ends without an answer",
             )
-        turn.rounds += 1
-        turn.calls, turn.outputs, turn.waiting = calls, {}, {}
-        response_id = response.get("id")
-        self.conversations.tool_round(
-            connection_id, response_id if isinstance(response_id, str) else None
-        )
-        actions: list[Action] = []
-        for call in calls:
-            actions += self._run(connection_id, turn, call)
-        return actions + self._maybe_continue(connection_id, turn)
+        spent = self._budget_spent(connection)
+        if spent is not None:
+            message = f"{spent.message}; the turn ends without an answer, its tool calls not run"
+            return self._tool_turn_failed(connection, spent.code, message, spent.resets_at)
+        return None
 
-    def _run(self, connection_id: str, turn: ToolTurn, call: Call) -> list[Action]:
+    def _run(
+        self, connection_id: str, turn: ToolTurn, position: int, refusal: str | None
+    ) -> list[Action]:
+        """One call of the round: refused, invalid, published (and perhaps awaited)."""
+        call = turn.calls[position]
         if call.name not in turn.offered:
-            turn.outputs[call.call_id] = NOT_AVAILABLE
+            turn.outputs[position] = NOT_AVAILABLE
             return []
-        rendered = self.toolbox.render(call)
         tool = self.toolbox.tools[call.name]
+        rendered = refusal if refusal is not None else self.toolbox.render(call)
         if not isinstance(rendered, Rendered):
-            turn.outputs[call.call_id] = rendered
-            return [
-                self._said(
-                    connection_id, call, tool.publish.topic, "invalid_arguments", error=rendered
-                )
-            ]
+            turn.outputs[position] = rendered
+            status = REFUSED if refusal is not None else INVALID_ARGUMENTS
+            return [self._said(connection_id, call, tool.publish.topic, status, error=rendered)]
         publish = Publish(rendered.topic, rendered.payload, rendered.qos, retain=rendered.retain)
         if tool.reply is None:
-            turn.outputs[call.call_id] = json.dumps(
-                {"status": "published", "topic": rendered.topic}
-            )
-            return [publish, self._said(connection_id, call, rendered.topic, "published")]
-        turn.waiting[call.call_id] = tool.reply.topic
-        self._waits_by_topic.setdefault(tool.reply.topic, []).append((connection_id, call.call_id))
+            turn.outputs[position] = json.dumps({"status": PUBLISHED, "topic": rendered.topic})
+            return [publish, self._said(connection_id, call, rendered.topic, PUBLISHED)]
+        wait = self._reply_waits.add(connection_id, position, tool.reply.topic)
+        turn.waiting.add(wait.number)
         if self.v5:
-            correlation = f"{connection_id}\x1f{call.call_id}".encode()
-            self._waits_by_correlation[correlation] = (connection_id, call.call_id)
             publish = dataclasses.replace(
-                publish, response_topic=tool.reply.topic, correlation_data=correlation
+                publish, response_topic=tool.reply.topic, correlation_data=wait.correlation
             )
         called = ToolCalled(
-            connection_id, call.name, call.call_id, rendered.topic, "published", call.arguments
+            connection_id, call.name, call.call_id, rendered.topic, PUBLISHED, call.arguments
         )
         publish = dataclasses.replace(publish, outcome=called)
-        return [publish, ToolDeadline(connection_id, call.call_id, tool.reply.timeout)]
+        deadline = ToolDeadline(connection_id, call.call_id, tool.reply.timeout, wait.number)
+        return [publish, deadline]
 
-    def _call_done(
-        self, connection_id: str, call_id: str, output: str, status: str
-    ) -> list[Action]:
-        turn = self._tool_turn(connection_id)
-        if turn is None:
-            return []
-        topic = turn.waiting.pop(call_id, "")
-        self._forget_wait(connection_id, call_id, topic)
-        turn.outputs[call_id] = output
-        call = next(call for call in turn.calls if call.call_id == call_id)
-        said = self._said(
-            connection_id,
-            call,
-            self.toolbox.tools[call.name].publish.topic,
-            status,
-            **({"output": output} if status == "replied" else {}),
+    def _too_many(self, connection_id: str, turn: ToolTurn, limit: int) -> Publish:
+        """Calls past ``sessions.max_tool_calls``: each is answered, none is run, and one
+        message (not one per call) says so."""
+        excess = len(turn.calls) - limit
+        refused = (
+            f"refused: more than {limit} tool calls in one response "
+            "(sessions.max_tool_calls); this call was not run"
         )
-        return [said, *self._maybe_continue(connection_id, turn)]
+        turn.outputs[limit:] = [refused] * excess
+        message = {
+            "object": OBJECT_TOOL_CALL,
+            "connection_id": connection_id,
+            "status": REFUSED,
+            "calls": excess,
+            "error": f"{excess} calls past the first {limit} of one response were refused "
+            "(sessions.max_tool_calls); none of them was run",
+        }
+        return Publish(self.topics.events(connection_id), encode(message), self.qos)
+
+    def _call_done(self, wait: Wait, result: str, status: str, **extra: str) -> list[Action]:
+        """A waiting call has its output, ``result`` (a reply, or the timeout's message)."""
+        self._reply_waits.forget(wait.number)
+        turn = self._tool_turn(wait.connection_id)
+        if turn is None or wait.number not in turn.waiting:
+            return []
+        turn.waiting.discard(wait.number)
+        turn.outputs[wait.position] = result
+        call = turn.calls[wait.position]
+        topic = self.toolbox.tools[call.name].publish.topic
+        said = self._said(wait.connection_id, call, topic, status, **extra)
+        return [said, *self._maybe_continue(wait.connection_id, turn)]
 
     def _maybe_continue(self, connection_id: str, turn: ToolTurn) -> list[Action]:
         """Once every call of the round has its output, the turn goes on with them."""
@@ -194,12 +234,8 @@ class ToolRounds:
             for c in turn.calls
         ]
         outputs = [
-            {
-                "type": "function_call_output",
-                "call_id": c.call_id,
-                "output": turn.outputs[c.call_id],
-            }
-            for c in turn.calls
+            {"type": "function_call_output", "call_id": c.call_id, "output": output}
+            for c, output in zip(turn.calls, turn.outputs, strict=True)
         ]
         data = self.conversations.continuation(connection_id, turn.fields, calls, outputs)
         if data is None:
@@ -207,7 +243,9 @@ class ToolRounds:
         self._backlogs.hold(len(data))
         return [SendUpstream(connection_id, data)]
 
-    def _tool_turn_failed(self, connection: Connection, code: str, message: str) -> list[Action]:
+    def _tool_turn_failed(
+        self, connection: Connection, code: str, message: str, resets_at: str | None = None
+    ) -> list[Action]:
         """End the turn with an error the client sees; the conversation is as it was."""
         connection_id = connection.connect.connection_id
         turn, ask = connection.tool_turn, connection.turn
@@ -219,9 +257,8 @@ class ToolRounds:
         if connection.output is not None:
             actions += connection.output.request_error(code, message)
         if ask is not None and turn is not None:
-            actions += self._refuse(
-                connection_id, rejection_of(ask, code, message), connection.turn_reply
-            )
+            rejection = dataclasses.replace(rejection_of(ask, code, message), resets_at=resets_at)
+            actions += self._refuse(connection_id, rejection, connection.turn_reply)
         return actions
 
     def _tools_ended(self, connection: Connection) -> None:
@@ -229,11 +266,12 @@ class ToolRounds:
         turn, connection.tool_turn = connection.tool_turn, None
         if turn is None:
             return
-        connection_id = connection.connect.connection_id
-        for call_id, topic in turn.waiting.items():
-            self._forget_wait(connection_id, call_id, topic)
+        for number in turn.waiting:
+            self._reply_waits.forget(number)
 
-    def _hold(self, connection: Connection, raw: bytes, going_on: list[Action]) -> None:
+    def _hold(
+        self, connection: Connection, completed: ResponseCompleted, going_on: list[Action]
+    ) -> None:
         """The response.completed that starts a tool round: published (not as a relayed
         event: it must not be refused for room) ahead of the round's actions, which
         :meth:`take_deferred` hands out. A device output sees it as no end of a request."""
@@ -242,11 +280,7 @@ class ToolRounds:
             user_properties(connection_id, DIRECTION_SERVER, RESPONSE_COMPLETED) if self.v5 else ()
         )
         held = Publish(
-            connection.events_topic,
-            raw,
-            self.qos,
-            properties,
-            outcome=ResponseCompleted(connection_id, raw),
+            connection.events_topic, completed.raw, self.qos, properties, outcome=completed
         )
         self._held_event = held
         self._deferred = [held, *going_on]
@@ -256,19 +290,6 @@ class ToolRounds:
     def _tool_turn(self, connection_id: str) -> ToolTurn | None:
         connection = self._connections.get(connection_id)
         return connection.tool_turn if connection is not None else None
-
-    def _timeout_of(self, turn: ToolTurn, call_id: str) -> float:
-        call = next(call for call in turn.calls if call.call_id == call_id)
-        reply = self.toolbox.tools[call.name].reply
-        return reply.timeout if reply is not None else 0.0
-
-    def _forget_wait(self, connection_id: str, call_id: str, topic: str) -> None:
-        waiters = self._waits_by_topic.get(topic)
-        if waiters is not None and (connection_id, call_id) in waiters:
-            waiters.remove((connection_id, call_id))
-            if not waiters:
-                del self._waits_by_topic[topic]
-        self._waits_by_correlation.pop(f"{connection_id}\x1f{call_id}".encode(), None)
 
     def _said(
         self, connection_id: str, call: Call, topic: str, status: str, **extra: str
@@ -292,9 +313,10 @@ def _is_call(item: object) -> bool:
 
 
 def _call(item: dict[str, Any]) -> Call:
-    arguments = item.get("arguments")
+    """A ``function_call`` item as the bridge runs it (a call id that is no string: "")."""
+    call_id, arguments = item.get("call_id"), item.get("arguments")
     return Call(
-        str(item.get("call_id", "")),
+        call_id if isinstance(call_id, str) else "",
         str(item.get("name", "")),
         arguments if isinstance(arguments, str) else json.dumps(arguments),
     )

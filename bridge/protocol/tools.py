@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
 import jsonschema
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from bridge.protocol.strict_json import elide, load_json
 
 # The most a rendered payload may be: the model writes the arguments.
 MAX_TOOL_PAYLOAD_BYTES: Final = 16 * 1024
@@ -42,34 +45,48 @@ ToolTopic = Annotated[str, AfterValidator(_plain_topic)]
 class ToolPublish(BaseModel):
     """Where a call goes: a fixed topic, and the payload's shape."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     topic: ToolTopic
-    # None: the arguments as JSON; else a JSON shape with "{{argument}}" placeholders.
+    """The fixed topic a call is published on: no wildcards, no `$`, nothing under the bridge's
+    prefix or Home Assistant's discovery prefix."""
     payload: Any = None
+    """null: the arguments as JSON; else a JSON shape in which every string that is exactly
+    `"{{name}}"` is replaced by that argument's value."""
     qos: int = Field(1, ge=0, le=2)
+    """QoS of the call's message."""
     retain: bool = False
+    """Whether the call's message is retained."""
 
 
 class ToolReply(BaseModel):
     """Where the result of a call comes back, and how long the model waits for it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     topic: ToolTopic
+    """The topic the call's result comes back on (a fixed topic, like `publish.topic`)."""
     timeout: float = Field(10.0, gt=0, le=600)
+    """Seconds to wait for the reply; then the model is told `no reply on <topic> within N s
+    (timeout)`."""
 
 
 class ToolConfig(BaseModel):
     """One entry of ``tools``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     name: str
+    """The function name the model calls: 1-64 of `A-Z a-z 0-9 _ -`, unique among the tools."""
     description: str = ""
+    """What the tool does, told to the model."""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    """JSON Schema of the arguments: told to the model, and checked on every call before anything
+    is published."""
     publish: ToolPublish
+    """Where a call goes."""
     reply: ToolReply | None = None
+    """Where the call's result comes back; null: the call is done once published."""
 
     @field_validator("name")
     @classmethod
@@ -127,9 +144,27 @@ def topic_problem(topic: str) -> str | None:
 class Call:
     """A ``function_call`` item the model made."""
 
-    call_id: str
+    call_id: str  # "": the item had none (or not a string)
     name: str
     arguments: str
+
+
+def call_id_refusals(calls: Sequence[Call]) -> list[str | None]:
+    """For each call of one response, why it is refused before anything else is looked
+    at, or None: a call needs an id of its own to get its output (and its reply)."""
+    uses = Counter(call.call_id for call in calls)
+    refusals: list[str | None] = []
+    for call in calls:
+        if not call.call_id:
+            refusals.append("refused: this call has no call_id; it was not run")
+        elif uses[call.call_id] > 1:
+            refusals.append(
+                f"refused: call_id {elide(call.call_id)!r} is used by {uses[call.call_id]} "
+                "calls in this response; none of them was run"
+            )
+        else:
+            refusals.append(None)
+    return refusals
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +204,10 @@ class ToolBox:
     def render(self, call: Call) -> Rendered | str:
         """The message a call publishes, or what is wrong with it (for the model)."""
         tool = self.tools[call.name]
-        try:
-            arguments = json.loads(call.arguments)
-        except (ValueError, RecursionError) as exc:
-            return f"invalid arguments: not JSON ({exc})"
+        try:  # strictly: NaN, Infinity and 1e999 pass {"type": "number"} in Python
+            arguments = load_json(call.arguments.encode())
+        except ValueError as exc:  # a lone surrogate in the text is one too
+            return f"invalid arguments: not JSON ({elide(str(exc), 200)})"
         errors = sorted(
             self._validators[call.name].iter_errors(arguments), key=lambda e: list(e.path)
         )
@@ -181,7 +216,11 @@ class ToolBox:
             return f"invalid arguments: {where}: {errors[0].message}"[:500]
         shape = tool.publish.payload
         body = arguments if shape is None else _fill(shape, arguments)
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        try:
+            payload = text.encode()
+        except UnicodeEncodeError:  # "\ud800" is valid JSON, but no UTF-8
+            return "invalid arguments: a string holds a lone surrogate (not UTF-8)"
         if len(payload) > MAX_TOOL_PAYLOAD_BYTES:
             return f"the payload would be {len(payload)} bytes, over {MAX_TOOL_PAYLOAD_BYTES}"
         publish = tool.publish

@@ -8,7 +8,6 @@ sends, and what the conversation remembers, is :mod:`bridge.protocol.sessions`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,14 +31,6 @@ RETRY_CLOSE_REASON: Final = "the turn is sent again on a new socket"
 # Server errors after which a turn with no output yet is sent again on a new socket.
 RETRYABLE_ERRORS: Final = frozenset(
     {"websocket_connection_limit_reached", "previous_response_not_found"}
-)
-# Server events that carry part of an answer: once one is relayed, never retry
-# (an empty output item or content part announced is not yet an answer).
-_OUTPUT_EVENT_PREFIXES: Final = (
-    "response.output_text.",
-    "response.refusal.",
-    "response.function_call_arguments.",
-    "response.reasoning",
 )
 
 
@@ -120,16 +111,14 @@ class AskTurns:
         deferred, self._deferred = self._deferred, []
         return deferred
 
-    def _watch_turn(self, connection: Connection, event_type: str, raw: bytes) -> bool:
-        """An event of a turn with no output yet; True if it is held back for a retry."""
-        if event_type.startswith(_OUTPUT_EVENT_PREFIXES):
-            connection.turn_output = True
-            return False
+    def _retried(self, connection: Connection, error: Mapping[str, Any]) -> bool:
+        """An ``error`` event (parsed): True if it is held back and its turn, with no
+        output yet, is sent again on a new socket."""
         turn = connection.turn
-        if event_type != "error" or turn is None or turn.retry:
+        if turn is None or turn.retry or connection.turn_output:
             return False
-        error = json.loads(raw).get("error")
-        code = error.get("code") if isinstance(error, dict) else None
+        details = error.get("error")
+        code = details.get("code") if isinstance(details, dict) else None
         if code not in RETRYABLE_ERRORS:
             return False
         self._deferred.extend(self._retry(connection, turn))

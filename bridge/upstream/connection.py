@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -26,6 +28,7 @@ from bridge.daemon.config import OpenAIConfig
 from bridge.errors import UpstreamError
 from bridge.protocol.redaction import Redactor
 from bridge.upstream.endpoint import Endpoint
+from bridge.upstream.read_budget import FrameMeter, ReadBudget
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,11 @@ class Upstream:
         self.config = config
         # The endpoint's redactor knows every secret of the config; ``secrets`` adds to it.
         self.redactor = endpoint.redactor.extended(secrets)
+        # What every socket of this endpoint may hold at once (openai.max_bytes_in_flight).
+        self.read_budget = ReadBudget(config.max_bytes_in_flight)
+        self._connection_class = type(
+            "BudgetedConnection", (MeteredConnection,), {"budget": self.read_budget}
+        )
 
     async def open(self) -> UpstreamConnection:
         """Open one connection, retrying what may pass; raise UpstreamError otherwise."""
@@ -121,8 +129,10 @@ class Upstream:
                     close_timeout=self.config.close_timeout,
                     max_size=self.config.max_message_bytes,
                     # Server events are read as they come; more queued frames
-                    # only cost memory while the broker is slow.
+                    # only cost memory while the broker is slow (and the read
+                    # budget bounds their bytes).
                     max_queue=64,
+                    create_connection=self._connection_class,
                     compression="deflate" if self.config.compression else None,
                     logger=logging.getLogger("bridge.websockets"),
                 )
@@ -133,14 +143,60 @@ class Upstream:
                 logger.warning("upstream attempt %d/%d failed: %s", attempt, attempts, error)
                 await asyncio.sleep(next_delay())
             else:
+                assert isinstance(websocket, MeteredConnection)
                 return UpstreamConnection(websocket)
         raise AssertionError("unreachable")  # the loop returns or raises
+
+
+class MeteredConnection(ClientConnection):
+    """A client socket whose data frames reserve their size from the read budget before
+    their payload is read (:mod:`bridge.upstream.read_budget`).
+
+    Reading pauses while the budget or the library's queue of frames says so,
+    and goes on only when neither does.
+    """
+
+    budget: ReadBudget  # set on the subclass each Upstream makes
+    meter: FrameMeter
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._held_by: set[str] = set()
+        max_frame = self.protocol.max_size or sys.maxsize
+        self.meter = FrameMeter(
+            self.budget,
+            functools.partial(self._hold, "budget"),
+            functools.partial(self._let_go, "budget"),
+            max_frame,
+        )
+        # The library's queue pauses reading through these (websockets 15's Assembler,
+        # pinned in pyproject.toml); they now share the transport with the budget.
+        self.recv_messages.pause = functools.partial(self._hold, "queue")
+        self.recv_messages.resume = functools.partial(self._let_go, "queue")
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.meter.received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.meter.close()
+        super().connection_lost(exc)
+
+    def _hold(self, reason: str) -> None:
+        if not self._held_by:
+            self.transport.pause_reading()
+        self._held_by.add(reason)
+
+    def _let_go(self, reason: str) -> None:
+        self._held_by.discard(reason)
+        if not self._held_by:
+            self.transport.resume_reading()
 
 
 class UpstreamConnection:
     """One open Responses WebSocket: ordered sends, and a reader of server events."""
 
-    def __init__(self, websocket: ClientConnection) -> None:
+    def __init__(self, websocket: MeteredConnection) -> None:
         self._websocket = websocket
         self._outgoing: asyncio.Queue[str | tuple[int, str]] = asyncio.Queue()
         self._closed: ConnectionClosed | None = None
@@ -197,6 +253,7 @@ class UpstreamConnection:
         self, deliver: Callable[[bytes], bool], room: Callable[[], Awaitable[None]]
     ) -> None:
         websocket = self._websocket
+        meter = websocket.meter
         try:
             while not self._aborted:
                 raw = await websocket.recv(decode=False)
@@ -204,6 +261,7 @@ class UpstreamConnection:
                     raw = raw.encode()
                 while not self._aborted and not deliver(raw):
                     await room()
+                meter.delivered(len(raw))  # handed on: its frames leave the read budget
                 # Not held while the next event is awaited: an idle socket would keep its
                 # last event (a whole response.completed) for as long as it stays open.
                 del raw

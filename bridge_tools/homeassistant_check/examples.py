@@ -187,6 +187,83 @@ def check_example(
     return str(notification["message"])
 
 
+# An id the bridge's homeassistant.assistants does not list: the README's example list.
+MISSING_ASSISTANT: Final = "garage"
+MISSING_TIMEOUT: Final = 10.0  # "promptly": not the 2 minutes of waiting for an answer
+
+
+def assistant_entity_id(component: str, connection_id: str, name: str) -> str:
+    """The entity id Home Assistant gives an assistant's entity (an ASCII id)."""
+    slug = re.sub(r"[^a-z0-9]+", "_", f"assistant {connection_id} {name}".lower()).strip("_")
+    return f"{component}.{slug}"
+
+
+def check_missing_assistant(
+    ha: HomeAssistant, example: Example, assistant: dict[str, str], watch: list[Child]
+) -> str:
+    """The script, run for an assistant the bridge does not announce, asks nothing and
+    says promptly which ``homeassistant.assistants`` entry is missing; its notification.
+    (That it asked nothing, the bridge's log tells at the end: :func:`bridge_heard_of`.)
+
+    The run's data overrides the script's variables (the assistant's id, topic and
+    entity ids), as a copy of the script made for another id would have them.
+    """
+    variables = example.config.get("variables", {})
+    if "assistant" not in variables:
+        raise CheckFailed(f"{example.path.name}: no assistant variable")
+    overrides: dict[str, str] = {"assistant": MISSING_ASSISTANT}
+    if "commands" in variables:
+        overrides["commands"] = f"ai/{MISSING_ASSISTANT}/cmd"
+    for variable, name in ENTITY_VARIABLES.items():
+        if variable in variables:
+            component = assistant[name].split(".", 1)[0]
+            overrides[variable] = assistant_entity_id(component, MISSING_ASSISTANT, name)
+            if ha.state(overrides[variable]) is not None:
+                raise CheckFailed(f"{overrides[variable]} exists: pick another missing id")
+    noted = ha.notifications().get(example.notification_id, {}).get("created_at")
+    timeout = MISSING_TIMEOUT * timeout_factor()
+    try:
+        ha.call_service(
+            "script", example.script_id, {"question": "Anyone there?", **overrides}, timeout=timeout
+        )
+    except NoAnswer:
+        raise CheckFailed(
+            f"script.{example.script_id} for the missing assistant {MISSING_ASSISTANT!r} "
+            f"did not finish within {timeout:.0f} s: it waits instead of saying what is missing"
+        ) from None
+
+    def notified() -> dict[str, Any]:
+        notification = ha.notifications().get(example.notification_id)
+        if notification is None or notification["created_at"] == noted:
+            raise NotYet(f"no new notification {example.notification_id!r}")
+        return notification
+
+    notification = wait_until(
+        f"script.{example.script_id} says the assistant is missing",
+        notified,
+        MISSING_TIMEOUT,
+        watch=watch,
+    )
+    message = " ".join(str(notification["message"]).split())
+    wanted = [
+        f"{MISSING_ASSISTANT} is not there",
+        "homeassistant.assistants",
+        f"assistants: [{MISSING_ASSISTANT}]",
+    ]
+    if notification["title"] != "OpenAI (not set up)" or not all(w in message for w in wanted):
+        raise CheckFailed(f"script.{example.script_id} notified {notification}")
+    return message
+
+
+def bridge_heard_of(path: Path, connection_id: str) -> list[str]:
+    """The bridge's log lines about ``connection_id`` (each upstream it opens is logged)."""
+    return [
+        line
+        for line in path.read_text(errors="replace").splitlines()
+        if f"[{connection_id}]" in line
+    ]
+
+
 TOOL_QUESTION: Final = 'call read_temperature with {"room":"hall"}'  # the simulator's phrase
 
 

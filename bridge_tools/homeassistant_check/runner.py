@@ -29,9 +29,12 @@ from bridge_tools.homeassistant_check.entities import (
     expected_entities,
 )
 from bridge_tools.homeassistant_check.examples import (
+    MISSING_ASSISTANT,
+    bridge_heard_of,
     bridge_log_problems,
     check_example,
     check_example_entities,
+    check_missing_assistant,
     check_packages,
     check_tool_loop,
     homeassistant_log_problems,
@@ -232,6 +235,12 @@ def _check(
                 text = check_example(ha, example, assistant, question, watch, ha_log)
                 note(f"{question!r} -> {_short(text)}")
 
+    for example in examples:
+        with report.step(
+            f"script.{example.script_id} for an assistant that is not configured says so"
+        ) as note:
+            note(_short(check_missing_assistant(ha, example, assistant, watch), 110))
+
     with report.step("Home Assistant stops; its log has no problem") as note:
         others = _stop_homeassistant(children, homeassistant, ha_log, ha_log)
         note(f"{len(others)} unrelated warnings" + "".join(f"\n     {line}" for line in others))
@@ -241,6 +250,11 @@ def _check(
         problems = bridge_log_problems(bridge.log)
         if code != 0:
             problems.append(f"the bridge exited with code {code}")
+        # The scripts run for a missing assistant stopped before asking: the bridge logs
+        # each upstream it opens, as it did for the assistant the examples use.
+        problems += bridge_heard_of(bridge.log, MISSING_ASSISTANT)
+        if not bridge_heard_of(bridge.log, ASSISTANT_ID):
+            problems.append(f"no log line of [{ASSISTANT_ID}]: the log shows no upstream")
         if problems:
             raise CheckFailed("the bridge's log:\n  " + "\n  ".join(problems))
 

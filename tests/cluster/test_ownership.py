@@ -10,7 +10,6 @@ from bridge.cluster.ownership import (
     Ownership,
     PublishClaim,
     Refuse,
-    Roster,
     Settle,
     Yield,
     owner_of,
@@ -128,18 +127,6 @@ def test_unclaimed_commands_are_claimed_after_the_timeout() -> None:
     assert b.sweep(now=10.0) == [PublishClaim(cid, Claim("b", False)), Settle(cid, 0.25)]
 
 
-def test_the_roll_call_finds_who_is_gone() -> None:
-    roster = Roster("a", roll_call_seconds=1.0)
-    roster.members |= {"a", "b", "c"}
-    roster.start_roll_call(now=0.0)
-    roster.online("c")
-    assert roster.roll_call_over(now=0.5) == []
-    assert roster.roll_call_over(now=1.0) == ["b"]
-    assert roster.members == {"a", "c"}
-    assert roster.online("d") is True
-    assert roster.offline("d") is True
-
-
 def test_two_held_claims_after_a_partition_the_better_one_keeps_the_id() -> None:
     cid = "split"
     high, low = sorted(["a", "b"], key=lambda name: score(name, cid), reverse=True)
@@ -153,16 +140,6 @@ def test_two_held_claims_after_a_partition_the_better_one_keeps_the_id() -> None
     assert stronger.claim_seen(cid, Claim(low, True)) == [
         PublishClaim(cid, Claim(high, True, True))
     ]
-
-
-def test_a_retained_presence_answers_no_roll_call() -> None:
-    """The last word of an instance long gone is retained: it must not count as alive."""
-    roster = Roster("a", roll_call_seconds=1.0)
-    roster.members.add("a")
-    roster.start_roll_call(now=0.0)
-    assert roster.online("stale", live=False) is True
-    assert roster.online("b") is True
-    assert roster.roll_call_over(now=1.0) == ["stale"]
 
 
 def test_waiting_commands_are_claimed_when_their_owner_turns_out_gone() -> None:
@@ -182,3 +159,30 @@ def test_garbage_claims_are_no_claims() -> None:
     a.command("x", "cmd", 0.0)
     assert a.claim_seen("x", Claim.decode(deep)) == []  # a clear of nothing: ours stands
     assert [type(d) for d in a.settle("x")] == [PublishClaim, Handle]
+
+
+def test_a_joining_instance_keeps_its_claims_but_takes_no_new_id() -> None:
+    """While ``b`` (re)joins, commands that wait for it as their owner go to ``a``; what
+    ``b`` holds stays ``b``'s."""
+    a = member("a", "b")
+    cid = an_id_owned_by("b", ["a", "b"])
+    held = an_id_owned_by("b", ["a", "b"]) + "-held"
+    a.claims[held] = Claim("b", True)
+    assert a.command(cid, "cmd", now=0.0) == []  # b's to claim
+    assert a.member_joining("b") == [PublishClaim(cid, Claim("a", False)), Settle(cid, 0.25)]
+    assert a.command(held, "cmd2", now=0.0) == []  # still b's
+    a.member_online("b")
+    assert a.members == {"a", "b"}
+    assert not a.joining
+
+
+def test_a_rejoining_instance_yields_to_whatever_the_others_hold_now() -> None:
+    """Declared lost while it was away (the partition rule does not apply): the claim
+    the others hold now wins, whatever the scores."""
+    cid = "split"
+    high, low = sorted(["a", "b"], key=lambda name: score(name, cid), reverse=True)
+    stronger = member(high, low)
+    stronger.claims[cid] = Claim(high, True, open=True)
+    stronger.ready = False  # joining again
+    assert stronger.claim_seen(cid, Claim(low, True)) == [Yield(cid, low)]
+    assert not stronger.holds(cid)

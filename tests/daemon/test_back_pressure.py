@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from bridge.daemon import buffer_waits
 from bridge.daemon.buffer_waits import BufferWaits
+from bridge.daemon.relay import Relay
+from bridge.mqtt.link import MqttLink
+from bridge.ops.observer import Observer
+from bridge.protocol.contract import Topics
+from bridge.protocol.core import BridgeCore
+from bridge.protocol.limits import LimitsConfig
+from bridge.protocol.messages import Publish
 from bridge_tools.simulator import Simulator, SimulatorOptions
 from tests.conftest import KEY, Broker, Client
 from tests.helpers import SECOND
@@ -190,3 +198,40 @@ async def test_a_wait_past_the_limit_ends_the_connection_and_says_so(
     assert len(warnings) == 1
     assert infos == [infos[0]]
     assert infos[0].endswith("(2 connections ended)")
+
+
+class _Buffer:
+    """The broker link as the relay's deliverer sees it: full or not, and what it took."""
+
+    def __init__(self) -> None:
+        self.full = True
+        self.taken: list[Publish] = []
+
+    def publish(self, publish: Publish) -> bool:
+        if self.full and publish.relayed:
+            return False
+        self.taken.append(publish)
+        return True
+
+
+def test_an_end_that_waits_for_room_is_handled_once() -> None:
+    """A response's end that finds the buffer full is charged (and ends its turn) once,
+    however often its reader tries again."""
+    core = BridgeCore(
+        Topics("ai"),
+        url="wss://x/v1/responses",
+        limits=LimitsConfig(budgets={"tokens_per_day": 1000}),
+    )
+    core.receive_command("c1", b'{"action":"connect"}')
+    core.upstream_opened("c1")
+    buffer = _Buffer()
+    relay = Relay(core, cast(MqttLink, buffer), Observer(), lambda actions: None, cast(Any, None))
+    deliver = relay.deliverer("c1")
+    usage = {"input_tokens": 10, "output_tokens": 20}
+    end = json.dumps({"type": "response.completed", "response": {"usage": usage}}).encode()
+    assert not deliver(end)
+    assert not deliver(end)
+    buffer.full = False
+    assert deliver(end)
+    assert [publish.payload for publish in buffer.taken] == [end]
+    assert core.guardrails.usage.used_by("c1") == 30

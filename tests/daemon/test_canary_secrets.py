@@ -26,6 +26,7 @@ from bridge.daemon import logs
 from bridge.daemon.config import Settings, load_settings
 from bridge.errors import ConfigError
 from bridge.ops.info import Tally, info_document
+from bridge.protocol.shared_usage import SharedUsage
 from bridge.upstream.connection import Upstream, upstream_error
 from bridge.upstream.endpoint import build_endpoint
 from bridge_tools.simulator import Simulator, SimulatorOptions
@@ -194,6 +195,7 @@ def test_the_retained_info_never_holds_a_secret_value() -> None:
     document = info_document(
         settings,
         tally,
+        SharedUsage(),
         started_at=0.0,
         uptime=1.0,
         connections=0,

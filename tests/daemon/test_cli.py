@@ -37,6 +37,37 @@ def test_check_config_prints_redacted_config(
     assert KEY not in out
 
 
+def test_check_config_warns_of_keys_that_act_on_nothing(tmp_path: Path, capsys: Any) -> None:
+    """A key set while its feature is off: a WARNING naming it and what would make it act;
+    none for a config whose every key acts."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "mqtt:\n  protocol: '3.1.1'\n  response_topics: [replies/#]\n"
+        "  tls:\n    ca_file: /etc/ssl/ca.pem\n"
+        "metrics:\n  port: 9999\n"
+        "limits:\n  budgets:\n    timezone: Europe/Berlin\n"
+        "sessions:\n  max_tool_calls: 4\n"
+    )
+    assert main(["check-config", "--config", str(path)]) == 0
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert warnings == [
+        "WARNING: mqtt.tls.ca_file has no effect: set mqtt.tls.enabled: true to use TLS",
+        "WARNING: mqtt.response_topics has no effect: MQTT 3.1.1 has no Response Topic "
+        '(set mqtt.protocol: "5")',
+        "WARNING: metrics.port has no effect: set metrics.enabled: true to serve metrics",
+        "WARNING: limits.budgets.timezone has no effect: no daily budget is set "
+        "(limits.budgets or a profile's limits.budgets)",
+        "WARNING: sessions.max_tool_calls has no effect: no `tools` are configured",
+    ]
+    path.write_text(
+        "mqtt:\n  protocol: '5'\n  response_topics: [replies/#]\n"
+        "metrics:\n  enabled: true\n  port: 9999\n"
+        "limits:\n  budgets:\n    timezone: Europe/Berlin\n    tokens_per_day: 100\n"
+    )
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_check_config_error_is_one_line(tmp_path: Path, capsys: Any) -> None:
     """A bad key exits 78 with one line naming the key."""
     path = tmp_path / "c.yaml"
@@ -222,10 +253,11 @@ async def test_second_sigterm_during_a_stalled_close_still_says_offline(
 
 
 @pytest.mark.integration
-async def test_sighup_is_logged_and_changes_nothing(
+async def test_sighup_reloads_and_keeps_the_open_connection(
     tmp_path: Path, broker: Broker, simulator: Simulator
 ) -> None:
-    """SIGHUP (systemctl reload, scripts) no longer kills the daemon without close acks."""
+    """SIGHUP (systemctl reload, scripts) reloads the config; the open connection stays
+    (tests/daemon/test_reload.py has what a reload changes)."""
     process = spawn(write_config(tmp_path, broker, simulator))
     try:
         async with Client(broker) as watcher:
@@ -247,7 +279,8 @@ async def test_sighup_is_logged_and_changes_nothing(
             process.kill()
         _, stderr = process.communicate()
     assert code == 0
-    assert b"SIGHUP: ignored" in stderr
+    assert b"config reloaded from" in stderr
+    assert b"nothing that applies live changed" in stderr
 
 
 def test_the_daemon_imports_no_developer_tools() -> None:

@@ -4,89 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
-import signal
-import subprocess
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bridge.cluster.ownership import owner_of
 from bridge_tools.simulator import Simulator
+from tests.bridge_processes import KEEPALIVE, BridgeProcesses
 from tests.conftest import Broker, Client
 from tests.helpers import SECOND
-from tests.ops_helpers import daemon_config, finish, spawn_daemon
 
 pytestmark = pytest.mark.integration
-
-KEEPALIVE = 5  # seconds (the least the config allows): a killed instance is lost within 2 x this
-
-
-class Instances:
-    """Bridge instances as processes, each with its own name, client id and state."""
-
-    def __init__(self, tmp_path: Path, broker: Broker, simulator: Simulator) -> None:
-        self.tmp_path, self.broker, self.simulator = tmp_path, broker, simulator
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.killed: set[str] = set()
-
-    async def start(self, name: str, watcher: Client) -> None:
-        directory = self.tmp_path / name
-        directory.mkdir()
-        config = daemon_config(
-            directory,
-            {
-                "host": self.broker.host,
-                "port": self.broker.port,
-                "client_id": f"bridge-{name}",
-                "keepalive": KEEPALIVE,
-            },
-            openai={"base_url": self.simulator.base_url},
-            limits={"max_connections": 500, "commands_per_second": 1000, "command_burst": 1000},
-            cluster={"enabled": True, "instance": name, "roll_call": 0.5},
-        )
-        self.processes[name] = spawn_daemon(config)
-        while True:  # its presence, live (not a retained copy from an earlier run)
-            message = await watcher.next(20)
-            if str(message.topic) == f"ai/bridge/instances/{name}" and not message.retain:
-                break
-        await asyncio.sleep(1.0 * SECOND)  # its roll call: it knows the others now
-
-    def kill(self, name: str) -> None:
-        self.processes[name].send_signal(signal.SIGKILL)
-        self.killed.add(name)
-
-    def stop_all(self) -> dict[str, tuple[int, str]]:
-        """SIGTERM every instance; each one's exit code and the end of its log."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        ended = {}
-        for name, process in self.processes.items():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(20 * SECOND)
-            code, stderr = finish(process)
-            ended[name] = (code, stderr[-3000:])
-        return ended
-
-
-@pytest.fixture
-def instances(tmp_path: Path, broker: Broker, simulator: Simulator) -> Iterator[Instances]:
-    running = Instances(tmp_path, broker, simulator)
-    yield running
-    for name, (code, log) in running.stop_all().items():
-        if name not in running.killed:
-            assert code == 0, f"{name} did not stop cleanly:\n{log}"
-
-
-@contextlib.asynccontextmanager
-async def watching(broker: Broker) -> AsyncIterator[Client]:
-    async with Client(broker) as watcher:
-        await watcher.subscribe("ai/bridge/instances/+")
-        yield watcher
 
 
 def by_id(seen: list[dict[str, Any]]) -> dict[str, collections.Counter[str]]:
@@ -121,12 +50,11 @@ CREATE = {"type": "response.create", "model": "gpt-5.4-nano", "input": "Describe
 
 
 async def test_three_instances_carry_out_every_command_once(
-    broker: Broker, simulator: Simulator, instances: Instances, client: Client
+    broker: Broker, simulator: Simulator, bridges: BridgeProcesses, client: Client
 ) -> None:
     """The seed flow on 20 ids and two asks on 20 more: every ack and event exactly once."""
-    async with watching(broker) as watcher:
-        for name in ("i1", "i2", "i3"):
-            await instances.start(name, watcher)
+    for name in ("i1", "i2", "i3"):
+        await bridges.start(name, bridges.config(name))
     seed = [f"seed-{n}" for n in range(20)]
     asks = [f"ask-{n}" for n in range(20)]
     for connection_id in seed:
@@ -190,11 +118,10 @@ def test_300_ids_spread_evenly_over_3_instances() -> None:
 
 
 async def test_a_killed_instance_is_reported_and_its_ids_move(
-    broker: Broker, simulator: Simulator, instances: Instances, client: Client
+    broker: Broker, simulator: Simulator, bridges: BridgeProcesses, client: Client
 ) -> None:
-    async with watching(broker) as watcher:
-        for name in ("i1", "i2", "i3"):
-            await instances.start(name, watcher)
+    for name in ("i1", "i2", "i3"):
+        await bridges.start(name, bridges.config(name))
     victims = [f"k-{n}" for n in range(30) if owner_of(f"k-{n}", ["i1", "i2", "i3"]) == "i2"][:4]
     for connection_id in victims:  # mid-stream when the instance dies
         await client.command(connection_id, {"action": "connect"})
@@ -203,7 +130,7 @@ async def test_a_killed_instance_is_reported_and_its_ids_move(
     await client.until(lambda m: m.get("type") == "response.output_text.delta")
     loop = asyncio.get_running_loop()
     killed_at = loop.time()
-    instances.kill("i2")
+    bridges.kill("i2")
     lost: set[str] = set()
     while len(lost) < len(victims):
         message = await client.next_json(4 * KEEPALIVE)
@@ -226,18 +153,17 @@ async def test_a_killed_instance_is_reported_and_its_ids_move(
 
 
 async def test_a_joining_instance_interrupts_and_duplicates_nothing(
-    broker: Broker, simulator: Simulator, instances: Instances, client: Client
+    broker: Broker, simulator: Simulator, bridges: BridgeProcesses, client: Client
 ) -> None:
     """Streams run on two instances while a third joins: each finishes where it started,
     once; new ids spread over all three."""
-    async with watching(broker) as watcher:
-        await instances.start("j1", watcher)
-        await instances.start("j2", watcher)
-        before = [f"b-{n}" for n in range(12)]
-        for connection_id in before:  # 2 s of silence halfway: still streaming at the join
-            text = "Describe tulips. [[fault:gap_2]]"
-            await client.command(connection_id, {"action": "ask", "input": text})
-        await instances.start("j3", watcher)
+    await bridges.start("j1", bridges.config("j1"))
+    await bridges.start("j2", bridges.config("j2"))
+    before = [f"b-{n}" for n in range(12)]
+    for connection_id in before:  # 2 s of silence halfway: still streaming at the join
+        text = "Describe tulips. [[fault:gap_2]]"
+        await client.command(connection_id, {"action": "ask", "input": text})
+    await bridges.start("j3", bridges.config("j3"))
     after = [f"a-{n}" for n in range(12)]
     for connection_id in after:
         await client.command(connection_id, {"action": "ask", "input": "Describe roses."})

@@ -265,7 +265,7 @@ async def test_an_instance_joining_on_another_node_cuts_and_doubles_nothing(
         for connection_id in before + after:
             got = counts[connection_id]
             assert (got["connect"], got["ask"], got["response.completed"]) == (1, 1, 1), got
-            assert got["disconnected"] == 0, got
+            assert got["disconnected"] == 0, (got, logs)
         # n2 served exactly the new ids it owns by hash; the running ones stayed on n1.
         served = {cid for cid in before + after if f"[{cid}] upstream open" in logs["n2"][1]}
         owned = {cid for cid in after if owner_of(cid, ["n1", "n2"]) == "n2"}
@@ -273,3 +273,55 @@ async def test_an_instance_joining_on_another_node_cuts_and_doubles_nothing(
         assert served == owned
         for name, (code, log) in logs.items():
             assert code == 0, f"{name}:\n{log}"
+
+
+async def test_a_standalone_bridge_on_another_node_refuses_to_serve_the_prefix(
+    tmp_path: Path, simulator: Simulator
+) -> None:
+    """Issue 21 on a broker cluster: a cluster instance serves through node 1; a standalone
+    bridge started on node 2 finds it through the cluster, exits 78 naming it, and every
+    command is answered once."""
+    with NatsCluster(2, tmp_path / "nats") as cluster:
+        first, second = cluster.mqtt
+        async with aiomqtt.Client(
+            first[0], first[1], protocol=aiomqtt.ProtocolVersion.V311, timeout=10 * SECOND
+        ) as client:
+            await client.subscribe("ai/bridge/instances/+", qos=1)
+            await client.subscribe("ai/+/events", qos=1)
+            serving = instance(tmp_path / "n1", "n1", first, simulator)
+            try:
+                await until_online(client, {"n1"})
+                (tmp_path / "lone").mkdir()
+                config = daemon_config(
+                    tmp_path / "lone",
+                    {
+                        "host": second[0],
+                        "port": second[1],
+                        "client_id": "lone",
+                        "protocol": "3.1.1",
+                        "keepalive": 5,
+                    },
+                    openai={"base_url": simulator.base_url},
+                )
+                lone = spawn_daemon(config)
+                code, log = await asyncio.to_thread(finish_after, lone)
+                assert code == 78, log
+                assert "two bridges serve prefix 'ai'" in log
+                assert "n1 (cluster instance)" in log
+                for n in range(4):
+                    ask = json.dumps({"action": "ask", "input": "Describe tulips."})
+                    await client.publish(f"ai/nats-{n}/cmd", ask, qos=1)
+                counts: dict[str, collections.Counter[str]] = collections.defaultdict(
+                    collections.Counter
+                )
+                await read_events(client, counts, 4, 60 * SECOND)
+                await read_events(client, counts, None, 1.0 * SECOND)
+            finally:
+                serving.send_signal(signal.SIGTERM)
+                code, log = finish_after(serving)
+        for n in range(4):
+            got = counts[f"nats-{n}"]
+            assert (got["connect"], got["ask"], got["response.completed"]) == (1, 1, 1), got
+        assert len(simulator.received) == 4
+        assert code == 0, log
+        assert "lone must stop; this one serves" in log

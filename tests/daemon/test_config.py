@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,29 @@ def test_example_config_is_valid() -> None:
             continue
         fields = set(type(model).model_fields)
         assert fields <= shown, f"{section}: not shown in the example: {fields - shown}"
+
+
+def test_a_profiles_section_keeps_the_built_in_default(tmp_path: Path) -> None:
+    """`profiles:` with one profile adds it: `default` stays the built-in one,
+    check-config shows it (from the defaults), and only naming it replaces it."""
+    config = write(
+        tmp_path,
+        "profiles:\n  kitchen:\n    request: {model: gpt-5.4-mini}\n"
+        "sessions:\n  profile_by_id: {kitchen-*: kitchen}\n",
+    )
+    settings = load_settings(config, {})
+    built_in = parse_config(None).profiles["default"]
+    assert built_in.request == {"model": "gpt-5.4-nano", "store": False}
+    assert settings.config.profiles["default"] == built_in
+    assert settings.config.profiles["kitchen"].request == {"model": "gpt-5.4-mini"}
+    dump = redacted_dump(settings)
+    assert yaml.safe_load(dump)["profiles"]["default"]["request"] == built_in.request
+    model_lines = [line for line in dump.splitlines() if "model: gpt-5.4-nano" in line]
+    assert len(model_lines) == 1
+    assert model_lines[0].endswith("# (default)")
+    replaced = parse_config({"profiles": {"default": {"request": {"model": "m"}}}})
+    assert set(replaced.profiles) == {"default"}
+    assert replaced.profiles["default"].request == {"model": "m"}
 
 
 @pytest.mark.parametrize(
@@ -127,3 +151,23 @@ def test_redacted_dump_hides_secrets(tmp_path: Path) -> None:
     assert document["openai"]["headers"] == {"X-Api-Token": "REDACTED", "X-Plain": "ok"}
     assert document["openai"]["websocket_url"].endswith("code=REDACTED")
     assert document["mqtt"]["password"] == "REDACTED (from config file)"
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [{"instance": "bridge-a"}, {"claim_window": 1.0}, {"enabled": False, "instance": "b"}],
+)
+def test_cluster_keys_without_cluster_enabled_are_an_error_that_says_what_to_add(
+    tmp_path: Path, cluster: dict[str, object]
+) -> None:
+    """A bridge must not run standalone while its owner believes it is one of several."""
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({"cluster": cluster}))
+    with pytest.raises(ConfigError, match=r"add `enabled: true`") as raised:
+        load_settings(path, {})
+    assert raised.value.path.startswith("cluster")
+    # The roll call alone is every bridge's, and the defaults stated are no error.
+    path.write_text(json.dumps({"cluster": {"roll_call": 2, "instance": None}}))
+    assert load_settings(path, {}).config.cluster.roll_call == 2
+    path.write_text(json.dumps({"cluster": {**cluster, "enabled": True}}))
+    assert load_settings(path, {}).config.cluster.enabled

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
+import stat
 import subprocess
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,7 +21,7 @@ from bridge.daemon.service import Service
 from bridge_tools.simulator import Simulator
 from tests.conftest import Broker, Client, RunningBridge, bridge_settings
 from tests.helpers import SECOND
-from tests.ops_helpers import daemon_config, finish, spawn_daemon
+from tests.ops_helpers import OpsBridge, daemon_config, finish, spawn_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +192,113 @@ async def test_a_restarted_daemon_still_refuses(
     finally:
         again.send_signal(signal.SIGTERM)
         finish(again)
+
+
+# usage.json and the clock (issue 22, items 12-14) ------------------------------------------
+
+
+async def test_a_fifo_as_usage_file_is_set_aside_and_the_daemon_starts(
+    broker: Broker, simulator: Simulator, tmp_path: Path, client: Client
+) -> None:
+    """Opening a FIFO waits for a writer for ever: it is never opened that way."""
+    config = daemon_config(
+        tmp_path,
+        {"host": broker.host, "port": broker.port},
+        openai={"base_url": simulator.base_url},
+    )
+    state = tmp_path / "state"
+    state.mkdir()
+    os.mkfifo(state / "usage.json")
+    process = await _started(broker, config)  # `online` within 20 s, or it failed
+    try:
+        assert (await ask(client, "f1"))["type"] == "response.completed"
+        await _wait_for_saved_usage(state, 1)  # a regular file in its place
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(process.wait, 30 * SECOND)
+        _, log = finish(process)
+    assert log.count("not a regular file (a FIFO)") == 1, log
+    (aside,) = [path for path in state.iterdir() if path.name.startswith("usage.json.corrupt-")]
+    assert stat.S_ISFIFO(aside.lstat().st_mode)
+
+
+async def test_a_clock_that_jumps_gives_no_fresh_budget_on_the_real_day(
+    broker: Broker, simulator: Simulator, tmp_path: Path, client: Client
+) -> None:
+    """A day back, a year ahead (a restart there), then today: the real day's budget is
+    spent after its first answer, and stays spent (a year ahead is a new day while it lasts:
+    nothing tells it from a real one)."""
+    today = datetime(2026, 6, 1, 12, 0, tzinfo=BERLIN)
+    clock = [today.timestamp()]
+    limits = {"budgets": {"tokens_per_day": 1, "timezone": "Europe/Berlin"}}
+    settings = bridge_settings(broker, simulator, tmp_path, limits=limits)
+    bridge = RunningBridge(Service(settings, wall_clock=lambda: clock[0]))
+    try:
+        await bridge.ready()
+        first = await ask(client, "j1")
+        assert first["type"] == "response.completed"
+        clock[0] = (today - timedelta(days=1)).timestamp()
+        refused = await ask(client, "j1")
+        assert refused["error"]["resets_at"] == "2026-06-02T00:00:00+02:00"  # still today's
+        clock[0] = (today + timedelta(days=365)).timestamp()
+        later = await ask(client, "j1")
+        assert later["type"] == "response.completed"
+    finally:
+        await bridge.stop()
+    clock[0] = today.timestamp()
+    again = RunningBridge(Service(settings, wall_clock=lambda: clock[0]))
+    try:
+        await again.ready()
+        refused = await ask(client, "j1")
+        assert refused["error"]["code"] == "budget_exceeded"
+        assert refused["error"]["resets_at"] == "2026-06-02T00:00:00+02:00"
+        spent = sum(answer["response"]["usage"]["total_tokens"] for answer in (first, later))
+        async with Client(broker) as reader:  # both answers count today, once each
+            await reader.subscribe("ai/bridge/usage")
+            while (summary := await reader.next_json(15))["tokens"]["total"] != spent:
+                assert summary["tokens"]["total"] < spent, summary
+        assert summary["day"] == "2026-06-01"
+    finally:
+        await again.stop()
+
+
+async def test_an_unwritable_state_dir_warns_once_and_shows_in_info(
+    broker: Broker, simulator: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a WARNING every 5 s for ever: one per outage, one INFO when it is over, and
+    P/bridge/info's usage_file says what is wrong meanwhile."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the state directory's parent should be")
+    settings = bridge_settings(broker, simulator, tmp_path, state_dir=str(blocker / "state"))
+    with caplog.at_level(logging.INFO, logger="bridge.daemon.usage_store"):
+        async with OpsBridge(settings) as running, Client(broker) as client:
+            await client.subscribe("ai/+/events", "ai/bridge/info")
+            assert (await ask(client, "u1"))["type"] == "response.completed"
+            store = running.service.usage_store
+            await _until(lambda: store.failed_saves >= 2, 20)  # it tried again, backing off
+            info = await _info_where(client, lambda d: d["usage_file"] != "ok")
+            assert info["usage_file"].startswith("not writable: "), info
+            blocker.unlink()  # the disk is back
+            await _until(lambda: store.problem is None, 30)
+            await _info_where(client, lambda d: d["usage_file"] == "ok")
+    lines = [
+        (r.levelname, r.getMessage()) for r in caplog.records if "token usage" in r.getMessage()
+    ]
+    assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
+    assert json.loads((blocker / "state" / "usage.json").read_text())["bridge"]["total"] > 0
+
+
+async def _until(condition: Callable[[], bool], wait: float) -> None:
+    deadline = asyncio.get_running_loop().time() + wait * SECOND
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
+        await asyncio.sleep(0.05 * SECOND)
+
+
+async def _info_where(client: Client, predicate: Callable[[dict[str, Any]], bool]) -> Any:
+    while True:
+        message = await client.next(15)
+        if str(message.topic) == "ai/bridge/info":
+            document = json.loads(message.payload)
+            if predicate(document):
+                return document

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -80,10 +81,15 @@ def test_text_is_one_line_per_record_with_a_timestamp() -> None:
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_under_journald_lines_carry_the_priority_and_no_timestamp(tmp_path: Path, fmt: str) -> None:
-    """When stderr is the journal, each record starts with <7>, <6>, <4>, <3> for journald."""
+    """When stderr is the journal, each line starts with <7>, <6>, <4>, <3> for journald: every
+    line of a record, so a traceback is at err with its message (`journalctl -p err`)."""
     out = run_script(fmt, stderr_file=tmp_path / "journal", journal=True)
-    firsts = [line for line in out.splitlines() if line.startswith("<")]
-    assert [line[:3] for line in firsts] == ["<7>", "<6>", "<4>", "<3>"]
+    lines = out.splitlines()
+    priorities = [line[:3] for line in lines]
+    assert priorities[:4] == ["<7>", "<6>", "<4>", "<3>"]
+    assert set(priorities[3:]) == {"<3>"}
+    assert any(line.startswith("<3>ZeroDivisionError") for line in lines) == (fmt == "text")
+    firsts = lines[:4]
     if fmt == "text":
         assert firsts[1] == "<6>INFO bridge.daemon.service: [kitchen-1] upstream open (12 ms)"
     else:
@@ -131,3 +137,55 @@ async def test_the_daemon_logs_json_without_secrets(
     assert [r.get("connection_id") for r in opened] == ["log-1"]
     assert KEY not in stderr
     assert "pw-canary-in-logs" not in stderr
+
+
+FAULT_SCRIPT = """
+import faulthandler, os, sys
+from bridge.daemon import logs
+faulthandler.enable(logs.fault_file(sys.argv[1]))
+where = logs.fault_file(sys.argv[1])
+print("fault file:", "stderr" if where is sys.stderr else "stream", flush=True)
+os.abort()
+"""
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_a_crash_dump_goes_to_a_journal_stream_of_its_own_at_err(
+    tmp_path: Path, journal: bool
+) -> None:
+    """faulthandler's dump cannot carry <3>: under journald it goes to a stream opened at
+    priority err (sd_journal_stream_fd's protocol), elsewhere to stderr."""
+    path = str(tmp_path / "stdout")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+    server.settimeout(30 * SECOND)
+    stderr_file = tmp_path / "stderr"
+    env = {name: value for name, value in os.environ.items() if name != "JOURNAL_STREAM"}
+    with stderr_file.open("wb") as sink:
+        if journal:
+            stat = os.fstat(sink.fileno())
+            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+        process = subprocess.Popen(
+            [sys.executable, "-c", FAULT_SCRIPT, path], env=env, stdout=subprocess.PIPE, stderr=sink
+        )
+        try:
+            received = []
+            for _ in range(2 if journal else 0):  # the script asks twice
+                stream, _address = server.accept()
+                with stream, stream.makefile("rb") as reader:
+                    received.append(reader.read().decode())
+            out, _ = process.communicate(timeout=30 * SECOND)
+        finally:
+            server.close()
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == -signal.SIGABRT
+    dump = received[0] if journal else stderr_file.read_text()
+    assert out.decode() == f"fault file: {'stream' if journal else 'stderr'}\n"
+    if journal:
+        header, _, dump = dump.partition("0\n0\n0\n0\n")
+        assert header == "openai-mqtt-bridge\n\n3\n"  # identifier, no unit, priority err
+        assert "Fatal Python error" not in stderr_file.read_text()
+    assert dump.startswith("Fatal Python error: Aborted")
+    assert "Current thread" in dump

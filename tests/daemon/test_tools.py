@@ -163,7 +163,10 @@ async def test_a_timeout_tells_the_model(
     seen = await ask(client, 'call read_sensor with {"sensor":"attic"}')  # nobody answers
     (call,) = tool_calls(seen)
     assert call["status"] == "timeout"
-    assert "no reply within 1 s" in answer_text(seen)
+    # Which reply topic stayed silent, on P/<id>/events and to the model (issue 30).
+    silent = "no reply on house/tools/read_sensor/reply within 1 s"
+    assert call["error"].startswith(silent)
+    assert silent in answer_text(seen)
 
 
 async def test_invalid_arguments_are_never_published(

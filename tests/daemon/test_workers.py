@@ -7,8 +7,10 @@ id, what systemd hears, how they stop and restart (bridge/daemon/workers.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 
 from bridge.cli import EXIT_CONFIG
+from bridge.cluster.ownership import owner_of
 from bridge.daemon.config import load_settings
 from bridge.daemon.workers import worker_specs
 from bridge_tools.simulator import Simulator
@@ -28,6 +31,9 @@ from tests.helpers import SECOND
 from tests.ops_helpers import NotifySocket
 
 PRESENCE = "ai/bridge/instances/+"
+
+# What `run --workers N` reads the config with: every worker is a cluster instance.
+AS_WORKERS = {"OPENAI_MQTT_BRIDGE__CLUSTER__ENABLED": "true"}
 
 
 def write_config(tmp_path: Path, broker: Broker, simulator: Simulator, **mqtt: Any) -> Path:
@@ -52,17 +58,26 @@ def write_config(tmp_path: Path, broker: Broker, simulator: Simulator, **mqtt: A
 class Supervised:
     """``python -m bridge run --config FILE --workers N`` in a process group of its own."""
 
-    def __init__(self, config: Path, workers: int, **env: str) -> None:
+    def __init__(
+        self,
+        config: Path,
+        workers: int,
+        *,
+        python: tuple[str, ...] = (sys.executable, "-m", "bridge"),
+        cwd: Path | None = None,
+        **env: str,
+    ) -> None:
         environ = {**os.environ, "OPENAI_API_KEY": KEY, **env}
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
             if name not in env:
                 environ.pop(name, None)
         self.log = config.with_suffix(".log")
-        argv = [sys.executable, "-m", "bridge", "run", "--config", str(config)]
+        argv = [*python, "run", "--config", str(config)]
         with self.log.open("wb") as log:  # the workers write here too: no pipe to fill
             self.process = subprocess.Popen(
                 [*argv, "--workers", str(workers)],
                 env=environ,
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -95,8 +110,9 @@ class Supervised:
         return self.log.read_text(errors="replace")
 
     def finish(self) -> None:
-        """Kill whatever is left of the group (after a failed test) and reap the supervisor."""
-        if self.process.poll() is None:
+        """Kill whatever is left of the group (after a failed test, or workers a supervisor
+        killed by a signal left behind) and reap the supervisor."""
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10 * SECOND)
 
@@ -129,9 +145,9 @@ def test_each_worker_is_an_instance_with_its_own_client_id(tmp_path: Path) -> No
     state = tmp_path / "state"
     document = {"mqtt": {"client_id": "b"}, "metrics": {"enabled": True}, "state_dir": str(state)}
     path.write_text(json.dumps(document))
-    specs = worker_specs(2, load_settings(path, {}), path)
+    specs = worker_specs(2, load_settings(path, AS_WORKERS), path)
     assert [spec.instance for spec in specs] == [f"{socket.gethostname()}-b-w{i}" for i in (1, 2)]
-    assert specs[1].argv == (sys.executable, "-m", "bridge", "run", "--config", str(path))
+    assert specs[1].argv == (sys.executable, "-P", "-m", "bridge", "run", "--config", str(path))
     assert specs[1].overrides == {
         "OPENAI_MQTT_BRIDGE__CLUSTER__ENABLED": "true",
         "OPENAI_MQTT_BRIDGE__CLUSTER__INSTANCE": json.dumps(specs[1].instance),
@@ -146,8 +162,8 @@ def test_each_worker_is_an_instance_with_its_own_client_id(tmp_path: Path) -> No
     assert settings.config.mqtt.client_id == "b-w2"
     assert settings.config.state_dir == state / "w2"
     path.write_text(json.dumps({"cluster": {"instance": "house"}}))
-    assert worker_specs(1, load_settings(path, {}), None)[0].argv[-1] == "run"
-    assert worker_specs(1, load_settings(path, {}), None)[0].instance == "house-w1"
+    assert worker_specs(1, load_settings(path, AS_WORKERS), None)[0].argv[-1] == "run"
+    assert worker_specs(1, load_settings(path, AS_WORKERS), None)[0].instance == "house-w1"
 
 
 def test_workers_must_be_a_positive_number(capsys: Any) -> None:
@@ -190,6 +206,28 @@ async def test_two_workers_restart_after_sigkill_and_stop_on_sigterm(
     log = run.output()
     assert "w1 was killed by SIGKILL; restarting in" in log
     assert "again: " not in log
+
+
+@pytest.mark.integration
+async def test_a_folder_named_bridge_in_the_working_directory_cannot_stand_in(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """Started from the console script in a directory with a `bridge` folder: workers run."""
+    decoy = tmp_path / "bridge"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    (decoy / "__main__.py").write_text("raise SystemExit('the decoy bridge ran')\n")
+    console_script = Path(sys.executable).with_name("openai-mqtt-bridge")
+    run = Supervised(
+        write_config(tmp_path, broker, simulator), 2, python=(str(console_script),), cwd=tmp_path
+    )
+    supervised.append(run)
+    async with Client(broker) as watcher:
+        await watcher.subscribe(PRESENCE)
+        await online(watcher, {"house-w1", "house-w2"})
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 0, run.output()
+    assert "the decoy bridge ran" not in run.output()
 
 
 @pytest.mark.integration
@@ -280,5 +318,127 @@ async def test_watchdog_aborts_a_silent_worker_and_keeps_systemd_pinged(
         await asyncio.to_thread(broker.start)
         run.process.send_signal(signal.SIGTERM)
         assert await run.wait() == 0, run.output()
+    finally:
+        notify.close()
+
+
+@pytest.mark.integration
+async def test_a_stopped_worker_whose_ids_were_taken_over_acts_on_none_of_them(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """SIGSTOP the worker holding an id (no watchdog here to kill it): the other worker
+    declares it lost and serves the retry; after SIGCONT the stopped one carries out none
+    of the asks queued for it meanwhile (issue 21: none done twice, none billed twice)."""
+    run = Supervised(write_config(tmp_path, broker, simulator), 2)
+    supervised.append(run)
+    victim = next(
+        f"v-{n}" for n in range(100) if owner_of(f"v-{n}", ["house-w1", "house-w2"]) == "house-w2"
+    )
+    async with Client(broker) as watcher, Client(broker) as client:
+        await watcher.subscribe(PRESENCE)
+        await client.subscribe("ai/+/events")
+        await online(watcher, {"house-w1", "house-w2"})
+        await client.command(victim, {"action": "ask", "input": "Hello", "request_id": "first"})
+        await client.until(lambda m: m.get("type") == "response.completed", 30)
+        stopped = run.workers()["house-bridge-w2"]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            stale = [f"stale-{n}" for n in range(3)]
+            for request_id in stale:
+                ask = {"action": "ask", "input": "Describe tulips.", "request_id": request_id}
+                await client.command(victim, ask)
+            notice = await client.until(lambda m: m.get("action") == "disconnected", 30)
+            assert notice[-1]["code"] == 1012
+            assert "house-w2" in notice[-1]["reason"]
+            upstream_before = len(simulator.received)
+            while not watcher.received.empty():
+                watcher.received.get_nowait()
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        await online(watcher, {"house-w2"})  # it rejoined
+        late = [body(m) for m in await client.quiet(2.0)]
+        assert not [m for m in late if m.get("request_id") in stale], late
+        assert len(simulator.received) == upstream_before
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 0, run.output()
+    # The three asks, and any redelivery of them (QoS 1 after the lost link).
+    assert re.search(
+        r"dropped [3-9] commands that arrived while this instance was away", run.output()
+    )
+
+
+@pytest.mark.integration
+async def test_sighup_reloads_every_worker_and_systemd_hears_one_reload(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """`systemctl reload`: each worker reloads; RELOADING=1, then READY=1 once both have."""
+    notify = NotifySocket()
+    try:
+        config = write_config(tmp_path, broker, simulator)
+        run = Supervised(config, 2, NOTIFY_SOCKET=notify.path)
+        supervised.append(run)
+        await notify.until(lambda message: message.startswith("READY=1"), 20)
+        document = json.loads(config.read_text())
+        document["profiles"] = {"default": {}, "pirate": {"request": {"model": "m-pirate"}}}
+        config.write_text(json.dumps(document))
+        run.process.send_signal(signal.SIGHUP)
+        said = await notify.until(lambda message: message == "READY=1", 20)
+        assert said[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert run.output().count("config reloaded from") == 2  # w1 and w2, before READY=1
+        async with Client(broker) as client:
+            await client.subscribe("ai/c1/events")
+            await client.command("c1", {"action": "ask", "input": "Ahoy?", "profile": "pirate"})
+            seen = await client.until(lambda m: m.get("type") == "response.completed", 20)
+            assert seen[0]["profile"] == "pirate"
+        assert run.workers().keys() == {"house-bridge-w1", "house-bridge-w2"}  # none restarted
+        assert "restarting in" not in run.output()
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 0, run.output()
+    finally:
+        notify.close()
+
+
+@pytest.mark.integration
+async def test_a_stopped_worker_is_continued_then_aborted_and_writes_its_stacks(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """SIGSTOP (a frozen worker): SIGCONT before SIGABRT, so it dies of SIGABRT with its
+    stacks written, not of the SIGKILL twice WatchdogSec later with none."""
+    notify = NotifySocket()
+    try:
+        usec = str(int(1.0 * SECOND * 1_000_000))
+        run = Supervised(
+            write_config(tmp_path, broker, simulator),
+            2,
+            NOTIFY_SOCKET=notify.path,
+            WATCHDOG_USEC=usec,
+        )
+        supervised.append(run)
+        await notify.until(lambda message: message.startswith("READY=1"), 20)
+        os.kill(run.workers()["house-bridge-w1"], signal.SIGSTOP)
+        await log_shows(run, "w1 was killed by SIGABRT; restarting in")
+        log = run.output()
+        assert log.count("Fatal Python error: Aborted") == 1  # w1's; w2 went on
+        assert "SIGKILL" not in log
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 0, run.output()
+    finally:
+        notify.close()
+
+
+@pytest.mark.integration
+async def test_the_supervisor_writes_its_own_stacks_on_sigabrt(
+    tmp_path: Path, broker: Broker, simulator: Simulator, supervised: list[Supervised]
+) -> None:
+    """What systemd's watchdog sends the main process: faulthandler is on in the supervisor."""
+    notify = NotifySocket()
+    try:
+        run = Supervised(write_config(tmp_path, broker, simulator), 1, NOTIFY_SOCKET=notify.path)
+        supervised.append(run)
+        await notify.until(lambda message: message.startswith("READY=1"), 20)
+        run.process.send_signal(signal.SIGABRT)
+        assert await run.wait() == -signal.SIGABRT
+        dump = run.output().partition("Fatal Python error: Aborted")[2]
+        assert "bridge/cli.py" in dump  # the supervisor's main thread, in asyncio.run
     finally:
         notify.close()

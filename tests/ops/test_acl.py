@@ -20,7 +20,7 @@ from tests.ops_helpers import OpsBridge
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).parents[2] / "README.md"
+README = Path(__file__).parents[2] / "docs/operations/broker.md"  # the manual's ACL
 USERS = {"openai-bridge": "pw-bridge", "homeassistant": "pw-ha", "intruder": "pw-intruder"}
 
 

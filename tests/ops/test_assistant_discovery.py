@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ import pytest
 
 from bridge.daemon.config import Config, load_settings, parse_config
 from bridge.ops.discovery import discovery_messages
-from bridge.ops.info import info_document
+from bridge.ops.info import Tally, info_document
 from bridge.ops.operations import Operations
 from bridge.protocol.contract import Ask, Topics, parse_command
+from bridge.protocol.guardrails import Tokens
 from bridge.protocol.messages import ResponseCompleted
+from bridge.protocol.shared_usage import SharedUsage
 from bridge_tools.simulator import Simulator
 from tests.conftest import Broker, Client, body, bridge_settings
 from tests.ops_helpers import OpsBridge
@@ -377,21 +380,18 @@ def test_the_tokens_sensor_reads_its_own_id_in_the_info(connection_id: str) -> N
 
 
 def test_info_counts_the_tokens_of_assistant_ids_only(tmp_path: Path) -> None:
-    """assistants.<id>.tokens_today for the configured ids, from their completed responses."""
+    """assistants.<id>.tokens_today for the configured ids, from the day's usage (the budgets')."""
     path = tmp_path / "bridge.yaml"
     path.write_text(json.dumps({"homeassistant": {"assistants": ["kitchen", "garage"]}}))
     settings = load_settings(path, {})
-    operations = Operations(settings, {})
-
-    def completed(connection_id: str, total: int) -> None:
-        usage = {"input_tokens": 1, "output_tokens": total - 1, "total_tokens": total}
-        raw = json.dumps({"type": "response.completed", "response": {"usage": usage}}).encode()
-        operations.observe(ResponseCompleted(connection_id, raw))
+    usage = SharedUsage()
+    usage.roll(date(2026, 6, 1))
 
     def document() -> dict[str, Any]:
         return info_document(
             settings,
-            operations.tally,
+            Tally(),
+            usage,
             started_at=0.0,
             uptime=1.0,
             connections=0,
@@ -401,16 +401,17 @@ def test_info_counts_the_tokens_of_assistant_ids_only(tmp_path: Path) -> None:
 
     zero = {"kitchen": {"tokens_today": 0}, "garage": {"tokens_today": 0}}
     assert document()["assistants"] == zero
-    completed("kitchen", 100)
-    completed("kitchen", 20)
-    completed("living-room", 5)  # not an assistant: only the bridge's total
+    usage.charge("kitchen", "default", Tokens(1, 99, 100))
+    usage.charge("kitchen", "default", Tokens(1, 19, 20))
+    usage.charge("living-room", "default", Tokens(1, 4, 5))  # not an assistant: the total only
     info = document()
     assert info["assistants"] == {"kitchen": {"tokens_today": 120}, "garage": {"tokens_today": 0}}
     assert info["tokens_today"] == 125
+    assert info["tokens_day"] == "2026-06-01"
     assert "living-room" not in json.dumps(info)
-    revision = operations.tally.revision
-    operations.tally.roll("2999-01-01")  # the next local day
-    assert operations.tally.revision > revision
+    revision = usage.revision
+    usage.roll(date(2026, 6, 2))  # the next local day
+    assert usage.revision > revision
     assert document()["assistants"] == zero
     assert document()["tokens_today"] == 0
 
@@ -419,10 +420,14 @@ def test_info_has_no_assistants_when_none_are_configured() -> None:
     settings = load_settings(None, {})
     operations = Operations(settings, {})
     raw = b'{"type":"response.completed","response":{"usage":{"input_tokens":1,"output_tokens":2}}}'
-    operations.observe(ResponseCompleted("kitchen", raw))
+    operations.observe(ResponseCompleted("kitchen", raw, Tokens(1, 2, 3)))
+    usage = SharedUsage()
+    usage.roll(date(2026, 6, 1))
+    usage.charge("kitchen", "default", Tokens(1, 2, 3))
     info = info_document(
         settings,
         operations.tally,
+        usage,
         started_at=0.0,
         uptime=1.0,
         connections=0,
@@ -431,6 +436,8 @@ def test_info_has_no_assistants_when_none_are_configured() -> None:
     )
     assert info["assistants"] == {}
     assert info["tokens_today"] == 3
+    assert info["tokens_total"] == 3  # since this process started
+    assert info["responses_completed"] == 1
 
 
 # Against a broker ---------------------------------------------------------------

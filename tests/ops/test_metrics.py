@@ -139,13 +139,13 @@ async def test_a_taken_metrics_port_is_a_config_error(
 
 def test_tokens_by_connection_id_and_model_have_bounded_labels() -> None:
     """Ids are the clients' choice: past the first 100, they share the label "other"."""
-    from bridge.ops.info import Usage
     from bridge.ops.metrics import MAX_ID_LABELS, Metrics
+    from bridge.protocol.guardrails import Tokens
 
     metrics = Metrics()
     for number in range(MAX_ID_LABELS + 50):
-        metrics.completed(Usage(1, 2, 3), f"id-{number}", "gpt-5.4-nano")
-    metrics.completed(Usage(1, 2, 3), "id-0", "gpt-5.4-mini")
+        metrics.completed(Tokens(1, 2, 3), f"id-{number}", "gpt-5.4-nano")
+    metrics.completed(Tokens(1, 2, 3), "id-0", "gpt-5.4-mini")
     samples = {
         (sample.labels["connection_id"], sample.labels["model"]): sample.value
         for family in text_string_to_metric_families(metrics.exposition().decode())

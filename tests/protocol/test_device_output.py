@@ -10,6 +10,7 @@ import pytest
 from bridge.protocol.actions import Action, ArmTimer, CloseUpstream, Observe
 from bridge.protocol.contract import Topics
 from bridge.protocol.core import BridgeCore
+from bridge.protocol.guardrails import Tokens
 from bridge.protocol.limits import LimitsConfig
 from bridge.protocol.messages import Publish, ResponseCompleted
 from bridge.protocol.output_options import OutputConfig
@@ -165,7 +166,7 @@ def test_events_off_keeps_acks_and_errors_only() -> None:
     actions = stream(core, delta("x"), completed)
     assert on(actions, "events") == []
     # The completed response is still counted (tokens), with no message of its own.
-    assert Observe(ResponseCompleted("c1", completed)) in actions
+    assert Observe(ResponseCompleted("c1", completed, Tokens(3, 5, 8))) in actions
     core.receive_command("c1", cmd("send", event=CREATE))
     actions = stream(core, event("error", error={"code": "x", "message": "y"}))
     assert error_codes(actions) == ["x"]  # server errors always reach the events topic

@@ -21,14 +21,14 @@ from bridge.protocol.guardrails import (
     GuardrailsConfig,
     Refusal,
     Tokens,
-    UsageBook,
     local_time,
     model_allowed,
     next_midnight,
-    tokens_of,
+    usage_of,
 )
 from bridge.protocol.limits import LimitsConfig
 from bridge.protocol.sessions import ProfileConfig, SessionsConfig
+from bridge.protocol.shared_usage import SharedUsage
 from tests.protocol.test_core import UNLIMITED, URL, cmd, error_codes, messages
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -56,7 +56,7 @@ def rules(**fields: Any) -> GuardrailsConfig:
 
 
 def check(bridge: GuardrailsConfig, request: dict[str, Any], **profiles: Any) -> Any:
-    guardrails = Guardrails(bridge, profiles, UsageBook())
+    guardrails = Guardrails(bridge, profiles, SharedUsage())
     return guardrails.check("c1", "default", request, NOON)
 
 
@@ -105,7 +105,7 @@ def test_both_scopes_must_allow_the_model() -> None:
 
 @given(st.integers(0, 10_000), st.integers(0, 10_000))
 def test_a_budget_refuses_once_used_up(limit: int, used: int) -> None:
-    usage = UsageBook()
+    usage = SharedUsage()
     usage.roll(NOON.date())
     usage.charge("c1", "default", Tokens(0, used, used))
     guardrails = Guardrails(rules(budgets=BudgetsConfig(tokens_per_day=limit)), {}, usage)
@@ -116,7 +116,7 @@ def test_a_budget_refuses_once_used_up(limit: int, used: int) -> None:
 
 
 def test_a_new_day_restores_the_budget() -> None:
-    usage = UsageBook()
+    usage = SharedUsage()
     usage.roll(NOON.date())
     usage.charge("c1", "default", Tokens(10, 90, 100))
     budgets = BudgetsConfig(global_tokens_per_day=100)
@@ -128,7 +128,7 @@ def test_a_new_day_restores_the_budget() -> None:
     assert isinstance(guardrails.check("c9", "default", {"model": "m"}, just_before), Refusal)
     midnight = datetime(2026, 6, 2, 0, 0, tzinfo=BERLIN)
     assert isinstance(guardrails.check("c1", "default", {"model": "m"}, midnight), Checked)
-    assert usage.bridge.total == 0
+    assert usage.used() == 0
 
 
 @pytest.mark.parametrize(
@@ -157,18 +157,90 @@ def test_system_local_time_is_aware() -> None:
     assert next_midnight(now) > now
 
 
+OUTPUT = [{"type": "message", "content": [{"type": "output_text", "text": "x" * 400}]}]
+OUTPUT_ESTIMATE = -(-len(json.dumps(OUTPUT, separators=(",", ":"))) // 4)  # bytes / 4
+
+
 @pytest.mark.parametrize(
-    ("usage", "tokens"),
+    ("usage", "tokens", "problem"),
     [
-        ({"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}, Tokens(3, 5, 8)),
-        ({"input_tokens": 3, "output_tokens": 5}, Tokens(3, 5, 8)),
-        ({"input_tokens": -3, "output_tokens": True}, Tokens(0, 0, 0)),
-        (None, None),
-        ("8", None),
+        ({"input_tokens": 3, "output_tokens": 5, "total_tokens": 8}, Tokens(3, 5, 8), None),
+        ({"input_tokens": 3, "output_tokens": 5}, Tokens(3, 5, 8), None),
+        ({"input_tokens": 3, "output_tokens": 5, "total_tokens": 2}, Tokens(3, 5, 8), None),
+        ({"input_tokens": 0, "output_tokens": 10**9}, Tokens(0, 10**9, 10**9), None),
+        (
+            {"input_tokens": -3, "output_tokens": True},
+            Tokens(0, OUTPUT_ESTIMATE, OUTPUT_ESTIMATE),
+            "input_tokens is negative; output_tokens is a boolean",
+        ),
+        (
+            {"input_tokens": 7, "output_tokens": 12.5, "total_tokens": "19"},
+            Tokens(7, OUTPUT_ESTIMATE, 7 + OUTPUT_ESTIMATE),
+            "output_tokens is not an integer; total_tokens is a string",
+        ),
+        (
+            {"input_tokens": 10**4299, "output_tokens": 10**9 + 1},
+            Tokens(0, OUTPUT_ESTIMATE, OUTPUT_ESTIMATE),
+            "input_tokens is more than 1,000,000,000; output_tokens is more than 1,000,000,000",
+        ),
+        (
+            {"input_tokens": 1},
+            Tokens(1, OUTPUT_ESTIMATE, 1 + OUTPUT_ESTIMATE),
+            "output_tokens is missing",
+        ),
+        ("8", Tokens(0, OUTPUT_ESTIMATE, OUTPUT_ESTIMATE), "its usage is a string"),
+        (None, Tokens(0, OUTPUT_ESTIMATE, OUTPUT_ESTIMATE), "it carried no usage"),
     ],
 )
-def test_tokens_of_usage(usage: object, tokens: Tokens | None) -> None:
-    assert tokens_of(usage) == tokens
+def test_usage_is_taken_when_sane_and_estimated_never_zero_otherwise(
+    usage: object, tokens: Tokens, problem: str | None
+) -> None:
+    counted = usage_of({"usage": usage, "output": OUTPUT})
+    assert counted is not None
+    assert (counted.tokens, counted.problem) == (tokens, problem)
+    assert counted.carried is (usage is not None)
+
+
+def test_no_usage_and_no_output_count_nothing() -> None:
+    assert usage_of({"usage": None, "output": []}) is None
+    assert usage_of({}) is None
+
+
+@given(
+    usage=st.one_of(
+        st.none(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=5),
+        st.dictionaries(
+            st.sampled_from(["input_tokens", "output_tokens", "total_tokens", "x"]),
+            st.one_of(
+                st.integers(min_value=-(10**20), max_value=10**20),
+                st.integers(min_value=1, max_value=4300).map(lambda digits: 10**digits - 1),
+                st.floats(),
+                st.booleans(),
+                st.none(),
+                st.text(max_size=5),
+            ),
+        ),
+    ),
+    output_text=st.text(max_size=50),
+)
+def test_any_usage_counts_as_bounded_non_negative_integers(usage: object, output_text: str) -> None:
+    """Whatever the upstream says, the counts are plain integers a day's book can add up."""
+    output = [{"type": "message", "content": [{"type": "output_text", "text": output_text}]}]
+    counted = usage_of({"usage": usage, "output": output})
+    assert counted is not None
+    tokens = counted.tokens
+    for count in (tokens.input, tokens.output, tokens.total):
+        assert type(count) is int
+        assert 0 <= count <= 2 * 10**9
+    assert tokens.total >= tokens.input + tokens.output
+    if counted.problem is not None:
+        assert len(counted.problem) < 200
+        sent = usage.get("output_tokens") if isinstance(usage, dict) else None
+        if not (type(sent) is int and 0 <= sent <= 10**9):
+            assert tokens.output > 0  # never zero: the output's size
 
 
 # Through the core ---------------------------------------------------------------------

@@ -94,3 +94,21 @@ def test_conversations_expire_and_are_bounded(monkeypatch: Any) -> None:
     for number in range(10):
         conversations.request(Ask(f"id{number}", "Hi"), "default", 0.0)
     assert len(conversations) == 3
+
+
+def test_the_transcript_bound_counts_utf8_bytes() -> None:
+    """Emoji are 4 bytes each: the bound holds for what a replay sends, not for characters."""
+    conversations = book(max_transcript_bytes=4096)
+    for number in range(40):
+        turn(conversations, f"{number} " + "😀" * 200)
+        complete(conversations, f"resp_{number}", "🎉" * 200)
+    conversations.socket_ended("c1")
+    request = conversations.request(Ask("c1", "last"), "default", 0.0)
+    replay = json.loads(request)["input"]
+    kept = json.dumps(replay[:-1], ensure_ascii=False, separators=(",", ":")).encode()
+    assert len(kept) <= 4096
+    assert replay[-2] == {"role": "assistant", "content": "🎉" * 200}
+    conversation = conversations.get("c1")
+    assert conversation is not None
+    held = sum(len(kept_turn.json) for kept_turn in conversation.transcript)
+    assert held == conversation.transcript_bytes <= 4096

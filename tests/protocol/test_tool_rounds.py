@@ -33,19 +33,26 @@ SET_LIGHT = ToolConfig.model_validate(
 CHIME = ToolConfig.model_validate({"name": "chime", "publish": {"topic": "house/chime", "qos": 0}})
 
 
-def make_core(*, v5: bool = True, rounds: int = 5) -> BridgeCore:
+def make_core(
+    *,
+    v5: bool = True,
+    rounds: int = 5,
+    calls: int = 16,
+    tools: tuple[ToolConfig, ...] = (SET_LIGHT, CHIME),
+    **limits: Any,
+) -> BridgeCore:
     profile = ProfileConfig(
-        request={"model": "m", "store": False}, mqtt_tools=("set_light", "chime")
+        request={"model": "m", "store": False}, mqtt_tools=tuple(tool.name for tool in tools)
     )
     return BridgeCore(
         Topics("ai"),
         url=URL,
         qos=1,
         v5=v5,
-        limits=LimitsConfig(**UNLIMITED),
-        sessions=SessionsConfig(idle_timeout=0, max_tool_rounds=rounds),
+        limits=LimitsConfig(**{**UNLIMITED, **limits}),
+        sessions=SessionsConfig(idle_timeout=0, max_tool_rounds=rounds, max_tool_calls=calls),
         profiles={"default": profile},
-        tools=(SET_LIGHT, CHIME),
+        tools=tools,
     )
 
 
@@ -108,7 +115,8 @@ def test_a_call_is_published_answered_and_continued() -> None:
     assert json.loads(out.payload) == {"state": "OFF"}
     assert out.response_topic == "zigbee2mqtt/kitchen"
     assert out.correlation_data is not None
-    assert ToolDeadline("c1", "call_1", 3.0) in actions
+    (deadline,) = [a for a in actions if isinstance(a, ToolDeadline)]
+    assert (deadline.connection_id, deadline.call_id, deadline.delay) == ("c1", "call_1", 3.0)
     assert not any(isinstance(a, SendUpstream) for a in actions)  # waits for the reply
     actions = core.tool_reply(
         "zigbee2mqtt/kitchen", b'{"state":"OFF"}', False, out.correlation_data
@@ -128,7 +136,7 @@ def test_a_call_is_published_answered_and_continued() -> None:
     # The final answer ends the turn like any other.
     publish = core.upstream_event("c1", answer("resp_2", "Done: the light is off."))
     assert publish is not None
-    assert core.tool_timed_out("c1", "call_1") == []  # answered already
+    assert core.tool_timed_out(deadline.wait) == []  # answered already
 
 
 def test_invalid_arguments_are_never_published_and_the_model_is_told() -> None:
@@ -166,12 +174,18 @@ def test_two_calls_continue_once_both_are_done() -> None:
 def test_a_timeout_is_an_output_too() -> None:
     core = make_core()
     asked(core)
-    round_of(core, completed("resp_1", call("call_1")))
-    actions = core.tool_timed_out("c1", "call_1")
+    (deadline,) = [
+        a
+        for a in round_of(core, completed("resp_1", call("call_1")))
+        if isinstance(a, ToolDeadline)
+    ]
+    actions = core.tool_timed_out(deadline.wait)
     (said,) = tool_messages(actions)
     assert said["status"] == "timeout"
+    # Which reply topic stayed silent: on the events topic and to the model.
+    assert said["error"] == "no reply on zigbee2mqtt/kitchen within 3 s (timeout)"
     (output,) = continuation(actions)["input"]
-    assert output["output"] == "no reply within 3 s (timeout)"
+    assert output["output"] == "no reply on zigbee2mqtt/kitchen within 3 s (timeout)"
     assert core.tool_reply("zigbee2mqtt/kitchen", b"late", False, None) == []
 
 

@@ -11,6 +11,9 @@ import pytest
 from bridge_tools.homeassistant_check import CheckFailed
 from bridge_tools.homeassistant_check.entities import expected_entities, state_problem
 from bridge_tools.homeassistant_check.examples import (
+    MISSING_ASSISTANT,
+    assistant_entity_id,
+    bridge_heard_of,
     homeassistant_log_problems,
     load_examples,
     sort_examples,
@@ -101,6 +104,29 @@ def test_the_examples_load_as_scripts_with_one_notification_each() -> None:
         "ask_openai": "ask_openai",
         "ask_openai_entity": "ask_openai_entity",
     }
+
+
+def test_the_missing_assistant_is_not_the_checks_and_its_entity_ids_are_derived() -> None:
+    """The examples run for an id the check's bridge does not announce, with the entity
+    ids Home Assistant would give it (as for the one it does announce)."""
+    assert (
+        MISSING_ASSISTANT
+        not in bridge_config("127.0.0.1", 1883, 8000)["homeassistant"]["assistants"]
+    )
+    examples = load_examples(sort_examples(EXAMPLES)[0])
+    answer_sensors = {example.config["variables"]["answer_sensor"] for example in examples}
+    assert answer_sensors == {assistant_entity_id("sensor", ASSISTANT_ID, "Answer")}
+    assert assistant_entity_id("text", MISSING_ASSISTANT, "Ask") == "text.assistant_garage_ask"
+
+
+def test_the_bridge_log_tells_which_ids_it_heard_of(tmp_path: Path) -> None:
+    log = tmp_path / "bridge.log"
+    log.write_text(
+        "2024-03-20 10:00:00 INFO [home-assistant] upstream open (12 ms)\n"
+        "2024-03-20 10:00:01 INFO [garage-door] upstream open (9 ms)\n"
+    )
+    assert bridge_heard_of(log, "home-assistant") == [log.read_text().splitlines()[0]]
+    assert bridge_heard_of(log, "garage") == []
 
 
 def test_the_configuration_names_only_installed_integrations() -> None:

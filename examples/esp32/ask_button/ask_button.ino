@@ -26,7 +26,9 @@
 
 // ---- this device -------------------------------------------------------------
 // The connection id: the bridge keeps one conversation per id. At most 41
-// characters, so that a 200-byte text chunk and its topic fit the 256-byte buffer.
+// characters, so that a 200-byte text chunk (the bridge's default text_max_bytes)
+// arrives whole in the 256-byte buffer: a QoS 1 PUBLISH takes 1 byte of header, 2 of
+// length, 2 + the topic ai/<id>/text (8 + id), 2 of packet id, then the 200.
 #define CONNECTION_ID "desk-button"
 
 #define TOPIC_CMD    "ai/" CONNECTION_ID "/cmd"
@@ -58,6 +60,10 @@ void onMessage(char* topic, byte* payload, unsigned int length) {
   } else if (strcmp(topic, TOPIC_STATUS) == 0) {
     // The bridge repeats `thinking` while the model thinks: print changes only.
     static char last[16] = "";
+    if (length == 0) {  // the bridge cleared the retained status: the conversation ended
+      last[0] = '\0';   // whatever comes next is news
+      return;
+    }
     char status[sizeof last];
     unsigned int n = length < sizeof status - 1 ? length : sizeof status - 1;
     memcpy(status, payload, n);

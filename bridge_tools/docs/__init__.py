@@ -1,0 +1,1 @@
+"""The manual's machinery: generated references, and the examples the tests check."""
