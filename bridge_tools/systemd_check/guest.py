@@ -88,6 +88,10 @@ class Guest:
         state = self.run(*argv, check=False, timeout=90)
         if "Failed to connect to bus" in state.stderr:  # its systemd is not listening yet
             raise NotYet(state.stderr.strip())
+        if state.stdout.strip() == "offline":
+            # systemctl's answer when the root it sees is not PID 1's (or /proc is not yet
+            # PID 1's): seen once in CI right after the guest's systemd exec'd. Ask again.
+            raise NotYet("systemctl is-system-running: offline (the guest's / or /proc not ready)")
         if state.stdout.strip() not in ("running", "degraded"):
             failed = self.run("systemctl", "--failed", "--no-legend", check=False).stdout
             raise CheckFailed(f"the guest did not boot: {state.stdout.strip()}; {failed}")
@@ -137,6 +141,19 @@ class Guest:
 
     # Commands and files -----------------------------------------------------------------
 
+    def _entered(self) -> list[str]:
+        """The prefix that runs a command inside the guest, in its PID 1's root and namespaces."""
+        return [
+            "nsenter",
+            f"--target={self.leader}",
+            "--all",
+            "--root",  # the leader's own root and working directory, not the namespace's
+            "--wd",
+            "env",
+            "-i",
+            *ENVIRONMENT,
+        ]
+
     def run(
         self,
         *argv: str,
@@ -145,7 +162,7 @@ class Guest:
         stdin: bytes | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` in the guest, as its root; raise CheckFailed if it fails and ``check``."""
-        command = ["nsenter", f"--target={self.leader}", "--all", "env", "-i", *ENVIRONMENT]
+        command = self._entered()
         try:
             result = subprocess.run(
                 [*command, *argv],
@@ -168,7 +185,7 @@ class Guest:
 
     def start(self, *argv: str) -> subprocess.Popen[str]:
         """Start ``argv`` in the guest without waiting (a watcher); its output on a pipe."""
-        command = ["nsenter", f"--target={self.leader}", "--all", "env", "-i", *ENVIRONMENT]
+        command = self._entered()
         return subprocess.Popen(
             [*command, *argv],
             stdin=subprocess.DEVNULL,
