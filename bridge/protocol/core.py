@@ -24,33 +24,27 @@ messages the bridge says are built by :mod:`bridge.protocol.replies`.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import get_args
 
 from bridge.errors import InvalidState
 from bridge.protocol import contract
 from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream, OpenUpstream, SendUpstream
 from bridge.protocol.backlogs import Backlogs
-from bridge.protocol.commands import Handlers, SeedCommands
+from bridge.protocol.commands import Handlers
 from bridge.protocol.connections import Clock, Connection, Phase, State
 from bridge.protocol.contract import Command, Rejection, rejection_of
-from bridge.protocol.endings import Endings
+from bridge.protocol.features import Features, Shared
 from bridge.protocol.guardrails import Guardrails
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.intake import CommandIntake
 from bridge.protocol.limits import LimitsConfig
 from bridge.protocol.messages import Publish, ReplyTo
-from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies
 from bridge.protocol.response_topics import ResponseTopicPolicy
 from bridge.protocol.sessions import Conversations, ProfileConfig, SessionsConfig, default_profiles
 from bridge.protocol.shared_usage import SharedUsage
-from bridge.protocol.spending import Spending
-from bridge.protocol.tool_rounds import ToolRounds
 from bridge.protocol.tools import ToolBox, ToolConfig
 from bridge.protocol.topics import Topics
-from bridge.protocol.turns import AskTurns
-from bridge.protocol.upstream_events import ServerEvents
 
 
 class BridgeCore:
@@ -93,62 +87,33 @@ class BridgeCore:
         self.stats = self.intake.stats
         self.replies = replies = Replies(topics, url=url, qos=qos, v5=v5)
         self._connections: dict[str, Connection] = {}
-        self._backlogs = backlogs = Backlogs(limits.max_waiting_bytes)
-        self._idle = idle = IdleTracker()
-        table = self._connections
-        # The features: each built with what it needs, none with the core itself.
-        self.spending = Spending(
-            self.guardrails, conversations, replies, clock, limits.budgets.timezone
-        )
-        self.outputs = DeviceOutputs(conversations, topics, qos, assistants)
-        self.tools = ToolRounds(
-            tools, conversations, self.spending, backlogs, topics, qos=qos, v5=v5
-        )
-        self.seed = SeedCommands(
-            table,
-            backlogs,
-            idle,
-            conversations,
-            replies,
+        self._backlogs = Backlogs(limits.max_waiting_bytes)
+        self._idle = IdleTracker()
+        features = Features.build(
+            Shared(self._connections, self._backlogs, self._idle, clock, conversations, replies),
             topics,
-            max_connections=limits.max_connections,
-            spending=self.spending,
-            outputs=self.outputs,
-        )
-        self.ask = AskTurns(
-            table,
-            backlogs,
-            idle,
-            clock,
-            conversations,
-            replies,
-            seed=self.seed,
-            spending=self.spending,
-            tools=self.tools,
-            outputs=self.outputs,
-        )
-        self.events = ServerEvents(
-            table,
-            idle,
-            replies,
-            redactor or Redactor(),
+            guardrails=self.guardrails,
+            limits=limits,
             qos=qos,
             v5=v5,
-            ask=self.ask,
-            spending=self.spending,
-            tools=self.tools,
-            outputs=self.outputs,
+            redactor=redactor or Redactor(),
+            assistants=assistants,
+            tools=tools,
         )
+        self.spending, self.outputs, self.tools = (
+            features.spending,
+            features.outputs,
+            features.tools,
+        )
+        self.seed, self.ask, self.events = features.seed, features.ask, features.events
+        self.endings = features.endings
         # The hot path: the relay binds this once per connection (no call in between).
         self.upstream_event: Callable[[str, bytes], Publish | list[Action]] = (
             self.events.upstream_event
         )
-        self.endings = Endings(table, idle, conversations, replies, outputs=self.outputs)
         self.idle_timeout: float | None = sessions.idle_timeout or None  # None: never idle
         self.draining = False
-        self._handlers: Handlers = {**self.seed.handlers(), **self.ask.handlers()}
-        missing = set(get_args(Command)) - set(self._handlers)
-        assert not missing, f"commands that no feature carries out: {missing}"
+        self._handlers: Handlers = features.handlers()
 
     def reconfigure(
         self,

@@ -6,9 +6,10 @@ import json
 from typing import Any
 
 
-def compact(value: Any) -> str:
-    """``value`` as compact JSON text (no spaces, non-ASCII characters as they are)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def compact(value: Any, *, allow_nan: bool = True) -> str:
+    """``value`` as compact JSON text (no spaces, non-ASCII characters as they are);
+    ``allow_nan=False``: ValueError for NaN and the infinities, which are not JSON."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=allow_nan)
 
 
 def encode(message: Any) -> bytes:
