@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, assert_never
 
 from bridge.cluster.membership import JOINING, ONLINE, Serve
 from bridge.cluster.ownership import (
@@ -191,6 +191,8 @@ class ClusterMember:
                     action, request_id = peek(command.payload, max_bytes=1 << 20)
                     rejection = Rejection(code, message, action, request_id)
                     self.perform(self.core.replies.refuse(connection_id, rejection, None))
+                case _:
+                    assert_never(decision)
 
     def _settle(self, connection_id: str) -> None:
         self._carry_out(self.ownership.settle(connection_id))

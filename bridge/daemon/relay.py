@@ -18,6 +18,7 @@ from bridge.mqtt.link import MqttLink
 from bridge.ops.observer import Observer
 from bridge.protocol.actions import Action
 from bridge.protocol.core import BridgeCore
+from bridge.protocol.messages import Publish
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ class Relay:
             if link.full:
                 return False  # the reader awaits room, then delivers again
             message = upstream_event(connection_id, raw)
-            if message is None:  # held back: a turn sent again, a tool round, an answer
-                self.perform(self.core.take_deferred())
+            if not isinstance(message, Publish):  # an end acted on: a turn again, a tool round
+                self.perform(message)
                 return True
             publish(message)
             self.events_relayed += 1

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, assert_never
 
 from bridge.daemon import logs
 from bridge.daemon.buffer_waits import BufferWaits
@@ -352,6 +352,8 @@ class Service:
                     self.observer.observe(outcome)
                 case ToolDeadline(delay=delay, wait=wait):
                     asyncio.get_running_loop().call_later(delay, self._tool_deadline, wait)
+                case _:
+                    assert_never(action)
         if self.core.connection_count != self._observed_count:
             self._observed_count = self.core.connection_count
             self.observer.connections_changed(self._observed_count)

@@ -1,89 +1,59 @@
-"""The public MQTT contract: topics, connection ids, commands and what we publish.
+"""The public MQTT contract: the commands, and a payload parsed into Command | Rejection.
 
 Everything here is pure: no I/O, no clock, no asyncio. Raw JSON becomes typed
 commands (or a :class:`Rejection` saying why not) here and nowhere else. With
 :mod:`bridge.protocol.replies` (every object the bridge itself publishes),
 :mod:`bridge.protocol.strict_json` (what JSON a command may be) and
-:mod:`bridge.protocol.response_topics` (where a v5 reply may go), this is the
+:mod:`bridge.protocol.response_topics` (where a v5 reply may go) and
+:mod:`bridge.protocol.topics` (every topic, what an id may be), this is the
 README's contract section in code.
+
+A new command action is a dataclass here, in :data:`Command`, and a parser in
+:data:`_PARSERS`; the feature that carries it out names it in its ``handlers``.
 """
 
 from __future__ import annotations
 
-import json
-import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from bridge.errors import CommandError
+from bridge.protocol.encoding import compact
 from bridge.protocol.error_codes import (
-    ALREADY_OPEN as ALREADY_OPEN,
-)
-from bridge.protocol.error_codes import (
-    CONNECTION_ID_MISMATCH as CONNECTION_ID_MISMATCH,
-)
-from bridge.protocol.error_codes import (
+    ALREADY_OPEN,
+    CONNECTION_ID_MISMATCH,
     ERROR_CODES,
-)
-from bridge.protocol.error_codes import (
-    EVENT_TYPE_NOT_ALLOWED as EVENT_TYPE_NOT_ALLOWED,
-)
-from bridge.protocol.error_codes import (
-    INTERNAL_ERROR as INTERNAL_ERROR,
-)
-from bridge.protocol.error_codes import (
-    INVALID_COMMAND as INVALID_COMMAND,
-)
-from bridge.protocol.error_codes import (
-    INVALID_CONNECTION_ID as INVALID_CONNECTION_ID,
-)
-from bridge.protocol.error_codes import (  # re-exported: the contract's codes
-    INVALID_JSON as INVALID_JSON,
-)
-from bridge.protocol.error_codes import (
-    INVALID_SERVER_EVENT as INVALID_SERVER_EVENT,
-)
-from bridge.protocol.error_codes import (
-    LIMIT_REACHED as LIMIT_REACHED,
-)
-from bridge.protocol.error_codes import (
-    NOT_OPEN as NOT_OPEN,
-)
-from bridge.protocol.error_codes import (
-    PAYLOAD_TOO_LARGE as PAYLOAD_TOO_LARGE,
-)
-from bridge.protocol.error_codes import (
-    RATE_LIMITED as RATE_LIMITED,
-)
-from bridge.protocol.error_codes import (
-    RESPONSE_TOPIC_NOT_ALLOWED as RESPONSE_TOPIC_NOT_ALLOWED,
-)
-from bridge.protocol.error_codes import (
-    RETAINED_COMMAND as RETAINED_COMMAND,
-)
-from bridge.protocol.error_codes import (
-    SHUTTING_DOWN as SHUTTING_DOWN,
-)
-from bridge.protocol.error_codes import (
-    UNKNOWN_ACTION as UNKNOWN_ACTION,
-)
-from bridge.protocol.error_codes import (
-    UNKNOWN_PROFILE as UNKNOWN_PROFILE,
-)
-from bridge.protocol.error_codes import (
-    UPSTREAM_CONNECT_FAILED as UPSTREAM_CONNECT_FAILED,
-)
-from bridge.protocol.error_codes import (
-    UPSTREAM_LOST as UPSTREAM_LOST,
+    EVENT_TYPE_NOT_ALLOWED,
+    INTERNAL_ERROR,
+    INVALID_COMMAND,
+    INVALID_CONNECTION_ID,
+    INVALID_JSON,
+    INVALID_SERVER_EVENT,
+    LIMIT_REACHED,
+    NOT_OPEN,
+    PAYLOAD_TOO_LARGE,
+    RATE_LIMITED,
+    RESPONSE_TOPIC_NOT_ALLOWED,
+    RETAINED_COMMAND,
+    SHUTTING_DOWN,
+    UNKNOWN_ACTION,
+    UNKNOWN_PROFILE,
+    UPSTREAM_CONNECT_FAILED,
+    UPSTREAM_LOST,
 )
 from bridge.protocol.output_options import output_override
 from bridge.protocol.strict_json import elide, load_json
+from bridge.protocol.topics import (
+    MAX_CONNECTION_ID_LENGTH,
+    RESERVED_ID,
+    Topics,
+    check_connection_id,
+    connection_id_problem,
+)
 
-# Topic layout ---------------------------------------------------------------
+# Limits ---------------------------------------------------------------
 
-RESERVED_ID: Final = "bridge"
-MAX_CONNECTION_ID_LENGTH: Final = 128
 MAX_REQUEST_ID_LENGTH: Final = 256
 MAX_CLOSE_REASON_BYTES: Final = 123  # RFC 6455 §5.5: a control frame payload is at most 125 bytes
 
@@ -93,14 +63,14 @@ CONNECT: Final = "connect"
 SEND: Final = "send"
 CLOSE: Final = "close"
 ASK: Final = "ask"
+STATUS: Final = "status"
 DISCONNECTED: Final = "disconnected"
 MAX_PROFILE_NAME_LENGTH: Final = 64
-ACTIONS: Final = (CONNECT, SEND, CLOSE, ASK)
-_ACTION_NAMES: Final = "connect, send, close or ask"
 
 OBJECT_CONNECTION: Final = "response.websocket.connection"
 OBJECT_CLIENT_EVENT: Final = "response.websocket.client_event"
 OBJECT_ERROR: Final = "response.websocket.error"
+OBJECT_STATUS: Final = "response.websocket.status"
 
 DEFAULT_CLOSE_CODE: Final = 1000
 DEFAULT_CLOSE_REASON: Final = "OK"
@@ -114,71 +84,6 @@ INTERNAL_ERROR_REASON: Final = "internal error of the bridge (logged); connect a
 # WebSocket close codes a client may send: RFC 6455 §7.4.1 and §7.4.2.
 _CLIENT_CLOSE_CODES: Final = frozenset({1000, 1001})
 _APPLICATION_CLOSE_CODES: Final = range(3000, 5000)
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    """The topic names under one prefix (config ``mqtt.topic_prefix``)."""
-
-    prefix: str
-
-    @property
-    def command_filter(self) -> str:
-        return f"{self.prefix}/+/cmd"
-
-    @property
-    def state(self) -> str:
-        return f"{self.prefix}/{RESERVED_ID}/state"
-
-    def events(self, connection_id: str) -> str:
-        return f"{self.prefix}/{connection_id}/events"
-
-    def command(self, connection_id: str) -> str:
-        return f"{self.prefix}/{connection_id}/cmd"
-
-    def connection_id_of(self, topic: str) -> str | None:
-        """The ``<id>`` of a ``P/<id>/cmd`` topic, or None for any other topic.
-
-        The id is returned as it stands, valid or not: see
-        :func:`check_connection_id`.
-        """
-        head = self.prefix + "/"
-        if not (topic.startswith(head) and topic.endswith("/cmd")):
-            return None
-        middle = topic[len(head) : -len("/cmd")]
-        if "/" in middle:
-            return None
-        return middle
-
-
-def check_connection_id(connection_id: str) -> None:
-    """Raise ``CommandError(invalid_connection_id)`` unless the id is usable."""
-    problem = connection_id_problem(connection_id)
-    if problem is not None:
-        raise CommandError(INVALID_CONNECTION_ID, problem)
-
-
-def connection_id_problem(connection_id: str) -> str | None:
-    """Why the id is not usable, or None.
-
-    An id is 1-128 characters with no ``/``, ``+``, ``#``, NUL, control
-    characters or whitespace, and is not the reserved ``bridge``.
-    """
-    if not connection_id:
-        return "connection id is empty"
-    if len(connection_id) > MAX_CONNECTION_ID_LENGTH:
-        return f"connection id is longer than {MAX_CONNECTION_ID_LENGTH} characters"
-    if connection_id == RESERVED_ID:
-        return f"connection id '{RESERVED_ID}' is reserved"
-    for char in connection_id:
-        if char in "/+#" or char.isspace() or unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
-            return f"connection id contains the forbidden character {char!r}"
-    return None
-
-
-# Control, surrogate, and format characters (zero-width space, bidirectional
-# overrides such as U+202E): the last make two ids look alike in logs and dashboards.
-_FORBIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cs", "Cf"})
 
 
 # Commands -------------------------------------------------------------------
@@ -226,7 +131,16 @@ class Ask:
     output: Mapping[str, Any] | None = None  # `output` of a connection this ask opens
 
 
-Command = Connect | Send | Close | Ask
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What the bridge holds for this id: answered on ``P/<id>/events``, in order."""
+
+    action: ClassVar[str] = STATUS
+    connection_id: str
+    request_id: str | None = None
+
+
+Command = Connect | Send | Close | Ask | Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +206,7 @@ def parse_command(
         return Rejection(
             INVALID_COMMAND, f"action must be a string: {_ACTION_NAMES}", None, request_id
         )
-    if action not in ACTIONS:
+    if action not in _PARSERS:
         return Rejection(
             UNKNOWN_ACTION,
             f"unknown action {elide(action)!r}: expected {_ACTION_NAMES}",
@@ -300,10 +214,9 @@ def parse_command(
             request_id,
         )
     try:
-        if action == ASK:
-            check_claimed_id(connection_id, document)
-            return _parse_ask(connection_id, document, request_id, len(payload))
-        return _parse_action(connection_id, action, document, request_id, allowed_event_types)
+        check_claimed_id(connection_id, document)
+        fields = _Document(connection_id, document, request_id, len(payload), allowed_event_types)
+        return _PARSERS[action](fields)
     except CommandError as exc:  # raised by the helpers below, handed out as a value
         return Rejection(exc.code, exc.message, action, request_id)
 
@@ -324,26 +237,11 @@ def peek(payload: bytes, *, max_bytes: int) -> tuple[str | None, str | None]:
         return None, None
     action, request_id = document.get("action"), document.get("request_id")
     return (
-        action if isinstance(action, str) and action in ACTIONS else None,
+        action if isinstance(action, str) and action in _PARSERS else None,
         request_id
         if isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_LENGTH
         else None,
     )
-
-
-def _parse_action(
-    connection_id: str,
-    action: str,
-    document: dict[str, Any],
-    request_id: str | None,
-    allowed_event_types: frozenset[str],
-) -> Command:
-    check_claimed_id(connection_id, document)
-    if action == CONNECT:
-        return Connect(connection_id, request_id, _profile_of(document), output_override(document))
-    if action == SEND:
-        return _parse_send(connection_id, document, request_id, allowed_event_types)
-    return _parse_close(connection_id, document, request_id)
 
 
 def check_claimed_id(connection_id: str, document: dict[str, Any]) -> None:
@@ -371,10 +269,27 @@ def _profile_of(document: dict[str, Any]) -> str | None:
     return profile
 
 
-def _parse_ask(
-    connection_id: str, document: dict[str, Any], request_id: str | None, size: int
-) -> Ask:
-    text = document.get("input")
+@dataclass(frozen=True, slots=True)
+class _Document:
+    """A command's JSON object, with what its parser may need besides."""
+
+    connection_id: str
+    fields: dict[str, Any]
+    request_id: str | None
+    size: int  # bytes of the payload
+    allowed_event_types: frozenset[str] = frozenset()
+
+
+def _parse_connect(document: _Document) -> Connect:
+    fields = document.fields
+    return Connect(
+        document.connection_id, document.request_id, _profile_of(fields), output_override(fields)
+    )
+
+
+def _parse_ask(document: _Document) -> Ask:
+    fields = document.fields
+    text = fields.get("input")
     if isinstance(text, str) and text:
         turn_input: str | tuple[Any, ...] = text
     elif isinstance(text, list) and text and all(isinstance(item, dict) for item in text):
@@ -383,44 +298,40 @@ def _parse_ask(
         raise CommandError(
             INVALID_COMMAND, "ask needs an 'input': a non-empty string or array of input items"
         )
-    new_conversation = document.get("new_conversation", False)
+    new_conversation = fields.get("new_conversation", False)
     if not isinstance(new_conversation, bool):
         raise CommandError(INVALID_COMMAND, "new_conversation must be true or false")
     return Ask(
-        connection_id,
+        document.connection_id,
         turn_input,
         new_conversation,
-        request_id,
-        size,
-        _profile_of(document),
-        output=output_override(document),
+        document.request_id,
+        document.size,
+        _profile_of(fields),
+        output=output_override(fields),
     )
 
 
-def _parse_send(
-    connection_id: str,
-    document: dict[str, Any],
-    request_id: str | None,
-    allowed_event_types: frozenset[str],
-) -> Send:
-    event = document.get("event")
+def _parse_send(document: _Document) -> Send:
+    event = document.fields.get("event")
     if not isinstance(event, dict):
         raise CommandError(INVALID_COMMAND, "send needs an 'event' object")
     event_type = event.get("type")
     if not isinstance(event_type, str):
         raise CommandError(INVALID_COMMAND, "event.type must be a string")
+    allowed_event_types = document.allowed_event_types
     if event_type not in allowed_event_types:
         allowed = ", ".join(sorted(allowed_event_types))
         raise CommandError(
             EVENT_TYPE_NOT_ALLOWED,
             f"event type {elide(event_type)!r} is not allowed (allowed: {allowed})",
         )
-    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return Send(connection_id, event_type, text, request_id)
+    return Send(document.connection_id, event_type, compact(event), document.request_id)
 
 
-def _parse_close(connection_id: str, document: dict[str, Any], request_id: str | None) -> Close:
-    code = document.get("code", DEFAULT_CLOSE_CODE)
+def _parse_close(document: _Document) -> Close:
+    fields = document.fields
+    code = fields.get("code", DEFAULT_CLOSE_CODE)
     if code is None:
         code = DEFAULT_CLOSE_CODE
     if (
@@ -429,11 +340,72 @@ def _parse_close(connection_id: str, document: dict[str, Any], request_id: str |
         or not (code in _CLIENT_CLOSE_CODES or code in _APPLICATION_CLOSE_CODES)
     ):
         raise CommandError(INVALID_COMMAND, "code must be 1000, 1001 or 3000-4999")
-    reason = document.get("reason", DEFAULT_CLOSE_REASON)
+    reason = fields.get("reason", DEFAULT_CLOSE_REASON)
     if reason is None:
         reason = DEFAULT_CLOSE_REASON
     if not isinstance(reason, str) or len(reason.encode()) > MAX_CLOSE_REASON_BYTES:
         raise CommandError(
             INVALID_COMMAND, f"reason must be a string of at most {MAX_CLOSE_REASON_BYTES} bytes"
         )
-    return Close(connection_id, code, reason, request_id)
+    return Close(document.connection_id, code, reason, document.request_id)
+
+
+def _parse_status(document: _Document) -> Status:
+    return Status(document.connection_id, document.request_id)
+
+
+# Every action and its parser, in the order the contract lists them.
+_PARSERS: Final[Mapping[str, Callable[[_Document], Command]]] = {
+    CONNECT: _parse_connect,
+    SEND: _parse_send,
+    CLOSE: _parse_close,
+    ASK: _parse_ask,
+    STATUS: _parse_status,
+}
+ACTIONS: Final = tuple(_PARSERS)
+_ACTION_NAMES: Final = ", ".join(ACTIONS[:-1]) + " or " + ACTIONS[-1]
+
+__all__ = [
+    "ACTIONS",
+    "ALREADY_OPEN",
+    "ASK",
+    "CLOSE",
+    "CONNECT",
+    "CONNECTION_ID_MISMATCH",
+    "DISCONNECTED",
+    "EVENT_TYPE_NOT_ALLOWED",
+    "INTERNAL_ERROR",
+    "INVALID_COMMAND",
+    "INVALID_CONNECTION_ID",
+    "INVALID_JSON",
+    "INVALID_SERVER_EVENT",
+    "LIMIT_REACHED",
+    "MAX_CONNECTION_ID_LENGTH",
+    "NOT_OPEN",
+    "PAYLOAD_TOO_LARGE",
+    "RATE_LIMITED",
+    "RESERVED_ID",
+    "RESPONSE_TOPIC_NOT_ALLOWED",
+    "RETAINED_COMMAND",
+    "SEND",
+    "SHUTTING_DOWN",
+    "STATUS",
+    "UNKNOWN_ACTION",
+    "UNKNOWN_PROFILE",
+    "UPSTREAM_CONNECT_FAILED",
+    "UPSTREAM_LOST",
+    "Ask",
+    "Close",
+    "Command",
+    "Connect",
+    "Rejection",
+    "Send",
+    "Status",
+    "Topics",
+    "check_claimed_id",
+    "check_connection_id",
+    "connection_id_problem",
+    "parse_command",
+    "peek",
+    "rejection_of",
+]

@@ -1,77 +1,53 @@
-"""The bridge's protocol logic, with no I/O.
+"""The bridge's protocol logic, with no I/O: a dispatcher of facts to features.
 
-:class:`BridgeCore` holds the state of every connection id. The supervisor
-feeds it facts (a command arrived, an upstream opened, an event came in, an
-upstream closed, shutdown began) and performs the actions each call returns,
-in order. It never awaits, never reads the clock, never touches a socket.
+:class:`BridgeCore` holds the connection table and the backlogs, and hands
+each fact (a command, an upstream opened, failed or closed, a server event, a
+tool reply, a timer, the clock) to the features that act on it, each one
+object with its own state, built here with what it needs:
 
-Per connection id the life is::
+- :class:`~bridge.protocol.commands.SeedCommands`: connect, send, close, status
+- :class:`~bridge.protocol.turns.AskTurns`: ``ask`` turns, retries, old sockets
+- :class:`~bridge.protocol.upstream_events.ServerEvents`: the relay's hot path
+- :class:`~bridge.protocol.outputs.DeviceOutputs`: text, answer, status topics
+- :class:`~bridge.protocol.spending.Spending`: guardrails and the day's usage
+- :class:`~bridge.protocol.tool_rounds.ToolRounds`: the tool loop of ``ask`` turns
 
-    (absent) --connect--> OPENING --opened--> OPEN --close--> CLOSING --closed--> (absent)
-                             |                  |
-                             +--failed--> (absent)   +--dropped--> (absent, `disconnected`)
-
-Commands for an id that is OPENING or CLOSING wait in that id's backlog and
-run, in arrival order, once the transition ends. Ids never wait on each other.
+Every input returns the actions to perform, in order; nothing leaves by
+another way. The core never awaits, never reads the clock, never touches a
+socket. Commands for an id that is opening or closing wait in that id's
+backlog and run, in arrival order, once the transition ends (the life of a
+connection: :mod:`bridge.protocol.connections`). Ids never wait on each other.
 What a command goes through first is :mod:`bridge.protocol.intake`; the
 messages the bridge says are built by :mod:`bridge.protocol.replies`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from bridge.errors import InvalidState
 from bridge.protocol import contract
 from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream, OpenUpstream, SendUpstream
 from bridge.protocol.backlogs import Backlogs
-from bridge.protocol.commands import SeedCommands
-from bridge.protocol.connections import Connection, Phase
-from bridge.protocol.contract import (
-    Ask,
-    Close,
-    Command,
-    Connect,
-    Rejection,
-    Send,
-    Topics,
-    rejection_of,
-)
-from bridge.protocol.device_output import DeviceOutput
-from bridge.protocol.endings import ConnectionEndings
+from bridge.protocol.commands import Handlers
+from bridge.protocol.connections import Clock, Connection, Phase, State
+from bridge.protocol.contract import Command, Rejection, rejection_of
+from bridge.protocol.features import Features, Shared
 from bridge.protocol.guardrails import Guardrails
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.intake import CommandIntake
 from bridge.protocol.limits import LimitsConfig
 from bridge.protocol.messages import Publish, ReplyTo
-from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies
-from bridge.protocol.reply_waits import ReplyWaits
 from bridge.protocol.response_topics import ResponseTopicPolicy
-from bridge.protocol.sessions import (
-    Conversations,
-    ProfileConfig,
-    SessionsConfig,
-    default_profiles,
-)
+from bridge.protocol.sessions import Conversations, ProfileConfig, SessionsConfig, default_profiles
 from bridge.protocol.shared_usage import SharedUsage
-from bridge.protocol.spending import Spending
-from bridge.protocol.tool_rounds import ToolRounds
 from bridge.protocol.tools import ToolBox, ToolConfig
-from bridge.protocol.turns import AskTurns
-from bridge.protocol.upstream_events import UpstreamEvents
+from bridge.protocol.topics import Topics
 
 
-class BridgeCore(
-    SeedCommands,
-    UpstreamEvents,
-    AskTurns,
-    ConnectionEndings,
-    DeviceOutputs,
-    Spending,
-    ToolRounds,
-):
+class BridgeCore:
     """Protocol logic of the whole bridge, for every connection id, with no I/O.
 
     Every input method returns the actions to perform, in order. Perform
@@ -96,39 +72,48 @@ class BridgeCore(
         tools: Sequence[ToolConfig] = (),
     ) -> None:
         self.topics = topics
+        self.limits = limits = limits or LimitsConfig()
         sessions = sessions or SessionsConfig(idle_timeout=0)
-        # Seconds; None: connections are never closed as idle.
-        self.idle_timeout: float | None = sessions.idle_timeout or None
-        self._idle = IdleTracker()
-        self.conversations = Conversations(profiles or default_profiles(), sessions)
-        self._clock = 0.0  # the latest `now` the core was given (for turns run from backlogs)
-        self._deferred: list[Action] = []  # see take_deferred
-        self.assistants = frozenset(assistants)  # ids with Home Assistant assistant entities
-        self._reopening: dict[str, DeviceOutput] = {}
-        self._kept: dict[str, DeviceOutput] = {}
-        self.toolbox = ToolBox(tools)
-        self._reply_waits = ReplyWaits()  # tool calls waiting for their replies
-        self._held_event: Publish | None = None  # see ToolRounds._hold
-        self.url = url
-        self.qos = qos
-        self.limits = limits or LimitsConfig()
+        self.clock = clock = Clock()
+        self.conversations = conversations = Conversations(profiles or default_profiles(), sessions)
         self.guardrails = Guardrails(
-            self.limits.guardrails,
-            {name: profile.limits for name, profile in self.conversations.profiles.items()},
+            limits.guardrails,
+            {name: profile.limits for name, profile in conversations.profiles.items()},
             usage or SharedUsage(),
         )
-        self.timezone = self.limits.budgets.timezone
-        self._wall = 0.0
-        self.v5 = v5
         self.intake = CommandIntake(
-            self.limits, response_topics or ResponseTopicPolicy(refused=(f"{topics.prefix}/#",))
+            limits, response_topics or ResponseTopicPolicy(refused=(f"{topics.prefix}/#",))
         )
-        self.replies = Replies(topics, url=url, qos=qos, v5=v5)
         self.stats = self.intake.stats
-        self.redactor = redactor or Redactor()
-        self.draining = False
+        self.replies = replies = Replies(topics, url=url, qos=qos, v5=v5)
         self._connections: dict[str, Connection] = {}
-        self._backlogs = Backlogs(self.limits.max_waiting_bytes)
+        self._backlogs = Backlogs(limits.max_waiting_bytes)
+        self._idle = IdleTracker()
+        features = Features.build(
+            Shared(self._connections, self._backlogs, self._idle, clock, conversations, replies),
+            topics,
+            guardrails=self.guardrails,
+            limits=limits,
+            qos=qos,
+            v5=v5,
+            redactor=redactor or Redactor(),
+            assistants=assistants,
+            tools=tools,
+        )
+        self.spending, self.outputs, self.tools = (
+            features.spending,
+            features.outputs,
+            features.tools,
+        )
+        self.seed, self.ask, self.events = features.seed, features.ask, features.events
+        self.endings = features.endings
+        # The hot path: the relay binds this once per connection (no call in between).
+        self.upstream_event: Callable[[str, bytes], Publish | list[Action]] = (
+            self.events.upstream_event
+        )
+        self.idle_timeout: float | None = sessions.idle_timeout or None  # None: never idle
+        self.draining = False
+        self._handlers: Handlers = features.handlers()
 
     def reconfigure(
         self,
@@ -151,23 +136,13 @@ class BridgeCore(
         self.idle_timeout = sessions.idle_timeout or None
         self.conversations.profiles = profiles
         self.conversations.sessions = sessions
-        self.assistants = frozenset(assistants)
-        in_use = {
-            name
-            for connection in self._connections.values()
-            if connection.tool_turn is not None
-            for name in connection.tool_turn.offered
-        }
-        kept = [
-            tool
-            for name, tool in self.toolbox.tools.items()
-            if name in in_use and name not in {new.name for new in tools}
-        ]
-        self.toolbox = ToolBox([*tools, *kept])
+        self.outputs.assistants = frozenset(assistants)
+        self.tools.reconfigure(tools)
         self.guardrails.configure(
             limits.guardrails, {name: profile.limits for name, profile in profiles.items()}
         )
-        self.timezone = limits.budgets.timezone
+        self.spending.timezone = limits.budgets.timezone
+        self.seed.max_connections = limits.max_connections
         self.intake.configure(limits, response_topics)
         self._backlogs.max_waiting_bytes = limits.max_waiting_bytes
 
@@ -187,11 +162,25 @@ class BridgeCore(
         """No upstream connection exists in any phase: safe to stop."""
         return not self._connections
 
+    @property
+    def timezone(self) -> str | None:
+        """Where budget days start at midnight (None: the system's zone)."""
+        return self.spending.timezone
+
+    @property
+    def toolbox(self) -> ToolBox:
+        return self.tools.toolbox
+
+    @property
+    def waiting_replies(self) -> int:
+        """Tool calls waiting for a reply, across every connection."""
+        return self.tools.waiting_replies
+
     def phase(self, connection_id: str) -> Phase | None:
         connection = self._connections.get(connection_id)
         return connection.phase if connection else None
 
-    # Inputs -----------------------------------------------------------------
+    # Inputs: commands -------------------------------------------------------
 
     def receive_command(
         self,
@@ -206,7 +195,7 @@ class BridgeCore(
         """A message arrived on ``P/<connection_id>/cmd`` at monotonic time ``now``
         (and wall-clock time ``wall``, epoch seconds, for the budgets' days)."""
         if wall is not None:
-            self._wall = wall
+            self.clock.wall = wall
         arrival = self.intake.take(
             connection_id,
             payload,
@@ -217,7 +206,7 @@ class BridgeCore(
         )
         if arrival is None:
             return []
-        self._clock = now
+        self.clock.now = now
         parsed, reply_to = arrival.parsed, arrival.reply_to
         if arrival.at_once or (
             connection_id not in self._backlogs and not self._busy(connection_id)
@@ -229,7 +218,7 @@ class BridgeCore(
         problem = self._backlogs.add(connection_id, parsed, reply_to)
         if problem is not None:
             rejection = rejection_of(parsed, contract.LIMIT_REACHED, problem)
-            return self._refuse(connection_id, rejection, reply_to)
+            return self.replies.refuse(connection_id, rejection, reply_to)
         return []
 
     def internal_error(self, connection_id: str, payload: bytes) -> list[Action]:
@@ -240,82 +229,153 @@ class BridgeCore(
             "the bridge failed while handling this command (logged); "
             "it may not have been carried out",
         )
-        return self._refuse(connection_id, rejection, None)
+        return self.replies.refuse(connection_id, rejection, None)
+
+    # Inputs: the upstream ---------------------------------------------------
 
     def upstream_written(self, size: int) -> None:
         """A :class:`SendUpstream` of ``size`` characters was written upstream, or dropped."""
         self._backlogs.release(size)
 
     def upstream_opened(self, connection_id: str) -> list[Action]:
-        """The handshake of an OPENING connection succeeded."""
-        connection = self._expect(connection_id, Phase.OPENING)
-        connection.phase = Phase.OPEN
-        connection.opened_at = self._clock
-        if connection.quiet:  # opened to send a turn again: the client already has its acks
+        """The handshake of an opening connection succeeded."""
+        connection = self._connections.get(connection_id)
+        if connection is None or connection.phase is not Phase.OPENING:
+            raise InvalidState(f"connection {connection_id!r} is not {Phase.OPENING.value}")
+        quiet = connection.state is State.REOPENING  # the client already has its acks
+        connection.state = State.OPEN
+        connection.opened_at = self.clock.now
+        if quiet:
             return self._pump(connection_id)
-        profile = connection.profile if connection.announce_profile else None
-        actions = self.replies.connected(connection.connect, connection.connect_reply, profile)
-        if connection.output is not None:
-            actions += connection.output.opened()
-        return actions + self._pump(connection_id)
+        actions = self.replies.connected(
+            connection.connect, connection.connect_reply, connection.ack_profile
+        )
+        return actions + self.outputs.opened(connection_id) + self._pump(connection_id)
 
     def upstream_failed(
         self, connection_id: str, message: str, status: int | None = None
     ) -> list[Action]:
-        """The handshake of an OPENING connection failed or was aborted."""
-        connection = self._expect(connection_id, Phase.OPENING)
-        del self._connections[connection_id]
-        self._idle.forget(connection_id)
+        """The handshake of an opening connection failed or was aborted."""
+        connection = self._connections.get(connection_id)
+        if connection is None or connection.phase is not Phase.OPENING:
+            raise InvalidState(f"connection {connection_id!r} is not {Phase.OPENING.value}")
+        self._forget(connection_id)
         if self.draining:
             code, message, status = contract.SHUTTING_DOWN, "the bridge is shutting down", None
         else:
             code = contract.UPSTREAM_CONNECT_FAILED
         request_id = connection.connect.request_id
         rejection = Rejection(code, message, contract.CONNECT, request_id, status)
-        actions = self._refuse(connection_id, rejection, connection.connect_reply)
-        actions += self._output_closed(connection_id, connection.output, 1006, message)
+        actions = self.replies.refuse(connection_id, rejection, connection.connect_reply)
+        actions += self.outputs.closed(connection_id, 1006, message)
         return actions + self._pump(connection_id)
 
     def upstream_closed(self, connection_id: str, code: int, reason: str) -> list[Action]:
-        """An OPEN or CLOSING connection ended: after our close, or not."""
-        connection = self._connections.pop(connection_id, None)
+        """An open or closing connection ended: after our close, or not."""
+        connection = self._connections.get(connection_id)
         if connection is None or connection.phase is Phase.OPENING:
             raise InvalidState(f"close of a connection that is not open: {connection_id!r}")
-        self._idle.forget(connection_id)
         self.conversations.socket_ended(connection_id)
-        self._tools_ended(connection)
-        lost = [] if connection.retrying else self._turn_cut(connection, connection_id)
-        if connection.retrying or connection.replacing:
-            self._output_reopens(connection, connection_id)
-            ending = self._output_not_reopened
+        self.tools.ended(connection_id)
+        retrying = connection.state is State.RETRYING
+        lost: list[Action] = []
+        if not retrying:
+            lost, retrying = self.ask.cut(connection_id)
+        self._forget(connection_id)
+        if retrying or connection.state is State.REPLACING:
+            self.outputs.reopens(connection_id)
+            ending: Callable[[str, int, str], list[Action]] = self.outputs.not_reopened
         else:
-            lost += self._output_closed(connection_id, connection.output, code, reason)
+            lost += self.outputs.closed(connection_id, code, reason)
             ending = _nothing_more
-        if connection.retrying:  # the bridge closed it to send its turn again
+        if retrying:  # the bridge closed it to send its turn again
             return self._pump(connection_id) + ending(connection_id, code, reason)
-        if connection.notice is not None:
-            actions = self.replies.disconnected(connection_id, *connection.notice)
-        elif connection.close is not None:
-            actions = self.replies.closed(
-                connection.close,
-                connection.close_reply,
-                answered_command=not connection.closed_by_bridge,
-            )
-        else:
-            actions = self.replies.disconnected(connection_id, code, reason)
+        actions = self.endings.reported(connection, code, reason)
         return lost + actions + self._pump(connection_id) + ending(connection_id, code, reason)
+
+    def shaped_event(self, connection_id: str, raw: bytes) -> list[Action]:
+        """A server event of a connection with device output (:meth:`shaped`)."""
+        return self.events.shaped_event(connection_id, raw)
+
+    def shaped(self, connection_id: str) -> bool:
+        """The connection's events take :meth:`shaped_event`, not ``upstream_event``."""
+        return self.outputs.shaped(connection_id)
+
+    # Inputs: tools, timers, the clock, failures and the stop ----------------
+
+    def tool_reply(
+        self, topic: str, payload: bytes, retained: bool, correlation: bytes | None
+    ) -> list[Action]:
+        """A message arrived on a tool's reply topic (a retained one is old news)."""
+        return self.tools.tool_reply(topic, payload, retained, correlation)
+
+    def tool_timed_out(self, wait_number: int) -> list[Action]:
+        """A :class:`~bridge.protocol.actions.ToolDeadline` went off."""
+        return self.tools.tool_timed_out(wait_number)
+
+    def output_due(self, connection_id: str) -> list[Action]:
+        """An :class:`~bridge.protocol.actions.ArmTimer` for this id went off."""
+        return self.outputs.due(connection_id)
+
+    def connection_failed(self, connection_id: str) -> list[Action]:
+        """What drives this connection failed unexpectedly (a bug): forget the connection.
+
+        A handshake in progress answers its ``connect`` with ``internal_error``;
+        a connection that was open is reported ``disconnected`` with code 1011.
+        Either way the id can ``connect`` again. The driver drops the socket.
+        """
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            return []
+        self.tools.ended(connection_id)
+        self._forget(connection_id)
+        return self.endings.failed(connection) + self._pump(connection_id)
+
+    def end_connection(self, connection_id: str, code: int, reason: str) -> list[Action]:
+        """The bridge itself must end an open connection (its events cannot be kept).
+
+        The connection is dropped at once and, once gone, reported with a
+        ``disconnected`` notice carrying ``code`` and ``reason``, even if a
+        close was under way.
+        """
+        return self.endings.end(connection_id, code, reason)
+
+    def begin_shutdown(self) -> list[Action]:
+        """Stop taking commands and close every connection (code 1001)."""
+        if self.draining:
+            return []
+        self.draining = True
+        actions = self.endings.stop()
+        for connection_id in self._backlogs.ids():
+            actions.extend(self._pump(connection_id))
+        return actions
+
+    def sweep(self, now: float, wall: float | None = None) -> list[Action]:
+        """Close (code 1000) every open connection idle for ``idle_timeout`` at ``now``.
+
+        Each is then reported ``disconnected`` with reason ``idle timeout``.
+        """
+        self.clock.now = now
+        if wall is not None:
+            self.clock.wall = wall
+        self.conversations.expire(now)
+        actions = self.outputs.sweep()  # retained statuses of conversations that ended
+        if self.idle_timeout is None or self.draining:
+            return actions
+        return actions + self.endings.idle(now, self.idle_timeout)
 
     # Internals --------------------------------------------------------------
 
-    def _expect(self, connection_id: str, phase: Phase) -> Connection:
-        connection = self._connections.get(connection_id)
-        if connection is None or connection.phase is not phase:
-            raise InvalidState(f"connection {connection_id!r} is not {phase.value}")
-        return connection
+    def _forget(self, connection_id: str) -> None:
+        """The id's connection is gone: the table, its activity, what features keep of it."""
+        del self._connections[connection_id]
+        self._idle.forget(connection_id)
+        self.ask.forget(connection_id)
+        self.spending.forget(connection_id)
 
     def _busy(self, connection_id: str) -> bool:
         connection = self._connections.get(connection_id)
-        return connection is not None and connection.phase is not Phase.OPEN
+        return connection is not None and connection.state is not State.OPEN
 
     def _pump(self, connection_id: str) -> list[Action]:
         """Run waiting commands of one id until it is busy again or none wait."""
@@ -333,28 +393,9 @@ class BridgeCore(
     def _execute(
         self, connection_id: str, parsed: Command | Rejection, reply_to: ReplyTo | None
     ) -> list[Action]:
-        match parsed:
-            case Rejection():
-                return self._refuse(connection_id, parsed, reply_to)
-            case Connect():
-                return self._connect(parsed, reply_to)
-            case Send():
-                return self._send(parsed, reply_to)
-            case Close():
-                return self._close(parsed, reply_to)
-            case Ask():
-                return self._ask(parsed, reply_to)
-
-    def _refuse_command(
-        self, command: Command, code: str, message: str, reply_to: ReplyTo | None
-    ) -> list[Action]:
-        return self._refuse(command.connection_id, rejection_of(command, code, message), reply_to)
-
-    def _refuse(
-        self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
-    ) -> list[Action]:
-        self.stats.rejected += 1
-        return self.replies.refuse(connection_id, rejection, reply_to)
+        if isinstance(parsed, Rejection):
+            return self.replies.refuse(connection_id, parsed, reply_to)
+        return self._handlers[type(parsed)](parsed, reply_to)
 
 
 def _nothing_more(connection_id: str, code: int, reason: str) -> list[Action]:

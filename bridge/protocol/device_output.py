@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, Final
 
 from bridge.protocol.actions import Action, ArmTimer, Observe
-from bridge.protocol.guardrails import usage_of
+from bridge.protocol.encoding import compact
+from bridge.protocol.facts import RequestEnd, read_end
 from bridge.protocol.messages import Publish
 from bridge.protocol.output_options import OutputConfig
 from bridge.protocol.text_chunks import TextChunker
+from bridge.protocol.topics import Topics
 
 READY: Final = "ready"
 THINKING: Final = "thinking"
@@ -67,12 +70,12 @@ class DeviceOutput:
         "status",
     )
 
-    def __init__(self, connection_id: str, prefix: str, options: OutputConfig, qos: int) -> None:
+    def __init__(self, connection_id: str, topics: Topics, options: OutputConfig, qos: int) -> None:
         self.options = options
         self._connection_id = connection_id
-        self._text_topic = f"{prefix}/{connection_id}/text"
-        self._answer_topic = f"{prefix}/{connection_id}/answer"
-        self._status_topic = f"{prefix}/{connection_id}/status"
+        self._text_topic = topics.text(connection_id)
+        self._answer_topic = topics.answer(connection_id)
+        self._status_topic = topics.status(connection_id)
         self._qos = qos
         self._chunker = (
             TextChunker(options.text_max_bytes, options.text_split) if options.text else None
@@ -94,10 +97,18 @@ class DeviceOutput:
         self._requests.append(request_id)
         return [] if self.status == STREAMING else self._thinking()
 
-    def event(self, message: Publish, event_type: str, *, goes_on: bool = False) -> list[Action]:
+    def event(
+        self,
+        message: Publish,
+        event_type: str,
+        end: RequestEnd | None = None,
+        *,
+        goes_on: bool = False,
+    ) -> list[Action]:
         """A server event was relayed as ``message``: what to publish instead of it.
 
-        ``goes_on``: a response.completed after which the request goes on (a tool round).
+        ``end``: the event parsed, when it ends a request; ``goes_on``: a
+        response.completed after which the request goes on (a tool round).
         """
         actions: list[Action] = []
         if self.options.events or event_type == "error":  # errors always reach the events
@@ -107,7 +118,7 @@ class DeviceOutput:
         if event_type in TEXT_DELTAS:
             actions += self._delta(message.payload)
         elif event_type in _ENDING_STATUS and not goes_on:
-            actions += self._request_ended(event_type, message.payload)
+            actions += self._request_ended(end or read_end(event_type, message.payload))
         elif event_type == "response.created" and self.options.answer:
             response = _document(message.payload).get("response")
             if isinstance(response, dict) and isinstance(response.get("id"), str):
@@ -128,7 +139,7 @@ class DeviceOutput:
         """The socket is gone for good: every request in flight ends with this error."""
         actions = self._finish_text()
         while self._requests:
-            actions += self._answer("error", {}, {"code": code, "message": message})
+            actions += self._answer("error", None, {"code": code, "message": message})
         return actions + self._set_status(CLOSED)
 
     def request_error(self, code: str, message: str) -> list[Action]:
@@ -136,7 +147,7 @@ class DeviceOutput:
         if not self._requests:
             return []
         actions = self._finish_text()
-        actions += self._answer("error", {}, {"code": code, "message": message})
+        actions += self._answer("error", None, {"code": code, "message": message})
         return actions + (self._thinking() if self._requests else self._set_status(READY))
 
     def cleared(self) -> list[Action]:
@@ -165,30 +176,26 @@ class DeviceOutput:
                     actions.append(ArmTimer(self._connection_id, self.options.text_flush_ms / 1000))
         return actions
 
-    def _request_ended(self, event_type: str, raw: bytes) -> list[Action]:
-        if not self._requests:
+    def _request_ended(self, end: RequestEnd | None) -> list[Action]:
+        if not self._requests or end is None:
             return []  # an error about no request of ours (a bad event a client sent)
         actions = self._finish_text()
-        document = _document(raw)
-        if event_type == "error":
-            error = document.get("error")
-            actions += self._answer("error", {}, error if isinstance(error, dict) else None)
+        if end.type == "error":
+            actions += self._answer("error", end, end.error)
         else:
-            response = document.get("response")
-            response = response if isinstance(response, dict) else {}
-            status = response.get("status")
+            status = end.response.get("status")
             if status not in _RESPONSE_STATUSES:
-                status = _ENDING_STATUS[event_type]
-            error = response.get("error")
-            actions += self._answer(status, response, error if isinstance(error, dict) else None)
+                status = _ENDING_STATUS[end.type]
+            actions += self._answer(status, end, end.error)
         return actions + (self._thinking() if self._requests else self._set_status(READY))
 
     def _answer(
-        self, status: str, response: dict[str, Any], error: dict[str, Any] | None
+        self, status: str, end: RequestEnd | None, error: Mapping[str, Any] | None
     ) -> list[Action]:
         """One request ended: its answer (when answers are on), and forget its text."""
         request_id = self._requests.popleft()
         text, self._parts, self._text_bytes = "".join(self._parts), [], 0
+        response = end.response if end is not None else {}
         response_id = response.get("id", self._response_id)
         self._response_id = None
         if not self.options.answer:
@@ -200,14 +207,13 @@ class DeviceOutput:
             "response_id": response_id if isinstance(response_id, str) else None,
             "status": status,
             "text": text,
-            "usage": _usage(response),
+            "usage": _usage(end),
         }
         if len(text.encode()) >= MAX_ANSWER_TEXT_BYTES:
             answer["truncated"] = True
         if error is not None:
             answer["error"] = {"code": error.get("code"), "message": error.get("message")}
-        payload = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
-        return [Publish(self._answer_topic, payload, self._qos)]
+        return [Publish(self._answer_topic, compact(answer).encode(), self._qos)]
 
     def _finish_text(self) -> list[Action]:
         return self._text(self._chunker.finish()) if self._chunker is not None else []
@@ -239,7 +245,7 @@ def _document(raw: bytes) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-def _usage(response: dict[str, Any]) -> dict[str, int] | None:
+def _usage(end: RequestEnd | None) -> dict[str, int] | None:
     """The answer's usage: as the budgets count it, when the response carried one."""
-    usage = usage_of(response)
+    usage = end.usage if end is not None else None
     return usage.as_json() if usage is not None and usage.carried else None

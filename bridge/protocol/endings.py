@@ -1,21 +1,20 @@
-"""Ends the bridge decides: a bug, a full buffer, an idle connection, its own stop.
+"""Ends the bridge decides, and how an end is reported (:class:`Endings`).
 
-A mixin of :class:`~bridge.protocol.core.BridgeCore`; what it uses of the
-core is declared here.
+A bug (1011), a full buffer (1013), an idle connection (1000), the bridge's
+own stop (1001); and, when a socket is gone, the one message that says so:
+the ``close`` ack, or a ``disconnected`` notice.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from bridge.protocol import contract
 from bridge.protocol.actions import AbortUpstream, Action, CloseUpstream
-from bridge.protocol.backlogs import Backlogs
-from bridge.protocol.connections import Connection, Phase
-from bridge.protocol.contract import Close, Rejection, rejection_of
-from bridge.protocol.device_output import DeviceOutput
+from bridge.protocol.connections import Connection, Phase, State
+from bridge.protocol.contract import Close, rejection_of
 from bridge.protocol.idle import IdleTracker
-from bridge.protocol.messages import ReplyTo
+from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.replies import Replies
 from bridge.protocol.sessions import Conversations
 
@@ -23,114 +22,88 @@ IDLE_CLOSE_CODE: Final = 1000
 IDLE_CLOSE_REASON: Final = "idle timeout"
 
 
-class ConnectionEndings:
-    """Ending connections on the bridge's own account."""
+class Endings:
+    """Ending connections on the bridge's own account, and reporting ends."""
 
-    _connections: dict[str, Connection]
-    _backlogs: Backlogs
-    _idle: IdleTracker
-    _clock: float
-    _wall: float
-    conversations: Conversations
-    replies: Replies
-    draining: bool
-    idle_timeout: float | None
+    def __init__(
+        self,
+        connections: dict[str, Connection],
+        idle: IdleTracker,
+        conversations: Conversations,
+        replies: Replies,
+        *,
+        outputs: DeviceOutputs,
+    ) -> None:
+        self._connections = connections
+        self._idle = idle
+        self._conversations = conversations
+        self._replies = replies
+        self._outputs = outputs
 
-    def _refuse(
-        self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
-    ) -> list[Action]:
-        raise NotImplementedError
+    def reported(self, connection: Connection, code: int, reason: str) -> list[Action]:
+        """What says that this connection's socket ended with ``code`` and ``reason``."""
+        connection_id = connection.connect.connection_id
+        if connection.notice is not None:
+            return self._replies.disconnected(connection_id, *connection.notice)
+        if connection.close is not None:
+            return self._replies.closed(
+                connection.close,
+                connection.close_reply,
+                answered_command=connection.state is not State.STOPPING,
+            )
+        return self._replies.disconnected(connection_id, code, reason)
 
-    def _pump(self, connection_id: str) -> list[Action]:
-        raise NotImplementedError
-
-    if TYPE_CHECKING:  # another mixin's (a stub here would hide it)
-
-        def _output_closed(
-            self, connection_id: str, output: DeviceOutput | None, code: int, reason: str
-        ) -> list[Action]: ...
-
-        def _output_sweep(self) -> list[Action]: ...
-
-    def connection_failed(self, connection_id: str) -> list[Action]:
-        """What drives this connection failed unexpectedly (a bug): forget the connection.
-
-        A handshake in progress answers its ``connect`` with ``internal_error``;
-        a connection that was open is reported ``disconnected`` with code 1011.
-        Either way the id can ``connect`` again. The driver drops the socket.
-        """
-        connection = self._connections.pop(connection_id, None)
-        if connection is None:
-            return []
-        self._idle.forget(connection_id)
+    def failed(self, connection: Connection) -> list[Action]:
+        """What drives this (forgotten) connection failed: a bug. A handshake in progress
+        answers its ``connect`` with ``internal_error``; an open one is ``disconnected``
+        with 1011."""
+        connection_id = connection.connect.connection_id
         if connection.phase is Phase.OPENING:
             rejection = rejection_of(
                 connection.connect,
                 contract.INTERNAL_ERROR,
                 "the bridge failed while opening this connection (logged)",
             )
-            actions = self._refuse(connection_id, rejection, connection.connect_reply)
+            actions = self._replies.refuse(connection_id, rejection, connection.connect_reply)
         else:
-            actions = self.replies.disconnected(
+            actions = self._replies.disconnected(
                 connection_id, contract.INTERNAL_ERROR_CLOSE_CODE, contract.INTERNAL_ERROR_REASON
             )
-        actions += self._output_closed(
-            connection_id,
-            connection.output,
-            contract.INTERNAL_ERROR_CLOSE_CODE,
-            contract.INTERNAL_ERROR_REASON,
+        return actions + self._outputs.closed(
+            connection_id, contract.INTERNAL_ERROR_CLOSE_CODE, contract.INTERNAL_ERROR_REASON
         )
-        return actions + self._pump(connection_id)
 
-    def end_connection(self, connection_id: str, code: int, reason: str) -> list[Action]:
-        """The bridge itself must end an open connection (its events cannot be kept).
-
-        The connection is dropped at once and, once gone, reported with a
-        ``disconnected`` notice carrying ``code`` and ``reason``, even if a
-        close was under way.
-        """
+    def end(self, connection_id: str, code: int, reason: str) -> list[Action]:
+        """Drop an open connection at once; once gone, it is reported ``disconnected`` with
+        ``code`` and ``reason``, even if a close was under way."""
         connection = self._connections.get(connection_id)
         if connection is None or connection.phase is Phase.OPENING or connection.notice:
             return []
         connection.notice = (code, reason)
-        connection.phase = Phase.CLOSING
+        if connection.state is State.OPEN:
+            connection.state = State.CLOSING
         return [AbortUpstream(connection_id)]
 
-    def begin_shutdown(self) -> list[Action]:
-        """Stop taking commands and close every connection (code 1001)."""
-        if self.draining:
-            return []
-        self.draining = True
+    def stop(self) -> list[Action]:
+        """The bridge stops: abort every handshake, close every open connection (1001)."""
         code, reason = contract.SHUTDOWN_CLOSE_CODE, contract.SHUTDOWN_CLOSE_REASON
         actions: list[Action] = []
         for connection_id, connection in self._connections.items():
             if connection.phase is Phase.OPENING:
                 actions.append(AbortUpstream(connection_id))
-            elif connection.phase is Phase.OPEN:
-                connection.phase = Phase.CLOSING
+            elif connection.state is State.OPEN:
+                connection.state = State.STOPPING
                 connection.close = Close(connection_id, code, reason)
-                connection.closed_by_bridge = True
                 actions.append(CloseUpstream(connection_id, code, reason))
-        for connection_id in self._backlogs.ids():
-            actions.extend(self._pump(connection_id))
         return actions
 
-    def sweep(self, now: float, wall: float | None = None) -> list[Action]:
-        """Close (code 1000) every open connection idle for ``idle_timeout`` at ``now``.
-
-        Each is then reported ``disconnected`` with reason ``idle timeout``.
-        """
-        self._clock = now
-        if wall is not None:
-            self._wall = wall
-        self.conversations.expire(now)
-        actions = self._output_sweep()  # retained statuses of conversations that ended
-        if self.idle_timeout is None or self.draining:
-            return actions
-        open_ids = [cid for cid, c in self._connections.items() if c.phase is Phase.OPEN]
-        for connection_id in self._idle.due(open_ids, now, self.idle_timeout):
+    def idle(self, now: float, timeout: float) -> list[Action]:
+        """Close (1000) every open connection idle for ``timeout`` seconds at ``now``."""
+        actions: list[Action] = []
+        open_ids = [cid for cid, c in self._connections.items() if c.state is State.OPEN]
+        for connection_id in self._idle.due(open_ids, now, timeout):
             connection = self._connections[connection_id]
-            connection.phase = Phase.CLOSING
+            connection.state = State.CLOSING
             connection.notice = (IDLE_CLOSE_CODE, IDLE_CLOSE_REASON)
             actions.append(CloseUpstream(connection_id, IDLE_CLOSE_CODE, IDLE_CLOSE_REASON))
         return actions

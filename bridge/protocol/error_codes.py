@@ -35,7 +35,7 @@ INVALID_COMMAND: Final = _code(
     "that is not an object of known options with valid values: the message names the option)",
 )
 UNKNOWN_ACTION: Final = _code(
-    "unknown_action", "`action` is not `connect`, `send`, `close` or `ask`"
+    "unknown_action", "`action` is not `connect`, `send`, `close`, `ask` or `status`"
 )
 INVALID_CONNECTION_ID: Final = _code(
     "invalid_connection_id", "the topic's id breaks the id rules or is `bridge`"

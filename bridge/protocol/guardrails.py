@@ -14,7 +14,6 @@ or a file.
 from __future__ import annotations
 
 import fnmatch
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -23,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bridge.protocol.encoding import compact
 from bridge.protocol.error_codes import BUDGET_EXCEEDED, MODEL_NOT_ALLOWED
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ def output_estimate(response: Mapping[str, Any]) -> int:
     if not output:
         return 0
     try:
-        text = json.dumps(output, ensure_ascii=False, separators=(",", ":"))
+        text = compact(output)
     except (ValueError, TypeError, RecursionError):
         return MAX_RESPONSE_TOKENS  # cannot be measured: it counts as the most
     return -(-len(text.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN)

@@ -11,12 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
-
-from bridge.protocol.server_events import RESPONSE_ENDINGS
-
-# Server events that end a request (the Responses API's terminal events and `error`).
-REQUEST_ENDING_EVENTS: Final = RESPONSE_ENDINGS | {"error"}
 
 
 @dataclass(slots=True)
@@ -50,6 +44,11 @@ class IdleTracker:
         activity = self._activity.get(connection_id)
         if activity is not None and activity.in_flight:
             activity.in_flight -= 1
+
+    def in_flight(self, connection_id: str) -> int:
+        """Requests sent on the id's connection and not yet ended."""
+        activity = self._activity.get(connection_id)
+        return activity.in_flight if activity is not None else 0
 
     def forget(self, connection_id: str) -> None:
         self._activity.pop(connection_id, None)

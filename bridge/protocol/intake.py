@@ -34,9 +34,7 @@ class Arrival:
 
 @dataclass(slots=True)
 class CommandStats:
-    commands: int = 0
-    rejected: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # QoS 1 redeliveries dropped
 
 
 class CommandIntake:
@@ -76,7 +74,6 @@ class CommandIntake:
         (an empty payload, or a QoS 1 redelivery of a command already handled)."""
         if not payload:
             return None  # an empty payload deletes a retained message: not a command
-        self.stats.commands += 1
         refused_topic: str | None = None
         if reply_to is not None:
             # Checked first: no reply at all, not even an error, may go there.

@@ -9,7 +9,6 @@ the operations side reads instead of the JSON.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from bridge.protocol.actions import Action
@@ -25,11 +24,14 @@ from bridge.protocol.contract import (
     SEND,
     Ask,
     Close,
+    Command,
     Connect,
     Rejection,
     Send,
     Topics,
+    rejection_of,
 )
+from bridge.protocol.encoding import encode
 from bridge.protocol.messages import (
     Acknowledged,
     Outcome,
@@ -63,9 +65,7 @@ class Replies:
         ack = connect_ack(connection_id, self.url, connect.request_id)
         if profile is not None:
             ack["profile"] = profile
-        return self._say(
-            connection_id, ack, CONNECT, Acknowledged(connection_id, CONNECT), reply_to
-        )
+        return self.say(connection_id, ack, CONNECT, Acknowledged(connection_id, CONNECT), reply_to)
 
     def sent(
         self, send: Send, reply_to: ReplyTo | None, lowered_to: int | None = None
@@ -75,7 +75,7 @@ class Replies:
         ack = send_ack(connection_id, send.event_type, send.request_id)
         if lowered_to is not None:
             ack["max_output_tokens"] = lowered_to
-        return self._say(connection_id, ack, SEND, Acknowledged(connection_id, SEND), reply_to)
+        return self.say(connection_id, ack, SEND, Acknowledged(connection_id, SEND), reply_to)
 
     def asked(
         self, ask: Ask, reply_to: ReplyTo | None, lowered_to: int | None = None
@@ -85,7 +85,7 @@ class Replies:
         ack["action"] = ASK
         if lowered_to is not None:
             ack["max_output_tokens"] = lowered_to
-        return self._say(connection_id, ack, ASK, Acknowledged(connection_id, ASK), reply_to)
+        return self.say(connection_id, ack, ASK, Acknowledged(connection_id, ASK), reply_to)
 
     def closed(
         self, close: Close, reply_to: ReplyTo | None, *, answered_command: bool
@@ -96,19 +96,25 @@ class Replies:
         outcome = UpstreamClosed(
             connection_id, close.code, close.reason, answered_command=answered_command
         )
-        return self._say(connection_id, ack, CLOSE, outcome, reply_to)
+        return self.say(connection_id, ack, CLOSE, outcome, reply_to)
 
     def disconnected(self, connection_id: str, code: int, reason: str) -> list[Action]:
         notice = disconnected_notice(connection_id, code, reason)
         outcome = UpstreamClosed(connection_id, code, reason, disconnected=True)
-        return self._say(connection_id, notice, DISCONNECTED, outcome, None)
+        return self.say(connection_id, notice, DISCONNECTED, outcome, None)
 
     def refuse(
         self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
     ) -> list[Action]:
         """The error event that says ``rejection``."""
         error = rejection_event(connection_id, rejection)
-        return self._say(connection_id, error, "error", Refused(connection_id, rejection), reply_to)
+        return self.say(connection_id, error, "error", Refused(connection_id, rejection), reply_to)
+
+    def refuse_command(
+        self, command: Command, code: str, message: str, reply_to: ReplyTo | None
+    ) -> list[Action]:
+        """The error event that refuses ``command``, echoing its action and request id."""
+        return self.refuse(command.connection_id, rejection_of(command, code, message), reply_to)
 
     def invalid_server_event(self, connection_id: str, raw: bytes) -> Publish:
         """The error event that stands for a server frame that cannot be relayed."""
@@ -116,7 +122,7 @@ class Replies:
         error = rejection_event(connection_id, rejection)
         return self._publish(connection_id, error, "error", Refused(connection_id, rejection))
 
-    def _say(
+    def say(
         self,
         connection_id: str,
         message: dict[str, Any],
@@ -124,6 +130,7 @@ class Replies:
         outcome: Outcome,
         reply_to: ReplyTo | None,
     ) -> list[Action]:
+        """``message`` on the id's events topic, and a copy to ``reply_to`` when given."""
         publish = self._publish(connection_id, message, event_type, outcome)
         if reply_to is None:
             return [publish]
@@ -235,10 +242,3 @@ def _with_request_id(message: dict[str, Any], request_id: str | None) -> dict[st
     if request_id is not None:
         message["request_id"] = request_id
     return message
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON, the form of every message the bridge publishes."""
-    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
-    # A lone surrogate (only from a caller's bug or a hostile id) becomes a JSON escape.
-    return text.encode("utf-8", "backslashreplace")

@@ -14,6 +14,21 @@ RESPONSE_CREATE: Final = "response.create"
 RESPONSE_COMPLETED: Final = "response.completed"
 # The server events that end a response; its `response` carries its status and usage.
 RESPONSE_ENDINGS: Final = frozenset({RESPONSE_COMPLETED, "response.incomplete", "response.failed"})
+ERROR: Final = "error"
+# Server events that end a request (the Responses API's terminal events and `error`).
+REQUEST_ENDING_EVENTS: Final = RESPONSE_ENDINGS | {ERROR}
+# Server events that carry an error message: the only ones scrubbed of the
+# bridge's secrets (a server could echo a credential it was sent); every other
+# event is relayed byte for byte, unread.
+SCRUBBED_EVENT_TYPES: Final = frozenset({ERROR, "response.failed"})
+# Server events that carry part of an answer: once one is relayed, an `ask` turn is
+# never sent again (an empty output item or content part announced is not yet an answer).
+OUTPUT_EVENT_PREFIXES: Final = (
+    "response.output_text.",
+    "response.refusal.",
+    "response.function_call_arguments.",
+    "response.reasoning",
+)
 
 # MQTT v5 user properties, like the seed node's msg.openai ----------------------
 

@@ -20,6 +20,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.protocol.contract import Ask
+from bridge.protocol.encoding import compact
 from bridge.protocol.guardrails import GuardrailsConfig
 from bridge.protocol.output_options import OutputConfig
 
@@ -220,7 +221,7 @@ class Conversations:
         conversation.last_response_id = response_id if isinstance(response_id, str) else None
         conversation.on_this_socket = True
         conversation.last_turn_at = now
-        turn = _Turn(_compact(items)[1:-1].encode("utf-8", "surrogatepass"))
+        turn = _Turn(compact(items)[1:-1].encode("utf-8", "surrogatepass"))
         conversation.transcript.append(turn)
         conversation.transcript_bytes += len(turn.json)
         while (
@@ -267,16 +268,12 @@ def _request(
     elif conversation.transcript or conversation.pending is not items:
         kept = b",".join(turn.json for turn in conversation.transcript)
         turns = kept.decode("utf-8", "surrogatepass")
-        so_far = _compact(conversation.pending or items)[1:-1]
+        so_far = compact(conversation.pending or items)[1:-1]
         history = ",".join(part for part in (turns, so_far) if part)
-        head = _compact(event)[:-1]  # the object without its closing brace
+        head = compact(event)[:-1]  # the object without its closing brace
         return f'{head},"input":[{history}]}}'
     event["input"] = items
-    return _compact(event)
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return compact(event)
 
 
 def input_items(turn_input: str | tuple[Any, ...]) -> list[Any]:

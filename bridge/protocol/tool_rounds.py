@@ -1,4 +1,4 @@
-"""The tool loop of ``ask`` turns: a mixin of :class:`~bridge.protocol.core.BridgeCore`.
+"""The tool loop of ``ask`` turns: a feature of the core (:class:`ToolRounds`).
 
 When a response of an ``ask`` turn whose profile offers MQTT tools completes
 with ``function_call`` items for them, the turn goes on: each call's arguments
@@ -18,23 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from bridge.protocol.actions import Action, SendUpstream, ToolDeadline
 from bridge.protocol.backlogs import Backlogs
-from bridge.protocol.connections import Connection
-from bridge.protocol.contract import Rejection, Topics, rejection_of
+from bridge.protocol.encoding import encode
 from bridge.protocol.error_codes import TOOL_ROUNDS_EXCEEDED
-from bridge.protocol.guardrails import Refusal
-from bridge.protocol.idle import IdleTracker
-from bridge.protocol.messages import Publish, ReplyTo, ResponseCompleted, ToolCalled
-from bridge.protocol.replies import encode
+from bridge.protocol.facts import RequestEnd
+from bridge.protocol.messages import Publish, ToolCalled
 from bridge.protocol.reply_waits import ReplyWaits, Wait
-from bridge.protocol.server_events import DIRECTION_SERVER, RESPONSE_COMPLETED, user_properties
 from bridge.protocol.sessions import Conversations
-from bridge.protocol.tools import Call, Rendered, ToolBox, call_id_refusals, reply_text
+from bridge.protocol.spending import Spending
+from bridge.protocol.tools import Call, Rendered, ToolBox, ToolConfig, call_id_refusals, reply_text
+from bridge.protocol.topics import Topics
 
 OBJECT_TOOL_CALL: Final = "response.websocket.tool_call"
 NOT_AVAILABLE: Final = "this tool is not available: it was not called"
@@ -52,34 +50,57 @@ class ToolTurn:
 
     offered: tuple[str, ...]
     fields: Mapping[str, Any]  # the turn's request fields, tools included
+    profile: str  # the connection's (the budgets that cover it)
     rounds: int = 0
     calls: list[Call] = field(default_factory=list)  # of the round in progress, in order
     outputs: list[str | None] = field(default_factory=list)  # by position; None: not yet
     waiting: set[int] = field(default_factory=set)  # the numbers of its replies' waits
 
 
+@dataclass(frozen=True, slots=True)
+class TurnBroken:
+    """A tool turn ends before another round, without an answer (the client sees why)."""
+
+    code: str
+    message: str
+    resets_at: str | None = None
+
+
 class ToolRounds:
-    """The tool part of the core. What it uses of the core is declared here."""
+    """The tool loop of every ``ask`` turn whose profile offers MQTT tools."""
 
-    _connections: dict[str, Connection]
-    _backlogs: Backlogs
-    _deferred: list[Action]
-    _held_event: Publish | None
-    _idle: IdleTracker
-    _reply_waits: ReplyWaits
-    conversations: Conversations
-    toolbox: ToolBox
-    topics: Topics
-    qos: int
-    v5: bool
+    def __init__(
+        self,
+        tools: Sequence[ToolConfig],
+        conversations: Conversations,
+        spending: Spending,
+        backlogs: Backlogs,
+        topics: Topics,
+        *,
+        qos: int,
+        v5: bool,
+    ) -> None:
+        self.toolbox = ToolBox(tools)
+        self._conversations = conversations
+        self._spending = spending
+        self._backlogs = backlogs
+        self._topics = topics
+        self._qos = qos
+        self._v5 = v5
+        self._turns: dict[str, ToolTurn] = {}  # the tool loop of each id's turn in flight
+        self._reply_waits = ReplyWaits()  # tool calls waiting for their replies
 
-    if TYPE_CHECKING:  # the core's own, and Spending's
-
-        def _refuse(
-            self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
-        ) -> list[Action]: ...
-
-        def _budget_spent(self, connection: Connection) -> Refusal | None: ...
+    def reconfigure(self, tools: Sequence[ToolConfig]) -> None:
+        """Offer these tools from the next turn on. A turn in flight goes on with the tools
+        it was offered: a removed one stays known, never offered again, until a later
+        reload."""
+        in_use = {name for turn in self._turns.values() for name in turn.offered}
+        kept = [
+            tool
+            for name, tool in self.toolbox.tools.items()
+            if name in in_use and name not in {new.name for new in tools}
+        ]
+        self.toolbox = ToolBox([*tools, *kept])
 
     @property
     def waiting_replies(self) -> int:
@@ -111,29 +132,41 @@ class ToolRounds:
         silence = f"no reply on {wait.topic} within {timeout:g} s (timeout)"
         return self._call_done(wait, silence, TIMEOUT, error=silence)
 
+    def offer(
+        self, connection_id: str, profile: str, fields: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        """An ``ask`` turn begins: its request fields with the profile's MQTT tools; a turn
+        offered any has a tool loop from now until it ends."""
+        known = self._conversations.profiles.get(profile)
+        offered = known.mqtt_tools if known is not None else ()
+        if not offered:
+            return fields
+        tools = [*fields.get("tools", []), *self.toolbox.definitions(offered)]
+        fields = {**fields, "tools": tools}
+        self._turns[connection_id] = ToolTurn(offered, fields, profile)
+        return fields
+
+    def active(self, connection_id: str) -> bool:
+        """The id's turn in flight has a tool loop."""
+        return connection_id in self._turns
+
     # The loop --------------------------------------------------------------------------
 
-    def _tool_round(
-        self, connection: Connection, response: Mapping[str, Any]
-    ) -> list[Action] | None:
-        """A response of a tool turn completed: the round's actions, or None if the turn
-        ends here (no bridge tool was called)."""
-        turn = connection.tool_turn
-        assert turn is not None
-        connection_id = connection.connect.connection_id
-        calls = [_call(item) for item in response.get("output") or [] if _is_call(item)]
+    def round(self, connection_id: str, end: RequestEnd) -> list[Action] | TurnBroken | None:
+        """A response of a tool turn completed: the round's actions; the turn's end without
+        an answer (out of rounds, a budget used up); or None if the turn ends here (no
+        bridge tool was called)."""
+        turn = self._turns[connection_id]
+        calls = [_call(item) for item in end.output if _is_call(item)]
         if not any(call.name in turn.offered for call in calls):
             return None
-        ending = self._round_refused(connection, turn)
-        if ending is not None:
-            return ending
+        broken = self._round_refused(connection_id, turn)
+        if broken is not None:
+            return broken
         turn.rounds += 1
         turn.calls, turn.outputs, turn.waiting = calls, [None] * len(calls), set()
-        response_id = response.get("id")
-        self.conversations.tool_round(
-            connection_id, response_id if isinstance(response_id, str) else None
-        )
-        limit = self.conversations.sessions.max_tool_calls
+        self._conversations.tool_round(connection_id, end.response_id)
+        limit = self._conversations.sessions.max_tool_calls
         actions: list[Action] = []
         refusals = call_id_refusals(calls)  # over all calls: an id past the limit counts
         for position, refusal in enumerate(refusals[:limit]):
@@ -142,19 +175,18 @@ class ToolRounds:
             actions.append(self._too_many(connection_id, turn, limit))
         return actions + self._maybe_continue(connection_id, turn)
 
-    def _round_refused(self, connection: Connection, turn: ToolTurn) -> list[Action] | None:
+    def _round_refused(self, connection_id: str, turn: ToolTurn) -> TurnBroken | None:
         """The turn's end before another round: out of rounds, or a budget used up."""
-        if turn.rounds >= self.conversations.sessions.max_tool_rounds:
-            return self._tool_turn_failed(
-                connection,
+        if turn.rounds >= self._conversations.sessions.max_tool_rounds:
+            return TurnBroken(
                 TOOL_ROUNDS_EXCEEDED,
                 f"the model still called tools after {turn.rounds} rounds "
                 "(sessions.max_tool_rounds); the turn ends without an answer",
             )
-        spent = self._budget_spent(connection)
+        spent = self._spending.spent(connection_id, turn.profile)
         if spent is not None:
             message = f"{spent.message}; the turn ends without an answer, its tool calls not run"
-            return self._tool_turn_failed(connection, spent.code, message, spent.resets_at)
+            return TurnBroken(spent.code, message, spent.resets_at)
         return None
 
     def _run(
@@ -177,7 +209,7 @@ class ToolRounds:
             return [publish, self._said(connection_id, call, rendered.topic, PUBLISHED)]
         wait = self._reply_waits.add(connection_id, position, tool.reply.topic)
         turn.waiting.add(wait.number)
-        if self.v5:
+        if self._v5:
             publish = dataclasses.replace(
                 publish, response_topic=tool.reply.topic, correlation_data=wait.correlation
             )
@@ -205,7 +237,7 @@ class ToolRounds:
             "error": f"{excess} calls past the first {limit} of one response were refused "
             "(sessions.max_tool_calls); none of them was run",
         }
-        return Publish(self.topics.events(connection_id), encode(message), self.qos)
+        return Publish(self._topics.events(connection_id), encode(message), self._qos)
 
     def _call_done(self, wait: Wait, result: str, status: str, **extra: str) -> list[Action]:
         """A waiting call has its output, ``result`` (a reply, or the timeout's message)."""
@@ -237,59 +269,24 @@ class ToolRounds:
             {"type": "function_call_output", "call_id": c.call_id, "output": output}
             for c, output in zip(turn.calls, turn.outputs, strict=True)
         ]
-        data = self.conversations.continuation(connection_id, turn.fields, calls, outputs)
+        data = self._conversations.continuation(connection_id, turn.fields, calls, outputs)
         if data is None:
             return []
         self._backlogs.hold(len(data))
         return [SendUpstream(connection_id, data)]
 
-    def _tool_turn_failed(
-        self, connection: Connection, code: str, message: str, resets_at: str | None = None
-    ) -> list[Action]:
-        """End the turn with an error the client sees; the conversation is as it was."""
-        connection_id = connection.connect.connection_id
-        turn, ask = connection.tool_turn, connection.turn
-        self._tools_ended(connection)
-        self.conversations.broken_off(connection_id)
-        self._idle.request_ended(connection_id)
-        connection.turn = None
-        actions: list[Action] = []
-        if connection.output is not None:
-            actions += connection.output.request_error(code, message)
-        if ask is not None and turn is not None:
-            rejection = dataclasses.replace(rejection_of(ask, code, message), resets_at=resets_at)
-            actions += self._refuse(connection_id, rejection, connection.turn_reply)
-        return actions
-
-    def _tools_ended(self, connection: Connection) -> None:
+    def ended(self, connection_id: str) -> None:
         """The tool turn is over (answered, failed, socket gone): forget its waits."""
-        turn, connection.tool_turn = connection.tool_turn, None
+        turn = self._turns.pop(connection_id, None)
         if turn is None:
             return
         for number in turn.waiting:
             self._reply_waits.forget(number)
 
-    def _hold(
-        self, connection: Connection, completed: ResponseCompleted, going_on: list[Action]
-    ) -> None:
-        """The response.completed that starts a tool round: published (not as a relayed
-        event: it must not be refused for room) ahead of the round's actions, which
-        :meth:`take_deferred` hands out. A device output sees it as no end of a request."""
-        connection_id = connection.connect.connection_id
-        properties = (
-            user_properties(connection_id, DIRECTION_SERVER, RESPONSE_COMPLETED) if self.v5 else ()
-        )
-        held = Publish(
-            connection.events_topic, completed.raw, self.qos, properties, outcome=completed
-        )
-        self._held_event = held
-        self._deferred = [held, *going_on]
-
     # Internals -------------------------------------------------------------------------
 
     def _tool_turn(self, connection_id: str) -> ToolTurn | None:
-        connection = self._connections.get(connection_id)
-        return connection.tool_turn if connection is not None else None
+        return self._turns.get(connection_id)
 
     def _said(
         self, connection_id: str, call: Call, topic: str, status: str, **extra: str
@@ -305,7 +302,9 @@ class ToolRounds:
             **extra,
         }
         called = ToolCalled(connection_id, call.name, call.call_id, topic, status, call.arguments)
-        return Publish(self.topics.events(connection_id), encode(message), self.qos, outcome=called)
+        return Publish(
+            self._topics.events(connection_id), encode(message), self._qos, outcome=called
+        )
 
 
 def _is_call(item: object) -> bool:

@@ -11,7 +11,6 @@ publish, or into the short error the model is told.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import Annotated, Any, Final
 import jsonschema
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from bridge.protocol.encoding import compact
 from bridge.protocol.strict_json import elide, load_json
 
 # The most a rendered payload may be: the model writes the arguments.
@@ -216,7 +216,7 @@ class ToolBox:
             return f"invalid arguments: {where}: {errors[0].message}"[:500]
         shape = tool.publish.payload
         body = arguments if shape is None else _fill(shape, arguments)
-        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = compact(body, allow_nan=False)
         try:
             payload = text.encode()
         except UnicodeEncodeError:  # "\ud800" is valid JSON, but no UTF-8

@@ -1,29 +1,34 @@
-"""``ask`` turns in the core: a mixin of :class:`~bridge.protocol.core.BridgeCore`.
+"""``ask`` turns: a feature of the core (:class:`AskTurns`).
 
 A turn is sent at once on an open connection, or waits for the connection it
-opens; a socket near the server's age limit is replaced first. What a turn
-sends, and what the conversation remembers, is :mod:`bridge.protocol.sessions`.
+opens; a socket near the server's age limit is replaced first. A turn with no
+output yet is sent again, once, on a new socket when the server says so
+(a retryable error) or the socket ends. What a turn sends, and what the
+conversation remembers, is :mod:`bridge.protocol.sessions`; its tool loop is
+:mod:`bridge.protocol.tool_rounds`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 from bridge.protocol import contract
 from bridge.protocol.actions import Action, CloseUpstream, SendUpstream
 from bridge.protocol.backlogs import Backlogs
-from bridge.protocol.connections import Connection, Phase
-from bridge.protocol.contract import Ask, Command, Connect, Rejection, Send, rejection_of
-from bridge.protocol.guardrails import Checked
+from bridge.protocol.commands import Handlers, SeedCommands
+from bridge.protocol.connections import Clock, Connection, State
+from bridge.protocol.contract import Ask, rejection_of
+from bridge.protocol.facts import RequestEnd
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import ReplyTo
+from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.replies import Replies
 from bridge.protocol.server_events import RESPONSE_COMPLETED
 from bridge.protocol.sessions import Conversations
-from bridge.protocol.tool_rounds import ToolTurn
-from bridge.protocol.tools import ToolBox
+from bridge.protocol.spending import Spending
+from bridge.protocol.tool_rounds import ToolRounds, TurnBroken
 
 REPLACED_CLOSE_CODE: Final = 1000
 SOCKET_REPLACED_REASON: Final = "replaced before the server's 60-minute limit"
@@ -34,139 +39,114 @@ RETRYABLE_ERRORS: Final = frozenset(
 )
 
 
+@dataclass(slots=True)
+class Turn:
+    """The ``ask`` turn in flight on an id's socket, and whether its output has been
+    relayed (before that, a failure sends it again on a new socket; after, it is lost)."""
+
+    ask: Ask
+    reply_to: ReplyTo | None
+    output: bool = False
+
+
 class AskTurns:
-    """The ``ask`` part of the core. What it uses of the core is declared here."""
+    """The ``ask`` turns of every id."""
 
-    _connections: dict[str, Connection]
-    _backlogs: Backlogs
-    _idle: IdleTracker
-    _clock: float
-    _deferred: list[Action]
-    conversations: Conversations
-    replies: Replies
-    toolbox: ToolBox
+    def __init__(
+        self,
+        connections: dict[str, Connection],
+        backlogs: Backlogs,
+        idle: IdleTracker,
+        clock: Clock,
+        conversations: Conversations,
+        replies: Replies,
+        *,
+        seed: SeedCommands,
+        spending: Spending,
+        tools: ToolRounds,
+        outputs: DeviceOutputs,
+    ) -> None:
+        self._connections = connections
+        self._backlogs = backlogs
+        self._idle = idle
+        self._clock = clock
+        self._conversations = conversations
+        self._replies = replies
+        self._seed = seed
+        self._spending = spending
+        self._tools = tools
+        self._outputs = outputs
+        self.turns: dict[str, Turn] = {}  # the turn in flight, per id (read on the hot path)
 
-    def _refuse(
-        self, connection_id: str, rejection: Rejection, reply_to: ReplyTo | None
-    ) -> list[Action]:
-        raise NotImplementedError
+    def handlers(self) -> Handlers:
+        return {Ask: self.ask}
 
-    def _refuse_command(
-        self, command: Command, code: str, message: str, reply_to: ReplyTo | None
-    ) -> list[Action]:
-        raise NotImplementedError
-
-    if TYPE_CHECKING:  # other mixins' (a stub here would hide them)
-
-        def _connect(
-            self,
-            command: Connect,
-            reply_to: ReplyTo | None,
-            *,
-            on_behalf_of: Ask | Send | None = None,
-        ) -> list[Action]: ...
-
-        def _guard_ask(
-            self, command: Ask, profile: str, reply_to: ReplyTo | None
-        ) -> Checked | list[Action]: ...
-
-    def _ask(self, command: Ask, reply_to: ReplyTo | None) -> list[Action]:
+    def ask(self, command: Ask, reply_to: ReplyTo | None) -> list[Action]:
         """A turn: sent at once on an open connection, else after opening one for it."""
         connection_id = command.connection_id
         connection = self._connections.get(connection_id)
         if connection is None:
-            return self._open_for(command, reply_to)
-        if self._clock - connection.opened_at >= self.conversations.sessions.max_socket_age:
+            return self._seed.open_for(command, reply_to)
+        if self._clock.now - connection.opened_at >= self._conversations.sessions.max_socket_age:
             return self._replace_socket(command, reply_to)
-        checked = self._guard_ask(command, connection.profile, reply_to)
+        checked = self._spending.guard_ask(command, connection.profile, reply_to)
         if isinstance(checked, list):
             return checked
-        fields = checked.request
-        offered = self._offered_tools(connection.profile)
-        if offered:
-            tools = [*fields.get("tools", []), *self.toolbox.definitions(offered)]
-            fields = {**fields, "tools": tools}
-            connection.tool_turn = ToolTurn(offered, fields)
-        data = self.conversations.request(command, connection.profile, self._clock, fields)
+        fields = self._tools.offer(connection_id, connection.profile, checked.request)
+        data = self._conversations.request(command, connection.profile, self._clock.now, fields)
         if not self._backlogs.fits(len(data)):
-            self.conversations.ended(connection_id)
-            return self._refuse_command(
+            self._conversations.ended(connection_id)
+            return self._replies.refuse_command(
                 command, contract.LIMIT_REACHED, self._backlogs.budget_problem(), reply_to
             )
         self._backlogs.hold(len(data))
         self._idle.request_sent(connection_id)
-        connection.turn, connection.turn_reply, connection.turn_output = command, reply_to, False
-        actions = [] if command.retry else self.replies.asked(command, reply_to, checked.lowered_to)
+        self.turns[connection_id] = Turn(command, reply_to)
+        actions = (
+            [] if command.retry else self._replies.asked(command, reply_to, checked.lowered_to)
+        )
         actions.append(SendUpstream(connection_id, data))
-        if connection.output is not None and not command.retry:
-            actions += connection.output.request_sent(command.request_id)
+        if not command.retry:
+            actions += self._outputs.request_sent(connection_id, command.request_id)
         return actions
 
-    def _offered_tools(self, profile: str) -> tuple[str, ...]:
-        known = self.conversations.profiles.get(profile)
-        return known.mqtt_tools if known is not None else ()
+    def retried(self, connection_id: str, end: RequestEnd) -> list[Action] | None:
+        """An ``error`` event: the actions when it is held back and its turn, with no
+        output yet, is sent again on a new socket; None when it stands."""
+        turn = self.turns.get(connection_id)
+        if turn is None or turn.ask.retry or turn.output:
+            return None
+        if end.error_code not in RETRYABLE_ERRORS:
+            return None
+        return self._retry(self._connections[connection_id], turn)
 
-    def take_deferred(self) -> list[Action]:
-        """What the last :meth:`upstream_event` that returned None asks the driver to do."""
-        deferred, self._deferred = self._deferred, []
-        return deferred
-
-    def _retried(self, connection: Connection, error: Mapping[str, Any]) -> bool:
-        """An ``error`` event (parsed): True if it is held back and its turn, with no
-        output yet, is sent again on a new socket."""
-        turn = connection.turn
-        if turn is None or turn.retry or connection.turn_output:
-            return False
-        details = error.get("error")
-        code = details.get("code") if isinstance(details, dict) else None
-        if code not in RETRYABLE_ERRORS:
-            return False
-        self._deferred.extend(self._retry(connection, turn))
-        return True
-
-    def _retry(self, connection: Connection, turn: Ask) -> list[Action]:
+    def _retry(self, connection: Connection, turn: Turn) -> list[Action]:
         """Close the socket quietly; the turn is then sent again, once, on a new one."""
-        connection_id = turn.connection_id
-        again = dataclasses.replace(turn, retry=True)
-        if self._backlogs.add(connection_id, again, connection.turn_reply, first=True) is not None:
+        connection_id = turn.ask.connection_id
+        again = dataclasses.replace(turn.ask, retry=True)
+        if self._backlogs.add(connection_id, again, turn.reply_to, first=True) is not None:
             return []  # no room to wait: the server's error stands (it was held back, though)
-        connection.turn = None
-        connection.phase = Phase.CLOSING
-        connection.retrying = True
-        self.conversations.socket_ended(connection_id)
+        del self.turns[connection_id]
+        connection.state = State.RETRYING
+        self._conversations.socket_ended(connection_id)
         return [CloseUpstream(connection_id, REPLACED_CLOSE_CODE, RETRY_CLOSE_REASON)]
 
-    def _turn_cut(self, connection: Connection, connection_id: str) -> list[Action]:
-        """The socket ended with a turn in flight: send it again, or say it was lost."""
-        turn = connection.turn
+    def cut(self, connection_id: str) -> tuple[list[Action], bool]:
+        """The socket ended with the id's turn in flight, if any: what to say that it was
+        lost, or True when it waits to be sent again on a new socket."""
+        turn = self.turns.pop(connection_id, None)
         if turn is None:
-            return []
-        if not connection.turn_output and not turn.retry:
-            again = dataclasses.replace(turn, retry=True)
-            if self._backlogs.add(connection_id, again, connection.turn_reply, first=True) is None:
-                connection.retrying = True
-                return []
+            return [], False
+        if not turn.output and not turn.ask.retry:
+            again = dataclasses.replace(turn.ask, retry=True)
+            if self._backlogs.add(connection_id, again, turn.reply_to, first=True) is None:
+                return [], True
         rejection = rejection_of(
-            turn,
+            turn.ask,
             contract.UPSTREAM_LOST,
             "the upstream connection ended during this turn, after part of its answer; ask again",
         )
-        return self._refuse(connection_id, rejection, connection.turn_reply)
-
-    def _open_for(self, command: Ask | Send, reply_to: ReplyTo | None) -> list[Action]:
-        """Open the id for a command that needs a connection; the command waits for it."""
-        connection_id = command.connection_id
-        if isinstance(command, Ask):
-            opening = Connect(connection_id, command.request_id, command.profile, command.output)
-        else:
-            opening = Connect(connection_id, command.request_id)
-        actions = self._connect(opening, reply_to, on_behalf_of=command)
-        if connection_id in self._connections:  # opening: the command waits for it
-            problem = self._backlogs.add(connection_id, command, reply_to)
-            if problem is not None:
-                rejection = rejection_of(command, contract.LIMIT_REACHED, problem)
-                actions += self._refuse(connection_id, rejection, reply_to)
-        return actions
+        return self._replies.refuse(connection_id, rejection, turn.reply_to), False
 
     def _replace_socket(self, command: Ask, reply_to: ReplyTo | None) -> list[Action]:
         """Close a socket near the server's age limit; the turn then opens a new one.
@@ -177,16 +157,37 @@ class AskTurns:
         connection_id = command.connection_id
         problem = self._backlogs.add(connection_id, command, reply_to, first=True)
         if problem is not None:
-            return self._refuse_command(command, contract.LIMIT_REACHED, problem, reply_to)
+            return self._replies.refuse_command(command, contract.LIMIT_REACHED, problem, reply_to)
         connection = self._connections[connection_id]
-        connection.phase = Phase.CLOSING
-        connection.replacing = True
+        connection.state = State.REPLACING
         connection.notice = (REPLACED_CLOSE_CODE, SOCKET_REPLACED_REASON)
-        self.conversations.socket_ended(connection_id)
+        self._conversations.socket_ended(connection_id)
         return [CloseUpstream(connection_id, REPLACED_CLOSE_CODE, SOCKET_REPLACED_REASON)]
 
-    def _turn_ended(self, connection_id: str, event_type: str, response: Mapping[str, Any]) -> None:
-        if event_type == RESPONSE_COMPLETED:
-            self.conversations.completed(connection_id, response, self._clock)
+    def over(self, connection_id: str, end: RequestEnd | None) -> None:
+        """The request in flight ended (None: with an end that is not JSON): the memory
+        of its turn."""
+        self.turns.pop(connection_id, None)
+        if connection_id not in self._conversations:  # not an `ask` session
+            return
+        if end is not None and end.type == RESPONSE_COMPLETED:
+            self._conversations.completed(connection_id, end.response, self._clock.now)
         else:
-            self.conversations.ended(connection_id)
+            self._conversations.ended(connection_id)
+
+    def broken(self, connection_id: str, broken: TurnBroken) -> list[Action]:
+        """End the turn with an error the client sees; the conversation is as it was."""
+        turn = self.turns.pop(connection_id, None)
+        self._conversations.broken_off(connection_id)
+        self._idle.request_ended(connection_id)
+        actions = self._outputs.request_error(connection_id, broken.code, broken.message)
+        if turn is not None:
+            rejection = dataclasses.replace(
+                rejection_of(turn.ask, broken.code, broken.message), resets_at=broken.resets_at
+            )
+            actions += self._replies.refuse(connection_id, rejection, turn.reply_to)
+        return actions
+
+    def forget(self, connection_id: str) -> None:
+        """The id's socket is gone, its turn with it."""
+        self.turns.pop(connection_id, None)

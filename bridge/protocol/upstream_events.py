@@ -1,88 +1,93 @@
-"""Server events in the core: a mixin of :class:`~bridge.protocol.core.BridgeCore`.
+"""Server events in the core (:class:`ServerEvents`): the relay's hot path.
 
-Every server event passes :meth:`UpstreamEvents.upstream_event`, the relay's
-hot path: its ``type`` is read off its start by
+Every server event passes :meth:`ServerEvents.upstream_event`: its ``type``
+is read off its start by
 :func:`~bridge.protocol.server_events.server_event_type` (with the cheap checks
-of a frame), and it is published as it came. The events the bridge acts on,
-the ends of requests (``response.completed``, ``.incomplete``, ``.failed``,
-``error``), are parsed in full, once, here: for the usage (read only by
-:func:`~bridge.protocol.guardrails.usage_of`), the tool round, the
-conversation and the retry of an ``ask`` turn. One that is not JSON is not
-relayed: the request it ends ends with ``invalid_server_event`` (with the
-``ask`` turn's request id), and a response counts by its size.
+of a frame), and it is published as it came: one :class:`Publish`, nothing
+allocated besides, nothing awaited. The events the bridge acts on, the ends
+of requests (``response.completed``, ``.incomplete``, ``.failed``,
+``error``), are parsed in full, once, into a
+:class:`~bridge.protocol.facts.RequestEnd` that every feature reads: the
+budgets, the tool loop, the conversation, the retry of an ``ask`` turn, the
+device output. One that is not JSON is not relayed: the request it ends ends
+with ``invalid_server_event`` (with the ``ask`` turn's request id), and a
+response counts by its size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
 
 from bridge.errors import InvalidState
 from bridge.protocol import server_events
 from bridge.protocol.actions import Action
 from bridge.protocol.connections import Connection
 from bridge.protocol.contract import ASK, INVALID_SERVER_EVENT, Rejection
-from bridge.protocol.guardrails import ResponseUsage, unreadable_usage, usage_of
-from bridge.protocol.idle import REQUEST_ENDING_EVENTS, IdleTracker
+from bridge.protocol.facts import RequestEnd, read_end
+from bridge.protocol.guardrails import unreadable_usage
+from bridge.protocol.idle import IdleTracker
 from bridge.protocol.messages import Outcome, Publish, ResponseCompleted, UsageDoubted
+from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies, invalid_frame_message
-from bridge.protocol.server_events import RESPONSE_COMPLETED, RESPONSE_ENDINGS
-from bridge.protocol.sessions import Conversations
-
-# Server events that carry an error message: the only ones scrubbed of the
-# bridge's secrets (a server could echo a credential it was sent); every other
-# event is relayed byte for byte, unread.
-_SCRUBBED_EVENT_TYPES = frozenset({"error", "response.failed"})
-# Server events that carry part of an answer: once one is relayed, an `ask` turn is
-# never sent again (an empty output item or content part announced is not yet an answer).
-OUTPUT_EVENT_PREFIXES = (
-    "response.output_text.",
-    "response.refusal.",
-    "response.function_call_arguments.",
-    "response.reasoning",
+from bridge.protocol.server_events import (
+    DIRECTION_SERVER,
+    OUTPUT_EVENT_PREFIXES,
+    REQUEST_ENDING_EVENTS,
+    RESPONSE_COMPLETED,
+    RESPONSE_ENDINGS,
+    SCRUBBED_EVENT_TYPES,
 )
+from bridge.protocol.spending import Spending
+from bridge.protocol.tool_rounds import ToolRounds, TurnBroken
+from bridge.protocol.turns import AskTurns
 
 
-class UpstreamEvents:
-    """The server-event part of the core. What it uses of the core is declared here."""
+@dataclass(slots=True)
+class _Ended:
+    """What the end of a request leads to: the event as relayed (None: not relayed), and
+    what follows it; ``goes_on``: the turn goes on (a tool round), the event is no end."""
 
-    _connections: dict[str, Connection]
-    _idle: IdleTracker
-    _deferred: list[Action]
-    conversations: Conversations
-    replies: Replies
-    redactor: Redactor
-    qos: int
-    v5: bool
+    event: Publish | None
+    actions: list[Action] = field(default_factory=list)
+    goes_on: bool = False
+    end: RequestEnd | None = None
 
-    if TYPE_CHECKING:  # other mixins' (a stub here would hide them)
 
-        def _retried(self, connection: Connection, error: Mapping[str, Any]) -> bool: ...
+class ServerEvents:
+    """Server events of every connection: relayed, and the ends of requests acted on."""
 
-        def _turn_ended(
-            self, connection_id: str, event_type: str, response: Mapping[str, Any]
-        ) -> None: ...
+    def __init__(
+        self,
+        connections: dict[str, Connection],
+        idle: IdleTracker,
+        replies: Replies,
+        redactor: Redactor,
+        *,
+        qos: int,
+        v5: bool,
+        ask: AskTurns,
+        spending: Spending,
+        tools: ToolRounds,
+        outputs: DeviceOutputs,
+    ) -> None:
+        self._connections = connections
+        self._idle = idle
+        self._replies = replies
+        self.redactor = redactor
+        self._qos = qos
+        self._v5 = v5
+        self._ask = ask
+        self._spending = spending
+        self._tools = tools
+        self._outputs = outputs
+        self._turns = ask.turns  # read on the hot path: whether a turn's output began
 
-        def _charge(self, connection: Connection, usage: ResponseUsage | None) -> None: ...
-
-        def _tool_round(
-            self, connection: Connection, response: Mapping[str, Any]
-        ) -> list[Action] | None: ...
-
-        def _tools_ended(self, connection: Connection) -> None: ...
-
-        def _hold(
-            self, connection: Connection, outcome: ResponseCompleted, going_on: list[Action]
-        ) -> None: ...
-
-    def upstream_event(self, connection_id: str, raw: bytes) -> Publish | None:
-        """A server event arrived: the hot path. Returns the one message to publish.
-
-        None: the event is held back (an ``ask`` turn is sent again, a tool
-        round goes on, an end that is not JSON is answered); perform
-        :meth:`take_deferred`.
-        """
+    def upstream_event(self, connection_id: str, raw: bytes) -> Publish | list[Action]:
+        """A server event arrived: the hot path. A Publish: the one message to publish
+        (a relayed event, or the error that stands for a frame that is not one); a list:
+        every action the event leads to (an end held back, a tool round, a turn sent
+        again, an end that is not JSON answered)."""
         connection = self._connections.get(connection_id)
         if connection is None:
             raise InvalidState(f"event for unknown connection {connection_id!r}")
@@ -90,102 +95,123 @@ class UpstreamEvents:
         if event_type is None:
             claimed = server_events.claimed_type(raw)
             if claimed in REQUEST_ENDING_EVENTS:
-                self._deferred = self._unreadable_end(connection, claimed, raw)
-                return None
-            return self.replies.invalid_server_event(connection_id, raw)
+                return self._unreadable_end(connection, claimed, raw)
+            return self._replies.invalid_server_event(connection_id, raw)
         if event_type in REQUEST_ENDING_EVENTS:
-            return self._request_end(connection, event_type, raw)
-        if (
-            connection.turn is not None
-            and not connection.turn_output
-            and event_type.startswith(OUTPUT_EVENT_PREFIXES)
-        ):
-            connection.turn_output = True
+            ended = self._request_end(connection, event_type, raw)
+            if ended.event is not None and not ended.goes_on:
+                return ended.event
+            return [ended.event, *ended.actions] if ended.event is not None else ended.actions
+        turn = self._turns.get(connection_id)
+        if turn is not None and not turn.output and event_type.startswith(OUTPUT_EVENT_PREFIXES):
+            turn.output = True
         properties = (
-            server_events.user_properties(connection_id, server_events.DIRECTION_SERVER, event_type)
-            if self.v5
+            server_events.user_properties(connection_id, DIRECTION_SERVER, event_type)
+            if self._v5
             else ()
         )
-        return Publish(connection.events_topic, raw, self.qos, properties, relayed=True)
+        return Publish(connection.events_topic, raw, self._qos, properties, relayed=True)
 
-    def _request_end(self, connection: Connection, event_type: str, raw: bytes) -> Publish | None:
+    def shaped_event(self, connection_id: str, raw: bytes) -> list[Action]:
+        """A server event of a connection with device output: what to publish for it, text
+        and all. The caller makes sure the buffer has room first: the relayed event in the
+        list must not be refused (the output would have taken it already)."""
+        connection = self._connections.get(connection_id)
+        event_type = server_events.server_event_type(raw)
+        if connection is None or event_type not in REQUEST_ENDING_EVENTS:
+            result = self.upstream_event(connection_id, raw)
+            if isinstance(result, list):
+                return result
+            if not result.relayed:
+                return [result]
+            return self._outputs.event(connection_id, result, event_type or "")
+        ended = self._request_end(connection, event_type, raw)
+        if ended.event is None:
+            return ended.actions
+        shaped = self._outputs.event(
+            connection_id, ended.event, event_type, ended.end, goes_on=ended.goes_on
+        )
+        return shaped + ended.actions
+
+    def _request_end(self, connection: Connection, event_type: str, raw: bytes) -> _Ended:
         """A response ended, or an error came: parsed once, here; the turn ends, or goes on
         (a tool round), or is sent again (a retryable error before any output)."""
         connection_id = connection.connect.connection_id
-        document = server_events.event_document(raw)
-        if document is None:
-            self._deferred = self._unreadable_end(connection, event_type, raw)
-            return None
-        if event_type == "error" and self._retried(connection, document):
-            self._idle.request_ended(connection_id)
-            return None
-        response = _response(document) if event_type in RESPONSE_ENDINGS else {}
-        usage = usage_of(response) if event_type in RESPONSE_ENDINGS else None
-        self._charge(connection, usage)
-        doubted = self._usage_doubted(connection, usage)
+        end = read_end(event_type, raw)
+        if end is None:
+            return _Ended(None, self._unreadable_end(connection, event_type, raw))
+        if event_type == "error":
+            again = self._ask.retried(connection_id, end)
+            if again is not None:
+                self._idle.request_ended(connection_id)
+                return _Ended(None, again)
+        self._spending.charge(connection_id, connection.profile, end.usage)
+        doubted = self._spending.doubted(connection_id, end.usage)
         outcome: Outcome | None = None
         if event_type == RESPONSE_COMPLETED:
-            tokens = usage.tokens if usage is not None else None
+            tokens = end.usage.tokens if end.usage is not None else None
             outcome = completed = ResponseCompleted(connection_id, raw, tokens, doubted)
-            if connection.tool_turn is not None:
-                going_on = self._tool_round(connection, response)
+            if self._tools.active(connection_id):
+                going_on = self._tools.round(connection_id, end)
                 if going_on is not None:  # a tool round: the turn goes on after it
-                    self._hold(connection, completed, going_on)
-                    return None
+                    return self._round(connection, completed, going_on, end)
         elif doubted is not None:
             outcome = UsageDoubted(connection_id, doubted)
-        self._turn_over(connection, event_type, response)
-        if event_type in _SCRUBBED_EVENT_TYPES:
+        self._turn_over(connection_id, end)
+        if event_type in SCRUBBED_EVENT_TYPES:
             raw = self.redactor.redact_bytes(raw)
         properties = (
-            server_events.user_properties(connection_id, server_events.DIRECTION_SERVER, event_type)
-            if self.v5
+            server_events.user_properties(connection_id, DIRECTION_SERVER, event_type)
+            if self._v5
             else ()
         )
-        return Publish(
-            connection.events_topic, raw, self.qos, properties, relayed=True, outcome=outcome
+        event = Publish(
+            connection.events_topic, raw, self._qos, properties, relayed=True, outcome=outcome
         )
+        return _Ended(event, end=end)
 
-    def _turn_over(
-        self, connection: Connection, event_type: str, response: Mapping[str, Any]
-    ) -> None:
-        """The request in flight ended: its tool waits, its turn, and the memory of it."""
-        self._tools_ended(connection)
+    def _round(
+        self,
+        connection: Connection,
+        completed: ResponseCompleted,
+        going_on: list[Action] | TurnBroken,
+        end: RequestEnd,
+    ) -> _Ended:
+        """The response.completed that starts a tool round (or ends the turn without an
+        answer): published ahead of the round's actions, not as a relayed event (it must
+        not be refused for room). A device output sees it as no end of a request."""
         connection_id = connection.connect.connection_id
+        if isinstance(going_on, TurnBroken):
+            self._tools.ended(connection_id)
+            going_on = self._ask.broken(connection_id, going_on)
+        properties = (
+            server_events.user_properties(connection_id, DIRECTION_SERVER, RESPONSE_COMPLETED)
+            if self._v5
+            else ()
+        )
+        held = Publish(
+            connection.events_topic, completed.raw, self._qos, properties, outcome=completed
+        )
+        return _Ended(held, going_on, goes_on=True, end=end)
+
+    def _turn_over(self, connection_id: str, end: RequestEnd | None) -> None:
+        """The request in flight ended: its tool waits, its turn, and the memory of it."""
+        self._tools.ended(connection_id)
         self._idle.request_ended(connection_id)
-        connection.turn = None
-        if connection_id in self.conversations:  # an `ask` session: its memory
-            self._turn_ended(connection_id, event_type, response)
+        self._ask.over(connection_id, end)
 
     def _unreadable_end(self, connection: Connection, event_type: str, raw: bytes) -> list[Action]:
         """An end or error that is not JSON: not relayed; its request ends with
         ``invalid_server_event``, and a response counts by its size."""
         connection_id = connection.connect.connection_id
         if event_type in RESPONSE_ENDINGS:
-            self._charge(connection, unreadable_usage(raw))
-        turn, reply_to = connection.turn, connection.turn_reply
-        self._turn_over(connection, "error", {})
+            self._spending.charge(connection_id, connection.profile, unreadable_usage(raw))
+        turn = self._ask.turns.get(connection_id)
+        self._turn_over(connection_id, None)
         message = invalid_frame_message(raw)
         if turn is None:
-            actions: list[Action] = [self.replies.invalid_server_event(connection_id, raw)]
+            actions: list[Action] = [self._replies.invalid_server_event(connection_id, raw)]
         else:
-            rejection = Rejection(INVALID_SERVER_EVENT, message, ASK, turn.request_id)
-            actions = self.replies.refuse(connection_id, rejection, reply_to)
-        if connection.output is not None:
-            actions += connection.output.request_error(INVALID_SERVER_EVENT, message)
-        return actions
-
-    @staticmethod
-    def _usage_doubted(connection: Connection, usage: ResponseUsage | None) -> str | None:
-        """The problem with a response's usage, the first time one comes on this connection."""
-        if usage is None or usage.problem is None or connection.usage_doubted:
-            return None
-        connection.usage_doubted = True
-        tokens = usage.tokens
-        return f"{usage.problem}: counted as {tokens.input} input and {tokens.output} output tokens"
-
-
-def _response(document: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The ``response`` object of a response's end ({} if it has none)."""
-    response = document.get("response")
-    return response if isinstance(response, dict) else {}
+            rejection = Rejection(INVALID_SERVER_EVENT, message, ASK, turn.ask.request_id)
+            actions = self._replies.refuse(connection_id, rejection, turn.reply_to)
+        return actions + self._outputs.request_error(connection_id, INVALID_SERVER_EVENT, message)

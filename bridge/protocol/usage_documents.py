@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, Final
 
-from bridge.protocol.contract import connection_id_problem
+from bridge.protocol.encoding import compact
 from bridge.protocol.guardrails import MAX_USAGE_IDS, OTHER_IDS, Tokens, UsageBook
+from bridge.protocol.topics import connection_id_problem
 
 if TYPE_CHECKING:
     from bridge.protocol.shared_usage import SharedUsage
@@ -184,7 +185,7 @@ def _busiest(ids: Mapping[str, Tokens], keep: int) -> dict[str, Any]:
 
 
 def _encode(document: Mapping[str, Any]) -> bytes:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    return compact(document).encode()
 
 
 def _short(value: object) -> str:

@@ -173,6 +173,17 @@ SHAPES: dict[tuple[str, str | None], set[str]] = {
         "truncated",
         "error",
     },
+    (contract.OBJECT_STATUS, None): {
+        "object",
+        "action",
+        "connection_id",
+        "state",
+        "profile",
+        "requests_in_flight",
+        "conversation",
+        "output_status",
+        "request_id",
+    },
     (OBJECT_TOOL_CALL, None): {
         "object",
         "connection_id",

@@ -58,7 +58,7 @@ def error_codes(actions: list[Action]) -> list[str]:
 def relayed(core: BridgeCore, raw: bytes, connection_id: str = "c1") -> Publish:
     """What the core publishes for a server event (never held back outside `ask` turns)."""
     publish = core.upstream_event(connection_id, raw)
-    assert publish is not None
+    assert isinstance(publish, Publish)
     return publish
 
 

@@ -71,7 +71,7 @@ def test_default_options_leave_the_hot_path_alone() -> None:
     assert not core.shaped("c1")
     assert on(actions, "status") == []
     published = core.upstream_event("c1", delta("Hi"))
-    assert published is not None
+    assert isinstance(published, Publish)
     assert published.topic == "ai/c1/events"
     assert published.relayed
 

@@ -82,8 +82,9 @@ def answer(response_id: str, text: str) -> bytes:
 
 
 def round_of(core: BridgeCore, raw: bytes) -> list[Action]:
-    assert core.upstream_event("c1", raw) is None  # held: the turn goes on
-    return core.take_deferred()
+    actions = core.upstream_event("c1", raw)
+    assert isinstance(actions, list)  # held: the turn goes on
+    return actions
 
 
 def published(actions: list[Action], topic: str) -> list[Publish]:
