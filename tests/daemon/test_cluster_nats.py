@@ -3,7 +3,7 @@
 NATS's MQTT listener speaks MQTT 3.1.1 (QoS 0 and 1, retained messages and
 wills through JetStream), so the bridges run with ``mqtt.protocol: "3.1.1"``,
 each attached to a different node; the client publishes through one node.
-Skipped, saying why, only where nats-server is not installed.
+Skipped, saying why, only where nats-server is not installed (failed when CI is set).
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ import aiomqtt
 import pytest
 
 from bridge.cluster.ownership import owner_of
-from bridge_tools.nats_cluster import NatsCluster, find_nats_server
+from bridge_tools.nats_cluster import NatsCluster
 from bridge_tools.simulator import Simulator
-from tests.helpers import SECOND
+from tests.helpers import SECOND, require_nats_server
 from tests.ops_helpers import daemon_config, finish, spawn_daemon
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        find_nats_server() is None,
-        reason="nats-server is not installed (apt-get install nats-server): no broker cluster",
-    ),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def nats_server() -> None:
+    """Every test here runs a broker cluster."""
+    require_nats_server()
+
 
 CREATE = {"type": "response.create", "model": "gpt-5.4-nano", "input": "Describe tulips."}
 

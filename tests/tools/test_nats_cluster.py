@@ -16,17 +16,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge_tools.nats_cluster import NatsCluster, find_nats_server
-from tests.helpers import SECOND
+from bridge_tools.nats_cluster import NatsCluster
+from tests.helpers import SECOND, require_nats_server
 
 pytestmark = pytest.mark.integration
-
-
-def need_nats_server() -> None:
-    if find_nats_server() is None:
-        reason = "nats-server is not installed (apt-get install nats-server): no NATS cluster tests"
-        print(reason)  # noqa: T201
-        pytest.skip(reason)
 
 
 def timing(what: str, seconds: float) -> None:
@@ -36,7 +29,7 @@ def timing(what: str, seconds: float) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[NatsCluster]:
     """Two nodes for the module (they start in seconds: JetStream elects a leader per stream)."""
-    need_nats_server()
+    require_nats_server()
     with NatsCluster(2) as nats:
         assert nats.startup_seconds is not None
         timing("2-node cluster ready", nats.startup_seconds)
@@ -249,7 +242,7 @@ def test_three_nodes_survive_the_loss_of_one() -> None:
     the survivor refuses new MQTT connections and drops its clients until the
     other is back; see the module's docstring.)
     """
-    need_nats_server()
+    require_nats_server()
     with NatsCluster(3) as nats:
         assert nats.startup_seconds is not None
         timing("3-node cluster ready", nats.startup_seconds)
