@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge_tools.nats_cluster import NatsCluster
-from tests.helpers import SECOND, require_nats_server
+from tests.helpers import SECOND, eventually_sync, require_nats_server
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,7 @@ class Mqtt311:
         return self.received.get(timeout=wait * SECOND)
 
     def nothing(self, wait: float = 0.5) -> list[Any]:
+        """What arrives within ``wait`` seconds (a negative check: it should be nothing)."""
         time.sleep(wait * SECOND)
         return [self.received.get_nowait()[1].payload for _ in range(self.received.qsize())]
 
@@ -211,9 +212,7 @@ def test_the_same_client_id_on_another_node_takes_the_session_over(
     first.client.reconnect_delay_set(30, 30)  # no fight back within the test
     second = Mqtt311(cluster.mqtt[1], client_id=client_id).connect()
     try:
-        deadline = time.monotonic() + 5 * SECOND
-        while first.client.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually_sync(lambda: not first.client.is_connected(), 5, "the first is taken over")
         assert not first.client.is_connected()
         assert second.client.is_connected()
     finally:
