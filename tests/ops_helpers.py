@@ -12,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiomqtt
 
@@ -112,8 +112,11 @@ def daemon_config(tmp_path: Path, mqtt: dict[str, Any], **sections: dict[str, An
     return path
 
 
-def spawn_daemon(config: Path, **env: str) -> subprocess.Popen[bytes]:
-    """``python -m bridge run --config config`` with the test's API key and ``env``."""
+def spawn_daemon(
+    config: Path, stderr: IO[bytes] | int = subprocess.PIPE, **env: str
+) -> subprocess.Popen[bytes]:
+    """``python -m bridge run --config config`` with the test's API key and ``env``;
+    its stderr to ``stderr`` (a pipe that :func:`finish` reads, by default)."""
     environ = {**os.environ, "OPENAI_API_KEY": KEY, **env}
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
         if name not in env:
@@ -122,7 +125,7 @@ def spawn_daemon(config: Path, **env: str) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "bridge", "run", "--config", str(config)],
         env=environ,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
     )
 
 
@@ -131,7 +134,7 @@ def finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
     if process.poll() is None:
         process.kill()
     _, stderr = process.communicate(timeout=20 * SECOND)
-    return process.returncode, stderr.decode(errors="replace")
+    return process.returncode, (stderr or b"").decode(errors="replace")
 
 
 class OpsBridge:

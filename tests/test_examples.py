@@ -35,7 +35,7 @@ from bridge.protocol.contract import (
 )
 from bridge_tools.simulator import Simulator
 from tests.conftest import Broker, Client
-from tests.helpers import SECOND
+from tests.helpers import SECOND, missing
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 ALLOWED = frozenset({"response.create"})
@@ -804,5 +804,5 @@ def test_esphome_config_accepts_the_example() -> None:
 
     program = esphome_check.cache_root() / f"esphome-{esphome_check.VERSION}" / "bin" / "esphome"
     if not program.exists():
-        pytest.skip("ESPHome is not installed: scripts/check-esphome installs it")
+        missing("ESPHome", "scripts/check-esphome installs it")
     assert esphome_check.check(program, sorted(EXAMPLES.glob("esphome/*.yaml"))) == []

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from bridge.protocol.sessions import profile_for
 from bridge.protocol.tools import Call, Rendered, ToolBox, ToolConfig
 from bridge_tools.simulator import Simulator
 from tests.conftest import Broker, Client
-from tests.helpers import SECOND
+from tests.helpers import SECOND, require
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 CONFIG_FILE = EXAMPLES / "tools" / "bridge-config.yaml"
@@ -472,9 +471,7 @@ process.stdout.write(JSON.stringify(result === undefined ? null : result));
 
 def run_function(node: dict[str, Any], msg: dict[str, Any], context: dict[str, Any]) -> Any:
     """A function node's code run by Node.js, as Node-RED runs it (msg, flow, node)."""
-    node_js = shutil.which("node")
-    if node_js is None:
-        pytest.skip("needs Node.js (node) to run the function nodes")
+    node_js = require("node", "apt-get install nodejs (it runs the function nodes)")
     done = subprocess.run(
         [node_js, "-e", NODE_HARNESS, node["func"], json.dumps(msg), json.dumps(context)],
         capture_output=True,

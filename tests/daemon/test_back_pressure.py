@@ -39,8 +39,9 @@ def buffer_lines(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]
     return warnings, infos
 
 
-async def stream(client: Client, ids: list[str]) -> None:
-    """Open ``ids``, ask each for the long reply, and wait until every one completed."""
+async def stream(client: Client, ids: list[str], streaming: asyncio.Event | None = None) -> None:
+    """Open ``ids``, ask each for the long reply, and wait until every one completed
+    (``streaming`` is set at the first text delta)."""
     for connection_id in ids:
         await client.command(connection_id, {"action": "connect"})
         await client.until(lambda m, cid=connection_id: m.get("connection_id") == cid)
@@ -51,6 +52,8 @@ async def stream(client: Client, ids: list[str]) -> None:
     while completed < len(ids):
         message = await client.next_json(30)
         completed += message.get("type") == "response.completed"
+        if streaming is not None and message.get("type") == "response.output_text.delta":
+            streaming.set()
 
 
 @pytest.mark.integration
@@ -88,11 +91,12 @@ async def test_a_long_wait_is_one_warning_and_one_closing_line(
         bridge = await start_bridge(broker, fast, mqtt={"buffer_max_messages": 10})
         async with Client(broker) as client:
             await client.subscribe("ai/+/events")
-            streaming = asyncio.create_task(stream(client, ["p1", "p2"]))
-            await asyncio.sleep(0.3 * SECOND)
+            started = asyncio.Event()
+            streaming = asyncio.create_task(stream(client, ["p1", "p2"], started))
+            await asyncio.wait_for(started.wait(), 10 * SECOND)  # mid-stream now
             os.kill(broker.process.pid, signal.SIGSTOP)  # takes nothing, acknowledges nothing
             try:
-                await asyncio.sleep(1.5 * SECOND)
+                await asyncio.sleep(1.5 * SECOND)  # the stall itself: over the 1 s warning
             finally:
                 os.kill(broker.process.pid, signal.SIGCONT)
             await streaming
@@ -121,7 +125,7 @@ class Buffer:
 def waits(buffer: Buffer, limit: float = 5.0) -> BufferWaits:
     return BufferWaits(
         buffer.room,
-        limit=limit,
+        limit=limit * SECOND,
         buffered=lambda: 10,
         log=logging.getLogger("bridge.daemon.service"),
     )
@@ -133,9 +137,10 @@ def now() -> float:
 
 @pytest.fixture
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A warning after 0.1 s instead of 1 s, at most one a second instead of every 10."""
-    monkeypatch.setattr(buffer_waits, "WARN_AFTER", 0.1)
-    monkeypatch.setattr(buffer_waits, "WARN_INTERVAL", 1.0)
+    """A warning after 0.1 s instead of 1 s, at most one a second instead of every 10
+    (times the timing factor, as every pause of the tests that use it)."""
+    monkeypatch.setattr(buffer_waits, "WARN_AFTER", 0.1 * SECOND)
+    monkeypatch.setattr(buffer_waits, "WARN_INTERVAL", 1.0 * SECOND)
 
 
 async def test_short_waits_are_not_logged(quick: None, caplog: pytest.LogCaptureFixture) -> None:
@@ -145,7 +150,7 @@ async def test_short_waits_are_not_logged(quick: None, caplog: pytest.LogCapture
     for _ in range(20):
         buffer.open.clear()
         waiting = asyncio.create_task(tracked.room(now()))
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005 * SECOND)  # a short wait: well under WARN_AFTER
         buffer.open.set()
         assert await waiting
     assert buffer_lines(caplog) == ([], [])
@@ -158,7 +163,7 @@ async def test_one_episode_is_one_warning_however_many_wait(
     buffer = Buffer()
     tracked = waits(buffer)
     readers = [asyncio.create_task(tracked.room(now())) for _ in range(5)]
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3 * SECOND)  # a long wait: past WARN_AFTER
     buffer.open.set()
     assert all(await asyncio.gather(*readers))
     warnings, infos = buffer_lines(caplog)
@@ -175,10 +180,10 @@ async def test_warnings_are_at_most_one_per_interval(
     buffer = Buffer()
     tracked = waits(buffer)
     for pause in (0.0, 0.0, 1.0):
-        await asyncio.sleep(pause)
+        await asyncio.sleep(pause * SECOND)
         buffer.open.clear()
         waiting = asyncio.create_task(tracked.room(now()))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2 * SECOND)  # a long wait: past WARN_AFTER
         buffer.open.set()
         assert await waiting
     warnings, infos = buffer_lines(caplog)

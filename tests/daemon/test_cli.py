@@ -233,10 +233,10 @@ async def test_second_sigterm_during_a_stalled_close_still_says_offline(
                 answer = await watcher.next_json()
                 if answer["action"] == "connect" and "error" not in answer:
                     break
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1 * SECOND)
             upstream.send_signal(signal.SIGSTOP)  # it will never answer the close
             process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.5 * SECOND)
+            await asyncio.sleep(0.5 * SECOND)  # a negative check: it does not stop yet
             assert process.poll() is None  # waiting for the close handshake
             process.send_signal(signal.SIGTERM)
             await wait_state(watcher, b"offline", 15)

@@ -198,9 +198,10 @@ async def test_close_clears_the_retained_status(
     async with Client(broker) as before:  # retained while the connection is open
         await before.subscribe("ai/cl/status")
         assert (await before.next(5)).payload == b"ready"
-    await client.command("cl", {"action": "close"})
-    await client.until(lambda m: m.get("action") == "close")
-    await asyncio.sleep(0.3 * SECOND)
+        await client.command("cl", {"action": "close"})
+        await client.until(lambda m: m.get("action") == "close")
+        while (await before.next(5)).payload != b"":  # until the retained status is cleared
+            pass
     async with Client(broker) as late:
         await late.subscribe("ai/cl/status")
         assert await late.quiet(0.5) == []  # nothing retained

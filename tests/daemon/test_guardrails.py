@@ -20,7 +20,7 @@ import pytest
 from bridge.daemon.service import Service
 from bridge_tools.simulator import Simulator
 from tests.conftest import Broker, Client, RunningBridge, bridge_settings
-from tests.helpers import SECOND
+from tests.helpers import SECOND, eventually
 from tests.ops_helpers import OpsBridge, daemon_config, finish, spawn_daemon
 
 pytestmark = pytest.mark.integration
@@ -152,15 +152,16 @@ async def _started(broker: Broker, config: Path) -> subprocess.Popen[bytes]:
 
 async def _wait_for_saved_usage(state: Path, at_least: int) -> None:
     """Until the usage file shows ``at_least`` tokens (it is saved every few seconds)."""
-    for _ in range(int(20 / 0.1)):
+
+    def saved() -> bool:
         try:
-            saved = json.loads((state / "usage.json").read_text())
-            if saved["bridge"]["total"] >= at_least:
-                return
+            return bool(
+                json.loads((state / "usage.json").read_text())["bridge"]["total"] >= at_least
+            )
         except (FileNotFoundError, ValueError):
-            pass
-        await asyncio.sleep(0.1 * SECOND)
-    raise AssertionError("usage was not saved")
+            return False
+
+    await eventually(saved, 20, "usage was saved")
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
@@ -275,24 +276,17 @@ async def test_an_unwritable_state_dir_warns_once_and_shows_in_info(
             await client.subscribe("ai/+/events", "ai/bridge/info")
             assert (await ask(client, "u1"))["type"] == "response.completed"
             store = running.service.usage_store
-            await _until(lambda: store.failed_saves >= 2, 20)  # it tried again, backing off
+            await eventually(lambda: store.failed_saves >= 2, 20)  # it tried again, backing off
             info = await _info_where(client, lambda d: d["usage_file"] != "ok")
             assert info["usage_file"].startswith("not writable: "), info
             blocker.unlink()  # the disk is back
-            await _until(lambda: store.problem is None, 30)
+            await eventually(lambda: store.problem is None, 30)
             await _info_where(client, lambda d: d["usage_file"] == "ok")
     lines = [
         (r.levelname, r.getMessage()) for r in caplog.records if "token usage" in r.getMessage()
     ]
     assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
     assert json.loads((blocker / "state" / "usage.json").read_text())["bridge"]["total"] > 0
-
-
-async def _until(condition: Callable[[], bool], wait: float) -> None:
-    deadline = asyncio.get_running_loop().time() + wait * SECOND
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
-        await asyncio.sleep(0.05 * SECOND)
 
 
 async def _info_where(client: Client, predicate: Callable[[dict[str, Any]], bool]) -> Any:

@@ -93,10 +93,10 @@ async def test_connection_age_limit_error_is_relayed(
 ) -> None:
     """After the (here: 1 s) connection limit the server's error is relayed; a new
     connection on the same id works."""
-    async with Simulator(SimulatorOptions(api_key=KEY, max_connection_age=1.0)) as aging:
+    async with Simulator(SimulatorOptions(api_key=KEY, max_connection_age=1.0 * SECOND)) as aging:
         await start_bridge(broker, aging)
         await open_connection(client, "c1")
-        await asyncio.sleep(1.2)  # the simulator's own clock, not a test timeout
+        await asyncio.sleep(1.2 * SECOND)  # past the simulator's connection age
         await client.command("c1", {"action": "send", "event": create()})
         messages = await client.until(lambda m: m.get("type") == "error")
         assert messages[-1]["error"]["code"] == "websocket_connection_limit_reached"

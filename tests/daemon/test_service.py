@@ -6,7 +6,6 @@ Each test names one point of the contract (../shared/contract.md, the README's
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -16,7 +15,7 @@ from paho.mqtt.properties import Properties
 
 from bridge_tools.simulator import Simulator
 from tests.conftest import KEY, Broker, Client, body, prop
-from tests.helpers import SECOND
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -372,5 +371,5 @@ async def test_graceful_stop_closes_upstreams(
             "bridge shutting down",
         )
     assert messages[2].payload == b"offline"
-    await asyncio.sleep(0.1 * SECOND)
+    await eventually(lambda: len(simulator.closes) >= 2, what="the simulator saw both closes")
     assert [close.code for close in simulator.closes] == [1001, 1001]

@@ -175,7 +175,7 @@ async def test_invalid_arguments_are_never_published(
     await start(start_bridge, broker, simulator)
     async with device(broker) as asked:
         seen = await ask(client, 'call set_light with {"state":"DIM"}')
-        await asyncio.sleep(0.2 * SECOND)
+        await asyncio.sleep(0.2 * SECOND)  # a negative check: nothing reaches the device
     assert asked == []
     (call,) = tool_calls(seen)
     assert call["status"] == "invalid_arguments"
@@ -228,7 +228,7 @@ async def test_a_client_tool_is_relayed_not_run(
         }
         await client.command("c1", {"action": "send", "event": event})
         seen = await client.until(lambda m: m.get("type") == "response.completed")
-        await asyncio.sleep(0.3 * SECOND)
+        await asyncio.sleep(0.3 * SECOND)  # a negative check: nothing reaches the device
     assert asked == []  # the client's own tool: relayed, never executed
     assert tool_calls(seen) == []
     (item,) = seen[-1]["response"]["output"]
@@ -240,10 +240,10 @@ async def test_the_conversation_goes_on_after_tools_even_replayed(
 ) -> None:
     """store:false, and the socket replaced before the next turn: the replay carries each
     call with its output (the simulator refuses a call without one)."""
-    await start(start_bridge, broker, simulator, sessions={"max_socket_age": 0.5})
+    await start(start_bridge, broker, simulator, sessions={"max_socket_age": 0.5 * SECOND})
     async with device(broker):
         await ask(client, 'call set_light with {"state":"OFF"}')
-    await asyncio.sleep(0.6)  # the socket is now past its (tiny) age limit
+    await asyncio.sleep(0.6 * SECOND)  # the socket is now past its (tiny) age limit
     seen = await ask(client, "Describe tulips.")
     assert seen[-1]["type"] == "response.completed"
     replayed = requests(simulator)[-1]

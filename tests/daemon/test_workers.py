@@ -27,7 +27,7 @@ from bridge.daemon.config import load_settings
 from bridge.daemon.workers import worker_specs
 from bridge_tools.simulator import Simulator
 from tests.conftest import KEY, Broker, Client, body
-from tests.helpers import SECOND
+from tests.helpers import SECOND, eventually
 from tests.ops_helpers import NotifySocket
 
 PRESENCE = "ai/bridge/instances/+"
@@ -288,10 +288,7 @@ async def test_a_worker_that_must_not_restart_stops_them_all(
 
 
 async def log_shows(run: Supervised, text: str, wait: float = 15) -> None:
-    deadline = asyncio.get_running_loop().time() + wait * SECOND
-    while text not in run.output():
-        assert asyncio.get_running_loop().time() < deadline, f"no {text!r} in\n{run.output()}"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: text in run.output(), wait, f"{text!r} in\n{run.output()}")
 
 
 @pytest.mark.integration

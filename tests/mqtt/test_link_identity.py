@@ -17,7 +17,7 @@ from bridge.mqtt.link import BROKER_VERSION, MqttLink
 from bridge.protocol.contract import Topics
 from bridge_tools.local_broker import find_mosquitto
 from tests.conftest import Broker
-from tests.helpers import SECOND
+from tests.helpers import SECOND, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -58,10 +58,7 @@ async def logged(caplog: pytest.LogCaptureFixture, text: str, count: int = 1) ->
             if record.name == "bridge.mqtt.link" and record.levelno == logging.INFO
         )
 
-    deadline = asyncio.get_running_loop().time() + 10 * SECOND
-    while seen() < count:
-        assert asyncio.get_running_loop().time() < deadline, f"no {text!r} in\n{caplog.text}"
-        await asyncio.sleep(0.02)
+    await eventually(lambda: seen() >= count, 10, f"{text!r} in\n{caplog.text}")
 
 
 async def test_each_connect_logs_the_broker_address_and_version(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from bridge.mqtt.client import BrokerConnection
 from bridge.mqtt.outbox import Outbox
 from bridge.mqtt.write_buffer import GATHER_LIMIT, WriteBuffer
 from bridge.protocol.messages import Publish
-from tests.helpers import SECOND
+from tests.helpers import SECOND, eventually
 
 SMALL_BUFFER = 4096  # bytes: SO_SNDBUF of the bridge's socket, SO_RCVBUF of the broker's
 PUBLISH, DISCONNECT = 0x30, 0xE0
@@ -121,15 +121,6 @@ async def stalling_broker(
         server.close()
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` (socket and paho state, which nothing signals) for 10 seconds."""
-    for _ in range(int(1000 * SECOND)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
-
-
 def relayed(count: int) -> list[Publish]:
     return [Publish("ai/c1/events", b"%06d:" % n + b"x" * 200, 0) for n in range(count)]
 
@@ -148,13 +139,13 @@ async def test_queued_publishes_leave_in_few_writes_and_a_full_socket_loses_noth
         for publish in publishes:
             assert outbox.put(publish)
         # The broker reads nothing: the socket fills and the window with it.
-        await until(lambda: any(taken < offered for offered, taken in sends))
-        await asyncio.sleep(0.2)
+        await eventually(lambda: any(taken < offered for offered, taken in sends))
+        await asyncio.sleep(0.2 * SECOND)  # a negative check: paho takes no more meanwhile
         assert len(outbox) > 1000  # the rest waits in the outbox, not in memory behind paho
         broker.go.set()
         async with asyncio.timeout(10 * SECOND):
             await outbox.wait_empty()
-        await until(lambda: len(broker.payloads()) == len(publishes))
+        await eventually(lambda: len(broker.payloads()) == len(publishes))
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert broker.payloads() == [p.payload for p in publishes]
@@ -171,11 +162,11 @@ async def test_a_disconnect_goes_out_after_everything_written_before_it(
         task = asyncio.create_task(connection.publish_outbox(outbox))
         for publish in relayed(500):
             outbox.put(publish)
-        await until(lambda: any(taken < offered for offered, taken in sends))
+        await eventually(lambda: any(taken < offered for offered, taken in sends))
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         closing = asyncio.create_task(connection.close(say=("ai/bridge/state", b"offline")))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1 * SECOND)  # the close is under way before the broker reads
         broker.go.set()
         await closing
         async with asyncio.timeout(10 * SECOND):

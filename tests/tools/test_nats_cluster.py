@@ -16,17 +16,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge_tools.nats_cluster import NatsCluster, find_nats_server
-from tests.helpers import SECOND
+from bridge_tools.nats_cluster import NatsCluster
+from tests.helpers import SECOND, eventually_sync, require_nats_server
 
 pytestmark = pytest.mark.integration
-
-
-def need_nats_server() -> None:
-    if find_nats_server() is None:
-        reason = "nats-server is not installed (apt-get install nats-server): no NATS cluster tests"
-        print(reason)  # noqa: T201
-        pytest.skip(reason)
 
 
 def timing(what: str, seconds: float) -> None:
@@ -36,7 +29,7 @@ def timing(what: str, seconds: float) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[NatsCluster]:
     """Two nodes for the module (they start in seconds: JetStream elects a leader per stream)."""
-    need_nats_server()
+    require_nats_server()
     with NatsCluster(2) as nats:
         assert nats.startup_seconds is not None
         timing("2-node cluster ready", nats.startup_seconds)
@@ -95,6 +88,7 @@ class Mqtt311:
         return self.received.get(timeout=wait * SECOND)
 
     def nothing(self, wait: float = 0.5) -> list[Any]:
+        """What arrives within ``wait`` seconds (a negative check: it should be nothing)."""
         time.sleep(wait * SECOND)
         return [self.received.get_nowait()[1].payload for _ in range(self.received.qsize())]
 
@@ -218,9 +212,7 @@ def test_the_same_client_id_on_another_node_takes_the_session_over(
     first.client.reconnect_delay_set(30, 30)  # no fight back within the test
     second = Mqtt311(cluster.mqtt[1], client_id=client_id).connect()
     try:
-        deadline = time.monotonic() + 5 * SECOND
-        while first.client.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually_sync(lambda: not first.client.is_connected(), 5, "the first is taken over")
         assert not first.client.is_connected()
         assert second.client.is_connected()
     finally:
@@ -249,7 +241,7 @@ def test_three_nodes_survive_the_loss_of_one() -> None:
     the survivor refuses new MQTT connections and drops its clients until the
     other is back; see the module's docstring.)
     """
-    need_nats_server()
+    require_nats_server()
     with NatsCluster(3) as nats:
         assert nats.startup_seconds is not None
         timing("3-node cluster ready", nats.startup_seconds)
