@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Final
@@ -29,7 +28,7 @@ from bridge.cluster.ownership import (
     Settle,
     Yield,
 )
-from bridge.daemon.config import Config
+from bridge.config.settings import Config
 from bridge.daemon.membership import MembershipAgent
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.protocol.actions import Action
@@ -42,10 +41,6 @@ logger = logging.getLogger(__name__)
 # `disconnected` for the ids of a lost instance: 1012 "service restart" (RFC 6455 §7.4.1,
 # IANA registry): the server side went away and the client may connect again at once.
 INSTANCE_LOST_CODE: Final = 1012
-
-
-def instance_name(config: Config) -> str:
-    return config.cluster.instance or f"{socket.gethostname()}-{config.mqtt.client_id}"
 
 
 class ClusterMember:

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from bridge.config.settings import Config, Settings, instance_name
 from bridge.daemon import logs
 from bridge.daemon.buffer_waits import BufferWaits
-from bridge.daemon.cluster import ClusterMember, instance_name
-from bridge.daemon.config import Config, Settings
+from bridge.daemon.cluster import ClusterMember
 from bridge.daemon.membership import MembershipAgent
 from bridge.daemon.relay import Relay
 from bridge.daemon.usage_sharing import UsageSharing

@@ -46,7 +46,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bridge.daemon.config import MqttConfig
+from bridge.config.sections import MqttConfig
 from bridge.mqtt.errors import BrokerRefusedConnection, BrokerUnavailable, LinkLost
 from bridge.mqtt.outbox import Entry, Outbox
 from bridge.mqtt.properties import correlation_of, properties_of, reply_to_of

@@ -29,7 +29,7 @@ from typing import Final
 from paho.mqtt.client import topic_matches_sub
 
 from bridge.backoff import backoff_delays
-from bridge.daemon.config import MqttConfig
+from bridge.config.sections import MqttConfig
 from bridge.errors import BrokerError, BrokerRefused
 from bridge.mqtt.client import PAHO_LOGGER, BrokerConnection
 from bridge.mqtt.errors import BrokerRefusedConnection, BrokerUnavailable

@@ -26,8 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
-from bridge.daemon.cluster import instance_name
-from bridge.daemon.config import Settings
+from bridge.config.settings import Settings, instance_name
 from bridge.errors import ConfigError
 from bridge.ops import systemd
 from bridge.ops.discovery import discovery_messages, info_topic, status_topic
