@@ -50,6 +50,7 @@ from bridge.protocol.error_codes import INSTANCE_BUSY
 from bridge.protocol.guardrails import local_time
 from bridge.protocol.messages import Publish
 from bridge.protocol.response_topics import ResponseTopicPolicy
+from bridge.protocol.shared_usage import SharedUsage
 from bridge.protocol.usage_documents import MAX_DOCUMENT_BYTES
 from bridge.upstream.connection import Upstream, UpstreamConnection
 
@@ -215,6 +216,21 @@ class Service:
     def connection_count(self) -> int:
         """Upstream connections in any phase."""
         return self.core.connection_count
+
+    @property
+    def usage(self) -> SharedUsage:
+        """The day's token usage, every instance's."""
+        return self.core.guardrails.usage
+
+    @property
+    def usage_problem(self) -> str | None:
+        """Why today's usage cannot be kept on disk, or None."""
+        return self.usage_store.problem
+
+    @property
+    def usage_settled(self) -> bool:
+        """Our retained usage document has been read back (or there was none)."""
+        return self.usage_sharing.settled
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], object] | None = None) -> None:
         """Run until ``stop`` is set, then shut down in order; raise if the link is fatal."""
