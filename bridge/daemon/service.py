@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, assert_never
 
 from bridge.config.settings import Config, Settings, instance_name
 from bridge.daemon import logs
@@ -29,6 +29,7 @@ from bridge.daemon.buffer_waits import BufferWaits
 from bridge.daemon.cluster import ClusterMember
 from bridge.daemon.membership import MembershipAgent
 from bridge.daemon.relay import Relay
+from bridge.daemon.timers import Timers
 from bridge.daemon.usage_sharing import UsageSharing
 from bridge.daemon.usage_store import UsageStore, default_state_dir
 from bridge.errors import InstanceConflict, UpstreamError
@@ -90,6 +91,7 @@ class Service:
         self.observer = observer or Observer()
         self.topics = Topics(config.mqtt.topic_prefix)
         self.wall_clock = wall_clock  # the budgets' days (tests move it)
+        self.timers = Timers()  # every timer armed: cancelled when run ends
         state_dir = config.state_dir or default_state_dir()
         self.usage_store = UsageStore(state_dir, instance_name(config))
         self.core = BridgeCore(
@@ -144,6 +146,7 @@ class Service:
             carry_out=self._handle,
             busy=self._busy,
             on_error=self.observer.error,
+            timers=self.timers,
         )
         # Several instances on one prefix: which commands are this one's (cluster.enabled).
         self.cluster = (
@@ -155,6 +158,7 @@ class Service:
                 self._perform,
                 self._handle,
                 self.membership,
+                self.timers,
             )
             if config.cluster.enabled
             else None
@@ -168,7 +172,6 @@ class Service:
         self.relay = Relay(self.core, self.link, self.observer, self._perform, self._buffer_waits)
         self._observed_count = 0
         self._upstreams: dict[str, _Upstream] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}  # device output (ArmTimer), per id
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -263,8 +266,7 @@ class Service:
                 task.cancel()
             self.usage_store.save(self.core.guardrails.usage)
             await self._cancel_all()
-            for timer in self._timers.values():
-                timer.cancel()
+            self.timers.close()
             # However run ends (an error, a second signal), the link says `offline`
             # before it goes: give it the time to.
             link.cancel()
@@ -290,7 +292,7 @@ class Service:
         action, request_id = peek(message.payload, max_bytes=1 << 20)
         message_text = "too many commands wait for this bridge to join; publish it again"
         rejection = Rejection(INSTANCE_BUSY, message_text, action, request_id)
-        self._perform(self.core.replies.refuse(message.connection_id, rejection, None))
+        self._perform(self.core.refuse(message.connection_id, rejection))
 
     def _handle(self, message: Inbound) -> None:
         """Carry out a command here: the core decides, the actions are performed."""
@@ -328,7 +330,6 @@ class Service:
         self._perform(self.core.tool_timed_out(wait))
 
     def _output_due(self, connection_id: str) -> None:
-        del self._timers[connection_id]
         self._perform(self.core.output_due(connection_id))
 
     # Actions ---------------------------------------------------------------------------
@@ -358,16 +359,14 @@ class Service:
                     elif upstream.task is not None:
                         upstream.task.cancel()  # the handshake is abandoned
                 case ArmTimer(connection_id, delay):
-                    timer = self._timers.pop(connection_id, None)
-                    if timer is not None:
-                        timer.cancel()
-                    self._timers[connection_id] = asyncio.get_running_loop().call_later(
-                        delay, self._output_due, connection_id
-                    )
+                    key = ("output", connection_id)  # device output: one per id
+                    self.timers.later(delay, self._output_due, connection_id, key=key)
                 case Observe(outcome):
                     self.observer.observe(outcome)
                 case ToolDeadline(delay=delay, wait=wait):
-                    asyncio.get_running_loop().call_later(delay, self._tool_deadline, wait)
+                    self.timers.later(delay, self._tool_deadline, wait)
+                case _:
+                    assert_never(action)
         if self.core.connection_count != self._observed_count:
             self._observed_count = self.core.connection_count
             self.observer.connections_changed(self._observed_count)
