@@ -67,7 +67,6 @@ class MembershipAgent:
         self.presence_topic = base + name
         self._instances = base
         self._prefix = topics.prefix
-        self._state_topic = topics.state
         link.listen_filter(base + "+", self._on_presence)
         link.listen_filter(topics.state, self._on_state)
         link.on_connecting = self._on_connecting
