@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from websockets.asyncio.server import ServerConnection, serve
 
 from bench.goals import goal
-from bridge.daemon.config import parse_config, resolve
+from bridge.config.settings import parse_config, resolve
 from bridge.daemon.service import Service
 from bridge_tools.local_broker import LocalMosquitto, free_port, is_listening
 

@@ -43,7 +43,7 @@ from paho.mqtt.properties import Properties
 
 from bench.goals import goal
 from bench.stacks import parse, summarize
-from bridge.daemon.config import parse_config, resolve
+from bridge.config.settings import parse_config, resolve
 from bridge.daemon.service import Service
 from bridge.protocol.server_events import DIRECTION_SERVER, user_properties
 from bridge_tools.local_broker import LocalMosquitto, free_port, is_listening

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Final
 
 from bridge import __version__
+from bridge.config.dump import redacted_dump
+from bridge.config.inert import inert_keys
+from bridge.config.settings import Settings, config_schema, load_settings
 from bridge.daemon import logs
-from bridge.daemon.config import Settings, config_schema, load_settings
-from bridge.daemon.config_dump import redacted_dump
-from bridge.daemon.config_inert import inert_keys
 from bridge.daemon.reload import Reloader
 from bridge.daemon.service import Service
 from bridge.errors import BridgeError, BrokerError, BrokerRefused, ConfigError, InstanceConflict

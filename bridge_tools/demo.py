@@ -27,7 +27,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TextIO, TypeVar
 
-from bridge.daemon.config import MqttConfig, Settings, parse_config, resolve
+from bridge.config.sections import MqttConfig
+from bridge.config.settings import Settings, parse_config, resolve
 from bridge.daemon.service import Service
 from bridge.errors import BridgeError, BrokerError
 from bridge.mqtt.client import BrokerConnection

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from bridge.daemon.cluster import instance_name
-from bridge.daemon.config import load_settings
+from bridge.config.settings import instance_name, load_settings
 from bridge_tools.simulator import Simulator
 from tests.conftest import Broker, Client, body
 from tests.helpers import SECOND

@@ -18,7 +18,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.daemon.config import Settings, load_settings
+from bridge.config.settings import Settings, load_settings
 from bridge.daemon.service import Service
 from bridge_tools.local_broker import LocalMosquitto, find_mosquitto
 from bridge_tools.simulator import Simulator, SimulatorOptions

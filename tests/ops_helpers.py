@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import aiomqtt
 
-from bridge.daemon.config import Settings
+from bridge.config.settings import Settings
 from bridge.daemon.service import Service
 from bridge.ops.operations import Operations
 from tests.conftest import KEY, Client, RunningBridge

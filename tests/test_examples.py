@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.daemon.config import parse_config
+from bridge.config.settings import parse_config
 from bridge.ops.discovery import discovery_messages
 from bridge.protocol.contract import (
     Ask,

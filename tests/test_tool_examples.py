@@ -27,7 +27,7 @@ import aiomqtt
 import pytest
 import yaml
 
-from bridge.daemon.config import Config, parse_config
+from bridge.config.settings import Config, parse_config
 from bridge.protocol.contract import Ask, Command, Rejection, Topics, parse_command
 from bridge.protocol.sessions import profile_for
 from bridge.protocol.tools import Call, Rendered, ToolBox, ToolConfig

@@ -10,9 +10,7 @@ and timers. The rules are the pure module's; here is only the wiring.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
 from typing import Final, assert_never
@@ -29,8 +27,9 @@ from bridge.cluster.ownership import (
     Settle,
     Yield,
 )
-from bridge.daemon.config import Config
+from bridge.config.settings import Config
 from bridge.daemon.membership import MembershipAgent
+from bridge.daemon.timers import Timers
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.protocol.actions import Action
 from bridge.protocol.contract import RESERVED_ID, Rejection, Topics, peek
@@ -42,10 +41,6 @@ logger = logging.getLogger(__name__)
 # `disconnected` for the ids of a lost instance: 1012 "service restart" (RFC 6455 §7.4.1,
 # IANA registry): the server side went away and the client may connect again at once.
 INSTANCE_LOST_CODE: Final = 1012
-
-
-def instance_name(config: Config) -> str:
-    return config.cluster.instance or f"{socket.gethostname()}-{config.mqtt.client_id}"
 
 
 class ClusterMember:
@@ -60,6 +55,7 @@ class ClusterMember:
         perform: Callable[[list[Action]], None],
         handle: Callable[[Inbound], None],
         membership: MembershipAgent,
+        timers: Timers,
     ) -> None:
         self.name = membership.name
         self.topics = topics
@@ -68,6 +64,7 @@ class ClusterMember:
         self.perform = perform
         self.handle = handle  # carry a command out here (the core)
         self.membership = membership
+        self.timers = timers  # the claims' settle timers
         keepalive = config.mqtt.keepalive
         self.ownership = Ownership(
             self.name, claim_window=config.cluster.claim_window, claim_timeout=2.0 * keepalive
@@ -135,12 +132,11 @@ class ClusterMember:
 
     def _lost_while_away(self, connection_id: str) -> None:
         """An id this instance held before it was away is no longer its own."""
-        if self.core.phase(connection_id) is None and connection_id not in self.core.conversations:
+        if not self.core.in_use(connection_id):
             return
         logger.warning("[%s] taken over while this instance was away: ended here", connection_id)
-        self.core.conversations.forget(connection_id)
         reason = "this bridge instance was away and the connection was taken over"
-        self.perform(self.core.end_connection(connection_id, INSTANCE_LOST_CODE, reason))
+        self.perform(self.core.hand_over(connection_id, INSTANCE_LOST_CODE, reason))
 
     # Timers and the supervisor's sweep ------------------------------------------------
 
@@ -151,7 +147,7 @@ class ClusterMember:
         decisions = self.ownership.sweep(time.monotonic())
         for connection_id in self.ownership.held_here():
             open_ = self.core.phase(connection_id) is not None
-            in_use = open_ or connection_id in self.core.conversations
+            in_use = self.core.in_use(connection_id)
             decisions += self.ownership.local_state(connection_id, open=open_, in_use=in_use)
         self._carry_out(decisions)
 
@@ -172,25 +168,21 @@ class ClusterMember:
                     topic = self._claims + connection_id
                     self.link.publish(Publish(topic, payload, 1, retain=True))
                 case Settle(connection_id, delay):
-                    asyncio.get_running_loop().call_later(delay, self._settle, connection_id)
+                    self.timers.later(delay, self._settle, connection_id)
                 case InstanceLost(connection_id, instance, _):
                     # Said for every id it held, open or not (a connection it had just
                     # opened may not show in its claim yet; its conversation is gone too).
                     reason = f"the bridge instance {instance} holding it was lost"
-                    replies = self.core.replies
-                    self.perform(replies.disconnected(connection_id, INSTANCE_LOST_CODE, reason))
+                    self.perform(self.core.disconnected(connection_id, INSTANCE_LOST_CODE, reason))
                 case Yield(connection_id, to):
                     logger.warning("[%s] held by %s as well: it is theirs now", connection_id, to)
-                    self.core.conversations.forget(connection_id)
                     reason = f"the connection moved to the bridge instance {to}"
-                    self.perform(
-                        self.core.end_connection(connection_id, INSTANCE_LOST_CODE, reason)
-                    )
+                    self.perform(self.core.hand_over(connection_id, INSTANCE_LOST_CODE, reason))
                 case Refuse(connection_id, command, code, message):
                     assert isinstance(command, Inbound)
                     action, request_id = peek(command.payload, max_bytes=1 << 20)
                     rejection = Rejection(code, message, action, request_id)
-                    self.perform(self.core.replies.refuse(connection_id, rejection, None))
+                    self.perform(self.core.refuse(connection_id, rejection))
                 case _:
                     assert_never(decision)
 

@@ -31,6 +31,7 @@ from bridge.cluster.membership import (
     Presence,
     Serve,
 )
+from bridge.daemon.timers import Timers
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.protocol.contract import RESERVED_ID, Topics
 from bridge.protocol.error_codes import INSTANCE_CONFLICT
@@ -38,6 +39,7 @@ from bridge.protocol.error_codes import INSTANCE_CONFLICT
 logger = logging.getLogger(__name__)
 
 MIN_STALL_SECONDS: Final = 0.5
+_HEARTBEAT: Final = "membership.heartbeat"  # the key of its timer
 
 
 class MembershipAgent:
@@ -54,6 +56,7 @@ class MembershipAgent:
         carry_out: Callable[[Inbound], None],
         busy: Callable[[Inbound], None],
         on_error: Callable[[str, str], None],
+        timers: Timers | None = None,
     ) -> None:
         self.link = link
         self.carry_out = carry_out  # a command this bridge may serve (the cluster, or the core)
@@ -64,7 +67,6 @@ class MembershipAgent:
         self.presence_topic = base + name
         self._instances = base
         self._prefix = topics.prefix
-        self._state_topic = topics.state
         link.listen_filter(base + "+", self._on_presence)
         link.listen_filter(topics.state, self._on_state)
         link.on_connecting = self._on_connecting
@@ -81,7 +83,7 @@ class MembershipAgent:
         self._stall_after = max(roll_call, MIN_STALL_SECONDS)
         self._beat_every = max(roll_call / 4, 0.01)
         self._last_beat = time.monotonic()
-        self._timer: asyncio.TimerHandle | None = None
+        self.timers = timers if timers is not None else Timers()  # the heartbeat's
         self._stopped = False
         self._connect_pending = False  # the roll call starts once the link is up
 
@@ -93,14 +95,13 @@ class MembershipAgent:
 
     def start(self) -> None:
         self._last_beat = time.monotonic()
-        self._timer = asyncio.get_running_loop().call_later(self._beat_every, self._beat)
+        self.timers.later(self._beat_every, self._beat, key=_HEARTBEAT)
 
     def stop(self) -> None:
         """A clean stop: say ``offline`` on the presence topic; say nothing after."""
         self._stopped = True
         self.serving.clear()
-        if self._timer is not None:
-            self._timer.cancel()
+        self.timers.cancel(_HEARTBEAT)
         if self.refused is not None and self.refused.other.instance == self.name:
             return  # its twin serves under this name: its presence is theirs to say
         self.link.announce(self.presence_topic, self.state.presence(OFFLINE).encode())
@@ -145,7 +146,7 @@ class MembershipAgent:
                 self._connect_pending = False
                 self._perform(self.state.join(time.monotonic(), rejoin=False))
             self._perform(self.state.over(time.monotonic()))
-        self._timer = asyncio.get_running_loop().call_later(self._beat_every, self._beat)
+        self.timers.later(self._beat_every, self._beat, key=_HEARTBEAT)
 
     def _awake(self) -> None:
         """Notice a stall (SIGSTOP, a paused VM, a frozen loop): others may have declared

@@ -28,13 +28,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from bridge.config.settings import Config, Settings, load_settings, parse_config
 from bridge.daemon import logs
-from bridge.daemon.config import Config, Settings, load_settings, parse_config
 from bridge.errors import ConfigError
 from bridge.ops import systemd
 
 if TYPE_CHECKING:
-    from bridge.daemon.secrets import Secret
+    from bridge.config.secrets import Secret
     from bridge.daemon.service import Service
     from bridge.ops.operations import Operations
 

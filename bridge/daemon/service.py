@@ -15,24 +15,22 @@ disconnect.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final, assert_never
 
-from bridge.daemon import logs
+from bridge.config.settings import Settings, instance_name
+from bridge.daemon import logs, parts
 from bridge.daemon.buffer_waits import BufferWaits
-from bridge.daemon.cluster import ClusterMember, instance_name
-from bridge.daemon.config import Config, Settings
-from bridge.daemon.membership import MembershipAgent
+from bridge.daemon.cluster import ClusterMember
 from bridge.daemon.relay import Relay
-from bridge.daemon.usage_sharing import UsageSharing
+from bridge.daemon.timers import Timers
+from bridge.daemon.upstream_tasks import UpstreamTasks
 from bridge.daemon.usage_store import UsageStore, default_state_dir
-from bridge.errors import InstanceConflict, UpstreamError
-from bridge.mqtt.link import Inbound, MqttLink
+from bridge.errors import InstanceConflict
+from bridge.mqtt.link import Inbound
 from bridge.ops.observer import Observer
 from bridge.protocol.actions import (
     AbortUpstream,
@@ -45,34 +43,15 @@ from bridge.protocol.actions import (
     ToolDeadline,
 )
 from bridge.protocol.contract import Rejection, Topics, peek
-from bridge.protocol.core import BridgeCore, Phase
 from bridge.protocol.error_codes import INSTANCE_BUSY
-from bridge.protocol.guardrails import local_time
 from bridge.protocol.messages import Publish
-from bridge.protocol.response_topics import ResponseTopicPolicy
-from bridge.protocol.usage_documents import MAX_DOCUMENT_BYTES
-from bridge.upstream.connection import Upstream, UpstreamConnection
+from bridge.protocol.shared_usage import SharedUsage
+from bridge.upstream.connection import Upstream
 
 logger = logging.getLogger(__name__)
 
 BROKER_FLUSH_GRACE: Final = 5.0  # seconds to deliver what is buffered once upstreams are closed
-# Room in an inbound packet for its topic and properties besides the payload.
-PACKET_OVERHEAD_BYTES: Final = 256 * 1024
 IDLE_SWEEP_INTERVAL: Final = 1.0  # seconds between looks for idle connections, at most
-
-
-@dataclass(eq=False, slots=True)
-class _Upstream:
-    """One connection id's upstream, from its handshake to its end, and the task driving it."""
-
-    connection_id: str
-    task: asyncio.Task[None] | None = None
-    socket: UpstreamConnection | None = None  # None while the handshake runs
-    reported: bool = False  # the core was told how it ended
-    # The reader's wait for room in the buffer: since when, and the count of
-    # relayed events when it last came back from waiting (see Relay.room).
-    waiting_since: float = 0.0
-    relayed_mark: int = -1
 
 
 class Service:
@@ -89,60 +68,26 @@ class Service:
         self.observer = observer or Observer()
         self.topics = Topics(config.mqtt.topic_prefix)
         self.wall_clock = wall_clock  # the budgets' days (tests move it)
+        self.timers = Timers()  # every timer armed: cancelled when run ends
         state_dir = config.state_dir or default_state_dir()
         self.usage_store = UsageStore(state_dir, instance_name(config))
-        self.core = BridgeCore(
-            self.topics,
-            url=settings.endpoint.display_url,
-            qos=config.mqtt.qos,
-            limits=config.limits,
-            v5=config.mqtt.protocol == "5",
-            redactor=settings.redactor,
-            sessions=config.sessions,
-            profiles=config.profiles,
-            assistants=config.homeassistant.assistants,
-            usage=self.usage_store.load(),
-            tools=config.tools,
-            response_topics=self._response_topics(config),
-        )
+        self.core = parts.core(settings, self.topics, self.usage_store.load())
         # websockets logs handshake headers (Authorization) and the URL at DEBUG;
         # the handler logs.setup installs scrubs every line, this covers other handlers.
         logs.redact(settings.redactor, "bridge.websockets", "bridge.paho")
-        self.upstream = Upstream(settings.endpoint, config.openai)
-        self.link = MqttLink(
-            config.mqtt,
-            self.topics,
-            self._on_inbound,
-            password=settings.mqtt_password.value if settings.mqtt_password else None,
-            tls=settings.mqtt_tls,
-            # Commands up to twice the limit still get `payload_too_large` (and other
-            # instances' usage documents fit); the broker drops larger ones (MQTT v5).
-            max_packet_bytes=max(2 * config.limits.max_command_bytes, MAX_DOCUMENT_BYTES)
-            + PACKET_OVERHEAD_BYTES,
-            on_published=self.observer.publish_latency,
+        self.link = parts.link(settings, self.topics, self._on_inbound, self.observer)
+        parts.listen_for_tool_replies(self.link, config.tools, self._on_tool_reply)
+        self.usage_sharing = parts.usage_sharing(
+            self.core, self.usage_store, self.link, self.topics, lambda: self.wall_clock()
         )
-        for tool in config.tools:  # replies to tool calls (MQTT v5 correlation, or the first)
-            if tool.reply is not None:
-                self.link.listen_for_replies(tool.reply.topic, self._on_tool_reply)
-        # The day's usage of every instance on the prefix, as budgets count it.
-        self.usage_sharing = UsageSharing(
-            self.core.guardrails,
-            self.usage_store,
-            self.link,
-            self.topics,
-            lambda: local_time(self.wall_clock(), self.core.timezone),
-        )
-        # Every bridge says who it is on its prefix and serves only after a roll call
-        # found no other bridge it cannot share the prefix with (README: Several instances).
-        self.membership = MembershipAgent(
-            instance_name(config),
+        self.membership = parts.membership(
+            config,
             self.topics,
             self.link,
-            standalone=not config.cluster.enabled,
-            roll_call=config.cluster.roll_call,
-            carry_out=self._handle,
+            handle=self._handle,
             busy=self._busy,
-            on_error=self.observer.error,
+            observer=self.observer,
+            timers=self.timers,
         )
         # Several instances on one prefix: which commands are this one's (cluster.enabled).
         self.cluster = (
@@ -154,6 +99,7 @@ class Service:
                 self._perform,
                 self._handle,
                 self.membership,
+                self.timers,
             )
             if config.cluster.enabled
             else None
@@ -166,10 +112,8 @@ class Service:
         )
         self.relay = Relay(self.core, self.link, self.observer, self._perform, self._buffer_waits)
         self._observed_count = 0
-        self._upstreams: dict[str, _Upstream] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}  # device output (ArmTimer), per id
-        self._idle = asyncio.Event()
-        self._idle.set()
+        upstream = Upstream(settings.endpoint, config.openai)
+        self.upstreams = UpstreamTasks(self.core, upstream, self.relay, self._perform)
 
     def reconfigure(self, settings: Settings) -> None:
         """Run with a reloaded config from now on (bridge/daemon/reload.py says what changes
@@ -181,19 +125,13 @@ class Service:
             profiles=config.profiles,
             tools=config.tools,
             assistants=config.homeassistant.assistants,
-            response_topics=self._response_topics(config),
+            response_topics=parts.response_topics(config, self.topics),
         )
         self._buffer_waits.limit = config.limits.event_buffer_wait
-        self.link.max_packet_bytes = 2 * config.limits.max_command_bytes + PACKET_OVERHEAD_BYTES
-        for tool in config.tools:
-            if tool.reply is not None:
-                self.link.listen_for_replies(tool.reply.topic, self._on_tool_reply)
-
-    def _response_topics(self, config: Config) -> ResponseTopicPolicy:
-        return ResponseTopicPolicy(
-            allowed=config.mqtt.response_topics,
-            refused=(f"{self.topics.prefix}/#", f"{config.homeassistant.prefix}/#"),
+        self.link.max_packet_bytes = (
+            2 * config.limits.max_command_bytes + parts.PACKET_OVERHEAD_BYTES
         )
+        parts.listen_for_tool_replies(self.link, config.tools, self._on_tool_reply)
 
     @property
     def ready(self) -> asyncio.Event:
@@ -215,6 +153,21 @@ class Service:
     def connection_count(self) -> int:
         """Upstream connections in any phase."""
         return self.core.connection_count
+
+    @property
+    def usage(self) -> SharedUsage:
+        """The day's token usage, every instance's."""
+        return self.core.guardrails.usage
+
+    @property
+    def usage_problem(self) -> str | None:
+        """Why today's usage cannot be kept on disk, or None."""
+        return self.usage_store.problem
+
+    @property
+    def usage_settled(self) -> bool:
+        """Our retained usage document has been read back (or there was none)."""
+        return self.usage_sharing.settled
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], object] | None = None) -> None:
         """Run until ``stop`` is set, then shut down in order; raise if the link is fatal."""
@@ -246,9 +199,8 @@ class Service:
             for task in (ready, stopping, refused, sweeper, usage):
                 task.cancel()
             self.usage_store.save(self.core.guardrails.usage)
-            await self._cancel_all()
-            for timer in self._timers.values():
-                timer.cancel()
+            await self.upstreams.cancel_all()
+            self.timers.close()
             # However run ends (an error, a second signal), the link says `offline`
             # before it goes: give it the time to.
             link.cancel()
@@ -274,7 +226,7 @@ class Service:
         action, request_id = peek(message.payload, max_bytes=1 << 20)
         message_text = "too many commands wait for this bridge to join; publish it again"
         rejection = Rejection(INSTANCE_BUSY, message_text, action, request_id)
-        self._perform(self.core.replies.refuse(message.connection_id, rejection, None))
+        self._perform(self.core.refuse(message.connection_id, rejection))
 
     def _handle(self, message: Inbound) -> None:
         """Carry out a command here: the core decides, the actions are performed."""
@@ -312,7 +264,6 @@ class Service:
         self._perform(self.core.tool_timed_out(wait))
 
     def _output_due(self, connection_id: str) -> None:
-        del self._timers[connection_id]
         self._perform(self.core.output_due(connection_id))
 
     # Actions ---------------------------------------------------------------------------
@@ -325,127 +276,25 @@ class Service:
                     if action.outcome is not None:
                         self.observer.observe(action.outcome)
                 case OpenUpstream(connection_id):
-                    self._idle.clear()
-                    upstream = self._upstreams[connection_id] = _Upstream(connection_id)
-                    upstream.task = asyncio.create_task(
-                        self._drive(upstream), name=f"bridge.upstream[{connection_id}]"
-                    )
-                    upstream.task.add_done_callback(functools.partial(self._driven, upstream))
+                    self.upstreams.open(connection_id)
                 case SendUpstream(connection_id, data):
-                    self._socket(connection_id).send(data)
+                    self.upstreams.socket(connection_id).send(data)
                 case CloseUpstream(connection_id, code, reason):
-                    self._socket(connection_id).close(code, reason)
+                    self.upstreams.socket(connection_id).close(code, reason)
                 case AbortUpstream(connection_id):
-                    upstream = self._upstreams[connection_id]
-                    if upstream.socket is not None:
-                        upstream.socket.abort()
-                    elif upstream.task is not None:
-                        upstream.task.cancel()  # the handshake is abandoned
+                    self.upstreams.abort(connection_id)
                 case ArmTimer(connection_id, delay):
-                    timer = self._timers.pop(connection_id, None)
-                    if timer is not None:
-                        timer.cancel()
-                    self._timers[connection_id] = asyncio.get_running_loop().call_later(
-                        delay, self._output_due, connection_id
-                    )
+                    key = ("output", connection_id)  # device output: one per id
+                    self.timers.later(delay, self._output_due, connection_id, key=key)
                 case Observe(outcome):
                     self.observer.observe(outcome)
                 case ToolDeadline(delay=delay, wait=wait):
-                    asyncio.get_running_loop().call_later(delay, self._tool_deadline, wait)
+                    self.timers.later(delay, self._tool_deadline, wait)
                 case _:
                     assert_never(action)
         if self.core.connection_count != self._observed_count:
             self._observed_count = self.core.connection_count
             self.observer.connections_changed(self._observed_count)
-
-    def _socket(self, connection_id: str) -> UpstreamConnection:
-        socket = self._upstreams[connection_id].socket
-        assert socket is not None, "the core sends only to open connections"
-        return socket
-
-    # One task per connection id ------------------------------------------------------------
-
-    async def _drive(self, upstream: _Upstream) -> None:
-        """Open one id's upstream and relay its events until it ends (supervised: _driven)."""
-        socket = await self._open(upstream)
-        if socket is not None:
-            code, reason = await self._relay(upstream, socket)
-            logger.info("[%s] upstream closed: %d %s", upstream.connection_id, code, reason)
-            self._report(upstream, self.core.upstream_closed(upstream.connection_id, code, reason))
-
-    def _driven(self, upstream: _Upstream, task: asyncio.Task[None]) -> None:
-        """The task of one connection id is over: however it ended, the core learns how.
-
-        An unexpected error is logged with its traceback and ends the
-        connection (``disconnected`` 1011, or ``internal_error`` for a
-        handshake), so the id can connect again; a task cancelled before it
-        ever ran abandons its handshake.
-        """
-        connection_id = upstream.connection_id
-        error = None if task.cancelled() else task.exception()
-        if error is not None:
-            logger.error(
-                "[%s] the bridge failed while driving this connection; it is ended",
-                connection_id,
-                exc_info=error,
-            )
-            if upstream.socket is not None:
-                upstream.socket.abort()
-        if not upstream.reported:
-            if error is None and self.core.phase(connection_id) is Phase.OPENING:
-                actions = self.core.upstream_failed(connection_id, "the handshake was abandoned")
-            else:
-                actions = self.core.connection_failed(connection_id)
-            self._report(upstream, actions)
-        self._forget(upstream)
-        if self.core.idle:
-            self._idle.set()
-
-    async def _open(self, upstream: _Upstream) -> UpstreamConnection | None:
-        """The open socket; None if the handshake failed or was abandoned (and reported)."""
-        connection_id = upstream.connection_id
-        started = time.monotonic()
-        try:
-            socket = await self.upstream.open()
-        except asyncio.CancelledError:
-            failed = self.core.upstream_failed(connection_id, "the handshake was abandoned")
-            self._report(upstream, failed)
-            return None
-        except UpstreamError as exc:
-            logger.warning("[%s] upstream connect failed: %s", connection_id, exc)
-            self._report(upstream, self.core.upstream_failed(connection_id, str(exc), exc.status))
-            return None
-        logger.info(
-            "[%s] upstream open (%.0f ms)", connection_id, (time.monotonic() - started) * 1000
-        )
-        upstream.socket = socket
-        self._perform(self.core.upstream_opened(connection_id))
-        return socket
-
-    async def _relay(self, upstream: _Upstream, socket: UpstreamConnection) -> tuple[int, str]:
-        """Relay server events until the connection ends; its close code and reason."""
-        try:
-            return await socket.run(
-                self.relay.deliverer(upstream.connection_id),
-                functools.partial(self.relay.room, upstream),
-                self.core.upstream_written,
-            )
-        except asyncio.CancelledError:
-            socket.abort()
-            return 1006, "the bridge stopped without a close handshake"
-
-    def _report(self, upstream: _Upstream, actions: list[Action]) -> None:
-        """Perform what the core answered to how this upstream ended.
-
-        The upstream is forgotten first: those actions may open the id again.
-        """
-        upstream.reported = True
-        self._forget(upstream)
-        self._perform(actions)
-
-    def _forget(self, upstream: _Upstream) -> None:
-        if self._upstreams.get(upstream.connection_id) is upstream:
-            del self._upstreams[upstream.connection_id]
 
     # Shutdown --------------------------------------------------------------------------
 
@@ -455,23 +304,16 @@ class Service:
         self._perform(self.core.begin_shutdown())
         try:
             async with asyncio.timeout(grace):
-                await self._idle.wait()
+                await self.upstreams.idle.wait()
         except TimeoutError:
             logger.warning(
                 "%d upstream connections did not close within %.0fs; dropping them",
                 self.core.connection_count,
                 grace,
             )
-            await self._cancel_all()
+            await self.upstreams.cancel_all()
         if self.cluster is not None:
             self.cluster.stop()
         self.usage_sharing.publish_now()
         self.membership.stop()
         self.link.stop(BROKER_FLUSH_GRACE)
-
-    async def _cancel_all(self) -> None:
-        tasks = [upstream.task for upstream in self._upstreams.values() if upstream.task]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)  # how each ended is _driven's business

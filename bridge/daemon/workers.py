@@ -55,8 +55,7 @@ from pathlib import Path
 from typing import Final
 
 from bridge.backoff import backoff_delays
-from bridge.daemon.cluster import instance_name
-from bridge.daemon.config import Settings
+from bridge.config.settings import Settings, instance_name
 from bridge.daemon.usage_store import default_state_dir
 from bridge.ops import systemd
 

@@ -1,12 +1,13 @@
 """The one owner of the paho client: paho driven from the event loop, with no thread.
 
-:class:`BrokerConnection` is one connection to the broker. It creates the
-paho client, opens the socket (in an executor: DNS, TCP and TLS block), then
+:class:`BrokerConnection` is one connection to the broker. It has the
+paho client built, opens the socket (in an executor: DNS, TCP and TLS block), then
 drives it the way Home Assistant's MQTT client does: paho's socket callbacks
 register ``loop.add_reader``/``add_writer``, so paho reads and writes on the
 event loop thread, and a one-second timer runs ``loop_misc`` (keepalive).
-The paho client and its callbacks stay in this module
-(:mod:`bridge.mqtt.properties` builds the MQTT 5 properties of what it publishes).
+The paho client's callbacks stay in this module (:mod:`bridge.mqtt.paho_client`
+builds the client, :mod:`bridge.mqtt.properties` the MQTT 5 properties of what
+it publishes).
 
 Inbound: each message is handled in ``on_message`` as paho reads it and
 acknowledged once handled (manual acks), so no queue of commands builds up
@@ -40,22 +41,19 @@ from collections.abc import Callable
 from typing import Any, Final, Literal
 
 from paho.mqtt import client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from bridge.daemon.config import MqttConfig
+from bridge.config.sections import MqttConfig
 from bridge.mqtt.errors import BrokerRefusedConnection, BrokerUnavailable, LinkLost
 from bridge.mqtt.outbox import Entry, Outbox
+from bridge.mqtt.paho_client import connect_packet_properties, paho_client
 from bridge.mqtt.properties import correlation_of, properties_of, reply_to_of
-from bridge.mqtt.read_buffer import ReadBuffer
-from bridge.mqtt.write_buffer import WriteBuffer, no_delay
+from bridge.mqtt.write_buffer import no_delay
 from bridge.protocol.messages import ReplyTo
 
 logger = logging.getLogger(__name__)
-PAHO_LOGGER: Final = logging.getLogger("bridge.paho")
 
 # Messages handed to paho and not yet completed. Enough to keep the broker's
 # in-flight window full (Mosquitto's Receive Maximum is 20) and writes
@@ -69,25 +67,6 @@ MISC_INTERVAL: Final = 1.0  # seconds between paho's keepalive checks
 _Handed = tuple[Entry, paho.MQTTMessageInfo, float]
 # topic, payload, retained, where a v5 command wants its reply, the message's Correlation Data
 OnMessage = Callable[[str, bytes, bool, ReplyTo | None, bytes | None], None]
-
-
-class _Client(paho.Client):
-    """paho, still the protocol's owner, its bytes sent through :attr:`write_buffer` and
-    read through :attr:`read_buffer`: paho sends each packet with a system call of its own,
-    the relay's largest cost per event, and reads each with three (modules of the buffers).
-    ``_sock_send`` and ``_sock_recv`` are where paho sends and reads; the buffers keep
-    their contract: bytes, or BlockingIOError, or OSError."""
-
-    write_buffer: WriteBuffer
-    read_buffer: ReadBuffer
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        return self.read_buffer.take(bufsize, super()._sock_recv)
-
-    def _sock_send(self, buf: bytes | bytearray) -> int:
-        if self._sock is None:
-            raise ConnectionError("self._sock is None")  # as paho's own
-        return self.write_buffer.take(self._sock, buf)
 
 
 class BrokerConnection:
@@ -113,33 +92,11 @@ class BrokerConnection:
         self._lost: asyncio.Future[str] = self._loop.create_future()
         self._subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._misc: asyncio.TimerHandle | None = None
-        self._client = client = _Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
-            # 3.1.1 decides here; v5 at connect (clean_start).
-            clean_session=None if self._v5 else clean_start,
-            reconnect_on_failure=False,
-            manual_ack=True,
+        self._client = client = paho_client(
+            config, clean_start=clean_start, will=will, password=password, tls=tls
         )
-        client.write_buffer = self._buffer = WriteBuffer()
-        client.read_buffer = self._reads = ReadBuffer()
-        client.enable_logger(PAHO_LOGGER)
-        client.connect_timeout = config.connect_timeout
-        client.max_inflight_messages_set(config.max_inflight)
-        if config.username is not None:
-            client.username_pw_set(config.username, password)
-        if will is not None:
-            client.will_set(will[0], will[1], qos=1, retain=True)
-        if tls is not None:
-            client.tls_set_context(tls)
-        self._connect_properties: Properties | None = None
-        if self._v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = config.session_expiry
-            for name, value in (connect_properties or {}).items():
-                setattr(properties, name, value)
-            self._connect_properties = properties
+        self._buffer, self._reads = client.write_buffer, client.read_buffer
+        self._connect_properties = connect_packet_properties(config, connect_properties)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

@@ -11,8 +11,8 @@ link drops it reconnects with backoff, resubscribes, and publishes again,
 in order, whatever the broker had not acknowledged. However it stops, it
 says ``offline`` first.
 
-This module decides what to do; :mod:`bridge.mqtt.client` is the only one
-that touches paho.
+This module decides what to do; :mod:`bridge.mqtt.client` (with
+:mod:`bridge.mqtt.paho_client`) is the only one that touches paho.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ from typing import Final
 from paho.mqtt.client import topic_matches_sub
 
 from bridge.backoff import backoff_delays
-from bridge.daemon.config import MqttConfig
-from bridge.errors import BrokerError, BrokerRefused
-from bridge.mqtt.client import PAHO_LOGGER, BrokerConnection
-from bridge.mqtt.errors import BrokerRefusedConnection, BrokerUnavailable
+from bridge.config.sections import MqttConfig
+from bridge.errors import BrokerError
+from bridge.mqtt.client import BrokerConnection
+from bridge.mqtt.errors import fatal_error
 from bridge.mqtt.outbox import Outbox
-from bridge.mqtt.tls import fatal_tls_problem
 from bridge.protocol.contract import Topics
 from bridge.protocol.messages import Publish, ReplyTo
 
@@ -52,8 +51,6 @@ RECEIVE_MAXIMUM: Final = 16
 # Where Mosquitto (and others) say what they are, retained; how long we wait for it.
 BROKER_VERSION: Final = "$SYS/broker/version"
 VERSION_WAIT: Final = 2.0
-# CONNACK reason codes that a retry will not fix (paho gives 3.1.1's in v5 numbering).
-_REFUSALS: Final = {134: "bad user name or password", 135: "not authorized"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,40 +61,6 @@ class Inbound:
     payload: bytes
     retained: bool
     reply_to: ReplyTo | None
-
-
-def fatal_error(exc: BaseException, *, ever_connected: bool) -> BrokerError | None:
-    """The broker retry policy: None if reconnecting may help, else the error to stop with.
-
-    A refused login at the very first connect is a configuration mistake and
-    stops the daemon; once we were connected, the broker may be restarting
-    with its auth plugin not ready yet, so we keep trying.
-    """
-    if isinstance(exc, BrokerRefusedConnection) and not ever_connected:
-        reason = _REFUSALS.get(exc.code)
-        if reason is not None:
-            return BrokerRefused(f"the broker refused the connection: {reason}")
-    if not ever_connected:
-        problem = fatal_tls_problem(exc)
-        if problem is not None:
-            return BrokerRefused(f"cannot connect to the broker: {problem}")
-    if isinstance(exc, BrokerUnavailable | OSError | TimeoutError):
-        return None
-    if isinstance(exc, BrokerError):
-        return exc
-    return BrokerError(f"unexpected broker error: {exc!r}")
-
-
-class _PahoLevels(logging.Filter):
-    """paho logs a broker going away at ERROR; for us that is WARNING (we reconnect)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR:
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
-PAHO_LOGGER.addFilter(_PahoLevels())
 
 
 class MqttLink:

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from bridge import __version__
-from bridge.daemon.config import Config
+from bridge.config.settings import Config
 from bridge.protocol.contract import Topics
 
 # Home Assistant's text entity holds at most 255 characters (MAX_LENGTH_STATE_STATE),

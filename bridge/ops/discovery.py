@@ -18,7 +18,7 @@ import re
 from typing import Any, Final
 
 from bridge import __version__
-from bridge.daemon.config import Config
+from bridge.config.settings import Config
 from bridge.ops.assistant_discovery import assistant_messages
 from bridge.ops.usage import usage_topic
 from bridge.protocol.contract import RESERVED_ID, Topics

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from bridge import __version__
-from bridge.daemon.config import Settings
+from bridge.config.settings import Settings
 from bridge.protocol.guardrails import Tokens
 from bridge.protocol.shared_usage import SharedUsage
 

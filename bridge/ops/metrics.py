@@ -27,7 +27,7 @@ from bridge.protocol.contract import ACTIONS
 from bridge.protocol.guardrails import Tokens
 
 if TYPE_CHECKING:
-    from bridge.daemon.service import Service
+    from bridge.ops.observer import RunningBridge
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class Metrics:
         """The text Prometheus scrapes."""
         return generate_latest(self.registry)
 
-    async def serve(self, service: Service, host: str, port: int) -> asyncio.Server:
+    async def serve(self, service: RunningBridge, host: str, port: int) -> asyncio.Server:
         """Serve the metrics of ``service`` on ``host:port``; OSError if that address is taken."""
         self._server = await asyncio.start_server(self._handle, host, port)
         self._live = _Live(service)
@@ -197,7 +197,7 @@ def _request_line(head: bytes) -> tuple[bytes, bytes]:
 class _Live(Collector):
     """Values read from the running bridge at scrape time."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: RunningBridge) -> None:
         self.service = service
 
     def collect(self) -> Iterable[Metric]:

@@ -1,7 +1,7 @@
 """Operations: how a running bridge reports itself to systemd, MQTT, Home Assistant, Prometheus.
 
 :class:`Operations` is built first, from the settings: it is the
-:class:`~bridge.ops.observer.Observer` the :class:`~bridge.daemon.service.Service`
+:class:`~bridge.ops.observer.Observer` the daemon's :class:`~bridge.daemon.service.Service`
 is given, and reads what happened from the typed outcome of each message the
 bridge publishes (never its JSON). :meth:`Operations.running` then reports on
 that service beside it:
@@ -26,13 +26,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
-from bridge.daemon.cluster import instance_name
-from bridge.daemon.config import Settings
+from bridge.config.settings import Settings, instance_name
 from bridge.errors import ConfigError
 from bridge.ops import systemd
 from bridge.ops.discovery import discovery_messages, info_topic, status_topic
 from bridge.ops.info import Tally, info_document, iso_time, model_of
-from bridge.ops.observer import Observer
+from bridge.ops.observer import Observer, RunningBridge
 from bridge.protocol import contract
 from bridge.protocol.contract import RESERVED_ID, Topics
 from bridge.protocol.messages import (
@@ -46,7 +45,6 @@ from bridge.protocol.messages import (
 )
 
 if TYPE_CHECKING:
-    from bridge.daemon.service import Service
     from bridge.mqtt.link import MqttLink
     from bridge.ops.metrics import Metrics
 
@@ -77,7 +75,7 @@ class Operations(Observer):
         self._changed.set()  # the first look is at once
         self.watchdog_interval = systemd.watchdog_interval(environ)
         self.metrics: Metrics | None = None
-        self._service: Service | None = None  # the one reported on (running)
+        self._service: RunningBridge | None = None  # the one reported on (running)
         self._status = ""  # the last STATUS= line systemd was told
         if config.metrics.enabled:
             from bridge.ops.metrics import Metrics  # the [metrics] extra: imported only when asked
@@ -148,7 +146,7 @@ class Operations(Observer):
         self.tally.note_error(code, message, connection_id, iso_time(time.time()))
         self._changed.set()
 
-    def reconfigure(self, settings: Settings, service: Service) -> None:
+    def reconfigure(self, settings: Settings, service: RunningBridge) -> None:
         """A reloaded config: Home Assistant discovery published again as it now says (the
         entities it no longer names are removed), and ``P/bridge/info`` too."""
         self.settings = settings
@@ -184,7 +182,7 @@ class Operations(Observer):
         systemd.notify("STOPPING=1\nSTATUS=stopping: closing upstream connections")
 
     @contextlib.asynccontextmanager
-    async def running(self, service: Service) -> AsyncIterator[None]:
+    async def running(self, service: RunningBridge) -> AsyncIterator[None]:
         """Report on ``service`` (the one this observes) while the body runs it.
 
         Enter before the service runs: Home Assistant's status topic is
@@ -237,7 +235,7 @@ class Operations(Observer):
 
     # Reporting -----------------------------------------------------------------------
 
-    def status_line(self, service: Service) -> str:
+    def status_line(self, service: RunningBridge) -> str:
         """The one-line ``STATUS=`` text systemctl shows."""
         count = service.connection_count
         connections = f"{count} connection{'' if count == 1 else 's'} open"
@@ -250,21 +248,21 @@ class Operations(Observer):
             return f"connecting to the broker at {mqtt.host}:{mqtt.port}"
         return f"broker unreachable, reconnecting; {connections}"
 
-    def info_payload(self, service: Service) -> bytes:
+    def info_payload(self, service: RunningBridge) -> bytes:
         document = info_document(
             self.settings,
             self.tally,
-            service.core.guardrails.usage,
+            service.usage,
             started_at=self.started_at,
             uptime=time.monotonic() - self._started,
             connections=service.connection_count,
             broker_connects=service.link.connects,
             buffer_waits=service.buffer_waits,
-            usage_file=service.usage_store.problem,
+            usage_file=service.usage_problem,
         )
         return json.dumps(document, separators=(",", ":")).encode()
 
-    async def _report(self, service: Service) -> None:
+    async def _report(self, service: RunningBridge) -> None:
         """Send STATUS= and republish P/bridge/info on change; never more than once a second."""
         published: tuple[object, ...] = ()
         while True:
@@ -279,8 +277,8 @@ class Operations(Observer):
                 service.link.connects,  # broker_connects
                 service.connection_count,
                 self.tally.revision,
-                service.core.guardrails.usage.revision,  # tokens_today: every instance's
-                service.usage_store.problem,
+                service.usage.revision,  # tokens_today: every instance's
+                service.usage_problem,
                 service.buffer_waits,
                 self._reloads,
             )
@@ -288,7 +286,7 @@ class Operations(Observer):
             # because another serves it, must not write over that one's document. And not
             # before our retained usage is read back: a restart that lost usage.json would
             # show tokens_today 0 first, and Home Assistant would take it for a reset.
-            serving = service.ready.is_set() and service.usage_sharing.settled
+            serving = service.ready.is_set() and service.usage_settled
             if state != published and serving:
                 published = state
                 payload = self.info_payload(service)
@@ -297,7 +295,7 @@ class Operations(Observer):
                     service.link.announce(self.instance_info_topic, payload)
                 await asyncio.sleep(INFO_MIN_INTERVAL)
 
-    async def _next_change(self, service: Service) -> None:
+    async def _next_change(self, service: RunningBridge) -> None:
         """Wait for a poke, the broker link coming up, or the next tick."""
         waits = [asyncio.ensure_future(self._changed.wait())]
         if not service.ready.is_set():

@@ -180,6 +180,26 @@ class BridgeCore:
         connection = self._connections.get(connection_id)
         return connection.phase if connection else None
 
+    def in_use(self, connection_id: str) -> bool:
+        """The id has a connection in any phase, or an ``ask`` conversation kept."""
+        return connection_id in self._connections or connection_id in self.conversations
+
+    # For the daemon's adapters (the cluster, the membership) ---------------------
+
+    def hand_over(self, connection_id: str, code: int, reason: str) -> list[Action]:
+        """The id is another instance's now: its conversation is forgotten, an open
+        connection ended with ``code`` and ``reason``."""
+        self.conversations.forget(connection_id)
+        return self.end_connection(connection_id, code, reason)
+
+    def disconnected(self, connection_id: str, code: int, reason: str) -> list[Action]:
+        """The ``disconnected`` notice of an id whose connection ended elsewhere."""
+        return self.replies.disconnected(connection_id, code, reason)
+
+    def refuse(self, connection_id: str, rejection: Rejection) -> list[Action]:
+        """The error event that refuses a command before the core ever saw it."""
+        return self.replies.refuse(connection_id, rejection, None)
+
     # Inputs: commands -------------------------------------------------------
 
     def receive_command(

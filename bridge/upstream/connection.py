@@ -24,10 +24,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from bridge.backoff import backoff_delays
-from bridge.daemon.config import OpenAIConfig
+from bridge.config.endpoint import Endpoint
+from bridge.config.sections import OpenAIConfig
 from bridge.errors import UpstreamError
 from bridge.protocol.redaction import Redactor
-from bridge.upstream.endpoint import Endpoint
 from bridge.upstream.read_budget import FrameMeter, ReadBudget
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 - ``docs/reference/configuration.md``: every key of the config file, with its
   type, default and description, walked from the pydantic models
-  (:class:`bridge.daemon.config.Config` and the section models it uses; the
+  (:class:`bridge.config.settings.Config` and the section models it uses; the
   descriptions are the fields' attribute docstrings);
 - ``docs/reference/error-codes.md``: the table of
   :data:`bridge.protocol.error_codes.ERROR_CODES`;
@@ -27,7 +27,7 @@ import annotated_types
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from bridge.daemon.config import Config, config_schema
+from bridge.config.settings import Config, config_schema
 from bridge.protocol.error_codes import ERROR_CODES
 from bridge.protocol.limits import MIB
 
@@ -229,7 +229,7 @@ def configuration_page() -> str:
     lines = [
         "# Configuration reference",
         "",
-        _NOTICE.format(command=REGENERATE, source="the pydantic models of bridge/daemon/config.py"),
+        _NOTICE.format(command=REGENERATE, source="the pydantic models of bridge/config/"),
         "YAML, one section per concern; unknown keys are errors, and so are values out of",
         "range. This page lists every key the bridge reads, generated from the models the",
         "bridge validates its configuration with: the type, the default, and the",

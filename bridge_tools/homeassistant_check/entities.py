@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bridge.daemon.config import parse_config
+from bridge.config.settings import parse_config
 from bridge.ops.discovery import discovery_messages
 from bridge.protocol.contract import Topics
 from bridge_tools.homeassistant_check import CheckFailed

@@ -22,13 +22,13 @@ import pytest
 import yaml
 
 from bridge.cli import main
+from bridge.config.endpoint import build_endpoint
+from bridge.config.settings import Settings, load_settings
 from bridge.daemon import logs
-from bridge.daemon.config import Settings, load_settings
 from bridge.errors import ConfigError
 from bridge.ops.info import Tally, info_document
 from bridge.protocol.shared_usage import SharedUsage
 from bridge.upstream.connection import Upstream, upstream_error
-from bridge.upstream.endpoint import build_endpoint
 from bridge_tools.simulator import Simulator, SimulatorOptions
 from tests.conftest import KEY as BRIDGE_KEY
 from tests.conftest import Broker, Client

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from bridge.daemon.config import load_settings, parse_config
-from bridge.daemon.config_dump import redacted_dump
+from bridge.config.dump import redacted_dump
+from bridge.config.settings import load_settings, parse_config
 from bridge.errors import ConfigError
 
 KEY = "sk-test-config-0123456789"

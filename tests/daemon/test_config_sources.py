@@ -12,8 +12,8 @@ import trustme
 import yaml
 
 from bridge.cli import EXIT_CONFIG, main
-from bridge.daemon.config import load_settings
-from bridge.daemon.config_dump import redacted_dump
+from bridge.config.dump import redacted_dump
+from bridge.config.settings import load_settings
 from bridge.errors import ConfigError
 
 KEY = "sk-ops-config-canary-0123456789"

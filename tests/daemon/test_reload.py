@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bridge import cli
-from bridge.daemon.config import load_settings
+from bridge.config.settings import load_settings
 from bridge.daemon.reload import Reloader
 from bridge.daemon.service import Service
 from bridge_tools.simulator import Simulator

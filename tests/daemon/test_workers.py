@@ -23,7 +23,7 @@ import pytest
 
 from bridge.cli import EXIT_CONFIG
 from bridge.cluster.ownership import owner_of
-from bridge.daemon.config import load_settings
+from bridge.config.settings import load_settings
 from bridge.daemon.workers import worker_specs
 from bridge_tools.simulator import Simulator
 from tests.conftest import KEY, Broker, Client, body

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.daemon.config import load_settings, parse_config
+from bridge.config.settings import load_settings, parse_config
 from bridge.errors import ConfigError
 from bridge.ops.info import Tally, info_document
 from bridge.protocol import contract, replies

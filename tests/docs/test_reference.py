@@ -12,7 +12,7 @@ import jsonschema
 import yaml
 
 from bridge.cli import main
-from bridge.daemon.config import config_schema, load_settings
+from bridge.config.settings import config_schema, load_settings
 from bridge.protocol.error_codes import ERROR_CODES
 from bridge_tools.docs.reference import (
     REGENERATE,

@@ -9,7 +9,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from bridge.daemon.config import MqttConfig
+from bridge.config.sections import MqttConfig
 from bridge.mqtt.client import BrokerConnection
 from bridge.mqtt.errors import BrokerRefusedConnection
 from bridge.mqtt.outbox import Outbox

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.daemon.config import MqttConfig
+from bridge.config.sections import MqttConfig
 from bridge.mqtt.link import BROKER_VERSION, MqttLink
 from bridge.protocol.contract import Topics
 from bridge_tools.local_broker import find_mosquitto

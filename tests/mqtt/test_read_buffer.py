@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.daemon.config import MqttConfig
+from bridge.config.sections import MqttConfig
 from bridge.mqtt.client import BrokerConnection
 from bridge.mqtt.outbox import Outbox
 from bridge.mqtt.read_buffer import READ_SIZE, ReadBuffer

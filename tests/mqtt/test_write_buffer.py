@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bridge.daemon.config import MqttConfig
+from bridge.config.sections import MqttConfig
 from bridge.mqtt.client import BrokerConnection
 from bridge.mqtt.outbox import Outbox
 from bridge.mqtt.write_buffer import GATHER_LIMIT, WriteBuffer

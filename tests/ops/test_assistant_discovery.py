@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bridge.daemon.config import Config, load_settings, parse_config
+from bridge.config.settings import Config, load_settings, parse_config
 from bridge.ops.discovery import discovery_messages
 from bridge.ops.info import Tally, info_document
 from bridge.ops.operations import Operations

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.daemon.config import parse_config
+from bridge.config.settings import parse_config
 from bridge.ops.discovery import discovery_messages
 from bridge.protocol.contract import Topics
 from bridge_tools.simulator import Simulator

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.daemon.config import load_settings
+from bridge.config.settings import load_settings
 from bridge.daemon.service import Service
 from bridge.errors import ConfigError
 from bridge.ops.operations import Operations

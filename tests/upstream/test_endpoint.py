@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from bridge.upstream.endpoint import (
+from bridge.config.endpoint import (
     build_endpoint,
     endpoint_secrets,
     redact_url,

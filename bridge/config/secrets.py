@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from bridge.config import tls
 from bridge.errors import ConfigError
-from bridge.mqtt import tls
 
 if TYPE_CHECKING:
-    from bridge.daemon.config import MqttTlsConfig
+    from bridge.config.sections import MqttTlsConfig
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bridge.daemon.config import Config
+from bridge.config.settings import Config
 
 
 def inert_keys(config: Config) -> list[str]:

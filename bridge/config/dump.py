@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.daemon.config import Settings
-from bridge.daemon.config_sources import Sources, annotated_yaml
-from bridge.daemon.secrets import Secret
+from bridge.config.endpoint import is_secret_name, redact_url
+from bridge.config.secrets import Secret
+from bridge.config.settings import Settings
+from bridge.config.sources import Sources, annotated_yaml
 from bridge.protocol.redaction import REDACTED
-from bridge.upstream.endpoint import is_secret_name, redact_url
 
 
 def redacted_document(settings: Settings) -> dict[str, Any]:
