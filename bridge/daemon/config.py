@@ -42,6 +42,14 @@ from bridge.daemon.config_sources import (
     yaml_error_text,
 )
 from bridge.daemon.secrets import Secret, resolve_secret, resolve_tls
+from bridge.endpoint_config import (  # issue 26: named endpoints
+    EndpointConfig,
+    NamedEndpoint,
+    build_named,
+    check_names,
+    endpoints_secrets,
+    resolve_keys,
+)
 from bridge.errors import ConfigError
 from bridge.protocol.contract import connection_id_problem
 from bridge.protocol.limits import MIB, LimitsConfig
@@ -304,6 +312,10 @@ class Config(_Section):
 
     tools: tuple[ToolConfig, ...] = ()
     """Tools over MQTT: fixed topics the model may publish to, offered by profiles."""
+    # issue 26: named endpoints (bridge/endpoint_config.py)
+    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+    """Upstreams besides `openai` (local model servers, gateways), by name; a profile's `endpoint`
+    names one."""
 
     @field_validator("profiles")
     @classmethod
@@ -316,6 +328,7 @@ class Config(_Section):
     @model_validator(mode="after")
     def _profiles_known(self) -> Config:
         check_tools(self.tools, self.profiles, (self.mqtt.topic_prefix, self.homeassistant.prefix))
+        check_names(self.endpoints, {name: p.endpoint for name, p in self.profiles.items()})
         for pattern, profile in self.sessions.profile_by_id.items():
             if profile not in self.profiles:
                 raise ValueError(
@@ -350,6 +363,8 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict)  # dotted key → file / env NAME
     # Scrubs every secret above by value (and their encodings) from any text.
     redactor: Redactor = field(default_factory=Redactor, compare=False)
+    # issue 26: the `endpoints` section, resolved (bridge/endpoint_config.py)
+    endpoints: Mapping[str, NamedEndpoint] = field(default_factory=dict)
 
 
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -436,10 +451,12 @@ def resolve(
             "needs prometheus-client: pip install 'openai-mqtt-bridge[metrics]'",
         )
     section = config.openai
+    keys = resolve_keys(config.endpoints, environ)  # issue 26: named endpoints
     redactor = Redactor(
         (
             *(secret.value for secret in (api_key, password) if secret),
             *endpoint_secrets(section.base_url, section.headers, section.query),
+            *endpoints_secrets(config.endpoints, keys),
         )
     )
     try:
@@ -457,8 +474,9 @@ def resolve(
         )
     except ValueError as exc:  # the message names no value
         raise ConfigError("openai.base_url", str(exc)) from None
+    named = build_named(config.endpoints, keys, redactor)
     return Settings(
-        config, api_key, password, endpoint, tls_context, tls_key, dict(sources), redactor
+        config, api_key, password, endpoint, tls_context, tls_key, dict(sources), redactor, named
     )
 
 

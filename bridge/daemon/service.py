@@ -29,6 +29,8 @@ from bridge.daemon.cluster import ClusterMember, instance_name
 from bridge.daemon.config import Config, Settings
 from bridge.daemon.membership import MembershipAgent
 from bridge.daemon.relay import Relay
+from bridge.daemon.upstreams import AnyConnection as UpstreamConnection  # issue 26
+from bridge.daemon.upstreams import Upstreams
 from bridge.daemon.usage_sharing import UsageSharing
 from bridge.daemon.usage_store import UsageStore, default_state_dir
 from bridge.errors import InstanceConflict, UpstreamError
@@ -51,7 +53,6 @@ from bridge.protocol.guardrails import local_time
 from bridge.protocol.messages import Publish
 from bridge.protocol.response_topics import ResponseTopicPolicy
 from bridge.protocol.usage_documents import MAX_DOCUMENT_BYTES
-from bridge.upstream.connection import Upstream, UpstreamConnection
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ class Service:
         # websockets logs handshake headers (Authorization) and the URL at DEBUG;
         # the handler logs.setup installs scrubs every line, this covers other handlers.
         logs.redact(settings.redactor, "bridge.websockets", "bridge.paho")
-        self.upstream = Upstream(settings.endpoint, config.openai)
+        # issue 26: the `openai` endpoint and the named ones; a profile picks (daemon/upstreams.py)
+        self.upstreams = Upstreams(settings)
         self.link = MqttLink(
             config.mqtt,
             self.topics,
@@ -247,6 +249,7 @@ class Service:
                 task.cancel()
             self.usage_store.save(self.core.guardrails.usage)
             await self._cancel_all()
+            await self.upstreams.aclose()  # issue 26: the HTTP transports' connection pools
             for timer in self._timers.values():
                 timer.cancel()
             # However run ends (an error, a second signal), the link says `offline`
@@ -404,7 +407,7 @@ class Service:
         connection_id = upstream.connection_id
         started = time.monotonic()
         try:
-            socket = await self.upstream.open()
+            socket = await self.upstreams.open(self.core.profile_of(connection_id))
         except asyncio.CancelledError:
             failed = self.core.upstream_failed(connection_id, "the handshake was abandoned")
             self._report(upstream, failed)

@@ -187,6 +187,12 @@ class BridgeCore(
         """No upstream connection exists in any phase: safe to stop."""
         return not self._connections
 
+    # issue 26: the daemon opens the upstream of the connection's profile's endpoint.
+    def profile_of(self, connection_id: str) -> str | None:
+        """The profile of an open (or opening) connection."""
+        connection = self._connections.get(connection_id)
+        return connection.profile if connection is not None else None
+
     def phase(self, connection_id: str) -> Phase | None:
         connection = self._connections.get(connection_id)
         return connection.phase if connection else None

@@ -95,6 +95,8 @@ class HttpFront:
             await _Exchange(self, reader, writer).run()
         except (ConnectionError, _ClientGone, h11.ProtocolError):
             pass
+        except asyncio.CancelledError:  # the simulator closes: this exchange is over
+            pass
         finally:
             self._tasks.discard(task)
             writer.close()
