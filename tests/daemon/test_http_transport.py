@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from bridge_tools.simulator import Simulator
-from tests.conftest import Broker, Client
+from bridge_tools.simulator import Simulator, SimulatorOptions
+from tests.conftest import KEY, Broker, Client
 from tests.daemon.test_tools import TOOLS, device, tool_calls
 from tests.daemon.test_tools import ask as ask_with_tools
 
@@ -166,3 +166,18 @@ async def test_auto_picks_http_once_and_logs_it(
     assert len(decided) == 1
     assert "HTTP 405" in decided[0]
     assert simulator.open_connections == 0
+
+
+async def test_a_server_that_keeps_nothing_gets_the_conversation_replayed(
+    broker: Broker, start_bridge: Any, client: Client
+) -> None:
+    """A stored profile on a server that forgets: `auto` learns it, `ask` still remembers."""
+    async with Simulator(SimulatorOptions(api_key=KEY, http_memory="forget")) as forgetful:
+        stored = {"request": {"model": "gpt-5.4-nano", "store": True}, "endpoint": "local"}
+        await start_http(start_bridge, broker, forgetful, profiles={"default": stored})
+        await ask(client, "m1", "My name is Ada.")
+        seen = await ask(client, "m1", "What is my name?")
+        assert seen[-1]["type"] == "response.completed"
+        last = posted(forgetful)[-1]
+        assert "previous_response_id" not in last
+        assert last["input"][0] == {"role": "user", "content": "My name is Ada."}
