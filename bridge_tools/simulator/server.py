@@ -81,8 +81,8 @@ class Simulator:
 
     # Lifecycle
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on host:port (port 0 picks a free one)."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, http_port: int = 0) -> None:
+        """Listen on host:port, and for HTTP on host:http_port (port 0 picks a free one)."""
         if self._server is not None:
             raise RuntimeError("simulator already started")
         options = self.options
@@ -101,7 +101,7 @@ class Simulator:
         )
         self._host = "127.0.0.1" if host in _WILDCARD_HOSTS else host
         self._port = int(next(iter(self._server.sockets)).getsockname()[1])
-        await self._http.start(host, 0)
+        await self._http.start(host, http_port)
         logger.debug("simulator listening on %s", self.url)
 
     async def close(self) -> None:
@@ -271,13 +271,13 @@ class Simulator:
             self._record(record)
 
 
-async def serve(host: str, port: int, options: SimulatorOptions) -> None:
+async def serve(host: str, port: int, options: SimulatorOptions, http_port: int = 0) -> None:
     """Run a simulator until cancelled, logging its URL at INFO.
 
     This is what ``openai-mqtt-bridge simulate`` runs.
     """
     simulator = Simulator(options)
-    await simulator.start(host, port)
+    await simulator.start(host, port, http_port)
     logger.info(
         "simulator listening on %s (clients use base URL %s; HTTP streaming: %s)",
         simulator.url,
