@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import cProfile
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -228,12 +229,24 @@ def simulator_process(deltas: int) -> Iterator[tuple[str, int]]:
         yield running
 
 
+_HTTP_PORTS: dict[str, int] = {}  # a simulator's base URL -> its HTTP endpoint's port
+
+
+def http_base_url(base_url: str) -> str:
+    """The base URL of the HTTP endpoint of the simulator at ``base_url``."""
+    return f"http://127.0.0.1:{_HTTP_PORTS[base_url]}/v1"
+
+
 @contextlib.contextmanager
 def simulator_serving(
     reply: str, tokens_per_second: float | None = None
 ) -> Iterator[tuple[str, int]]:
-    """The simulator in a process of its own, answering ``reply`` to every request."""
+    """The simulator in a process of its own, answering ``reply`` to every request.
+
+    Its HTTP endpoint (issue 26) listens on the next free port: ``base_url`` with
+    :func:`http_base_url`."""
     port = free_port()
+    http_port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -241,19 +254,22 @@ def simulator_serving(
             "import asyncio, json, sys; "
             "from bridge_tools.simulator import SimulatorOptions, serve; "
             "asyncio.run(serve('127.0.0.1', int(sys.argv[1]), SimulatorOptions("
-            "fixed_reply=sys.argv[2], tokens_per_second=json.loads(sys.argv[3]))))",
+            "fixed_reply=sys.argv[2], tokens_per_second=json.loads(sys.argv[3])), "
+            "int(sys.argv[4])))",
             str(port),
             reply,
             json.dumps(tokens_per_second),
+            str(http_port),
         ],
         stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 15
-        while not is_listening("127.0.0.1", port):
+        while not (is_listening("127.0.0.1", port) and is_listening("127.0.0.1", http_port)):
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError("the simulator did not start")
             time.sleep(0.05)
+        _HTTP_PORTS[f"http://127.0.0.1:{port}/v1"] = http_port
         yield f"http://127.0.0.1:{port}/v1", process.pid
     finally:
         process.terminate()
@@ -272,8 +288,10 @@ async def through_bridge(
     *,
     in_process: bool = False,
     py_spy: str | None = None,
+    transport: str = "websocket",
 ) -> Run:
-    """Events/s the subscriber receives from `connections` streams relayed by the bridge."""
+    """Events/s the subscriber receives from `connections` streams relayed by the bridge
+    (over the simulator's WebSocket endpoint, or with ``transport`` "http" its HTTP one)."""
     document = {
         "state_dir": tempfile.mkdtemp(prefix="relay-state-"),
         "mqtt": {
@@ -289,6 +307,10 @@ async def through_bridge(
         "limits": {"max_connections": connections + 1},
         "logging": {"level": "WARNING"},
     }
+    if transport == "http":  # issue 26: the default profile on a named HTTP endpoint
+        endpoint = {"base_url": http_base_url(base_url), "transport": "http", "check": False}
+        document["endpoints"] = {"sim": endpoint}
+        document["profiles"] = {"default": {"endpoint": "sim"}}
     async with bridge_running(document, in_process=in_process, py_spy=py_spy) as bridge_pid:
         meter = CpuMeter({"bridge": bridge_pid, **pids, "subscriber": os.getpid()})
         return await _relay(host, port, deltas, connections, qos, meter)
@@ -424,6 +446,13 @@ def main() -> None:
         help="MQTT version of both publishers",
     )
     parser.add_argument(
+        "--transport",
+        choices=["websocket", "http"],
+        nargs="*",
+        default=["websocket", "http"],
+        help="upstream transports to relay from (issue 26), each measured in the same run",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=3, help="runs of each side; the goal uses the median ratio"
     )
     parser.add_argument(
@@ -443,10 +472,10 @@ def main() -> None:
         assert broker.process is not None
         broker_pid = broker.process.pid
         for protocol in args.protocol:
-            for qos in args.qos:
-                case = f"MQTT {protocol} QoS {qos}"
+            for qos, transport in itertools.product(args.qos, args.transport):
+                case = f"MQTT {protocol} QoS {qos}" + (" (HTTP)" if transport == "http" else "")
                 stacks = (
-                    os.path.join(args.py_spy, f"mqtt{protocol}-qos{qos}.txt")
+                    os.path.join(args.py_spy, f"mqtt{protocol}-qos{qos}-{transport}.txt")
                     if args.py_spy
                     else None
                 )
@@ -466,6 +495,7 @@ def main() -> None:
                             {"simulator": simulator, "broker": broker_pid},
                             in_process=profiler is not None,
                             py_spy=stacks if attempt == 0 else None,
+                            transport=transport,
                         )
                     )
                     if profiler:

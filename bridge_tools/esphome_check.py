@@ -12,7 +12,6 @@ from ``!secret``) and checked there; nothing is compiled, nothing is fetched.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shutil
 import subprocess
@@ -22,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Final
 
+from bridge_tools.cached_venv import cache_root, ensure_venv
+
 VERSION: Final = "2026.6.5"  # the ESPHome the manual names
 ROOT: Final = Path(__file__).resolve().parents[1]
 EXAMPLES: Final = ROOT / "examples" / "esphome"
-MARKER: Final = ".openai-mqtt-bridge-complete"
 SECRETS: Final = (
     'wifi_ssid: "example-network"\n'
     'wifi_password: "example-password"\n'
@@ -35,37 +35,16 @@ SECRETS: Final = (
 )
 
 
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "openai-mqtt-bridge"
-
-
 def ensure_esphome(version: str, root: Path, python: str) -> Path:
     """The ``esphome`` program of the cached venv, installed first if need be."""
-    root.mkdir(parents=True, exist_ok=True)
-    venv = root / f"esphome-{version}"
-    program = venv / "bin" / "esphome"
-    with (root / f"esphome-{version}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (venv / MARKER).exists() and program.exists():
-            return program
-        shutil.rmtree(venv, ignore_errors=True)
-        print(f"installing ESPHome {version} into {venv} (once, about 40 s)", flush=True)
-        log = root / f"esphome-{version}.install.log"
-        with log.open("w") as out:
-            for command in (
-                [python, "-m", "venv", str(venv)],
-                [
-                    str(venv / "bin" / "pip"),
-                    "install",
-                    "--disable-pip-version-check",
-                    f"esphome=={version}",
-                ],
-            ):
-                if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode:
-                    sys.exit(f"installing ESPHome failed: see {log}")
-        (venv / MARKER).write_text(version + "\n")
-    return program
+    return ensure_venv(
+        root / f"esphome-{version}",
+        f"esphome=={version}",
+        "esphome",
+        python,
+        about="about 40 s",
+        label=f"ESPHome {version}",
+    )
 
 
 def check(program: Path, examples: list[Path]) -> list[str]:

@@ -801,8 +801,9 @@ def test_each_example_asks_on_a_connection_of_its_own() -> None:
 def test_esphome_config_accepts_the_example() -> None:
     """ESPHome's own `esphome config` (scripts/check-esphome installs it once, cached)."""
     from bridge_tools import esphome_check
+    from bridge_tools.cached_venv import cache_root
 
-    program = esphome_check.cache_root() / f"esphome-{esphome_check.VERSION}" / "bin" / "esphome"
+    program = cache_root() / f"esphome-{esphome_check.VERSION}" / "bin" / "esphome"
     if not program.exists():
         missing("ESPHome", "scripts/check-esphome installs it")
     assert esphome_check.check(program, sorted(EXAMPLES.glob("esphome/*.yaml"))) == []

@@ -26,6 +26,14 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bridge.config.cluster import ClusterConfig
 from bridge.config.endpoint import Endpoint, build_endpoint, endpoint_secrets
+from bridge.config.endpoints import (
+    EndpointConfig,
+    NamedEndpoint,
+    build_named,
+    check_names,
+    endpoints_secrets,
+    resolve_keys,
+)
 from bridge.config.secrets import Secret, resolve_secret, resolve_tls
 from bridge.config.sections import (
     HomeAssistantConfig,
@@ -75,6 +83,9 @@ class Config(Section):
 
     tools: tuple[ToolConfig, ...] = ()
     """Tools over MQTT: fixed topics the model may publish to, offered by profiles."""
+    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+    """Upstreams besides `openai` (local model servers, gateways), by name; a profile's `endpoint`
+    names one."""
 
     @field_validator("profiles")
     @classmethod
@@ -87,6 +98,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _profiles_known(self) -> Config:
         check_tools(self.tools, self.profiles, (self.mqtt.topic_prefix, self.homeassistant.prefix))
+        check_names(self.endpoints, {name: p.endpoint for name, p in self.profiles.items()})
         for pattern, profile in self.sessions.profile_by_id.items():
             if profile not in self.profiles:
                 raise ValueError(
@@ -126,6 +138,8 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict)  # dotted key → file / env NAME
     # Scrubs every secret above by value (and their encodings) from any text.
     redactor: Redactor = field(default_factory=Redactor, compare=False)
+    # The `endpoints` section, resolved (bridge/config/endpoints.py).
+    endpoints: Mapping[str, NamedEndpoint] = field(default_factory=dict)
 
 
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -212,10 +226,12 @@ def resolve(
             "needs prometheus-client: pip install 'openai-mqtt-bridge[metrics]'",
         )
     section = config.openai
+    keys = resolve_keys(config.endpoints, environ)
     redactor = Redactor(
         (
             *(secret.value for secret in (api_key, password) if secret),
             *endpoint_secrets(section.base_url, section.headers, section.query),
+            *endpoints_secrets(config.endpoints, keys),
         )
     )
     try:
@@ -233,8 +249,9 @@ def resolve(
         )
     except ValueError as exc:  # the message names no value
         raise ConfigError("openai.base_url", str(exc)) from None
+    named = build_named(config.endpoints, keys, redactor)
     return Settings(
-        config, api_key, password, endpoint, tls_context, tls_key, dict(sources), redactor
+        config, api_key, password, endpoint, tls_context, tls_key, dict(sources), redactor, named
     )
 
 

@@ -25,6 +25,7 @@ from bridge.config.settings import Settings, instance_name
 from bridge.daemon import logs, parts
 from bridge.daemon.buffer_waits import BufferWaits
 from bridge.daemon.cluster import ClusterMember
+from bridge.daemon.endpoints import Endpoints
 from bridge.daemon.relay import Relay
 from bridge.daemon.timers import Timers
 from bridge.daemon.upstream_tasks import UpstreamTasks
@@ -46,7 +47,6 @@ from bridge.protocol.contract import Rejection, Topics, peek
 from bridge.protocol.error_codes import INSTANCE_BUSY
 from bridge.protocol.messages import Publish
 from bridge.protocol.shared_usage import SharedUsage
-from bridge.upstream.connection import Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +112,9 @@ class Service:
         )
         self.relay = Relay(self.core, self.link, self.observer, self._perform, self._buffer_waits)
         self._observed_count = 0
-        upstream = Upstream(settings.endpoint, config.openai)
-        self.upstreams = UpstreamTasks(self.core, upstream, self.relay, self._perform)
+        # The `openai` endpoint and the named ones; a connection's profile picks.
+        endpoints = Endpoints(settings)
+        self.upstreams = UpstreamTasks(self.core, endpoints, self.relay, self._perform)
 
     def reconfigure(self, settings: Settings) -> None:
         """Run with a reloaded config from now on (bridge/daemon/reload.py says what changes
@@ -200,6 +201,7 @@ class Service:
                 task.cancel()
             self.usage_store.save(self.core.guardrails.usage)
             await self.upstreams.cancel_all()
+            await self.upstreams.endpoints.aclose()  # the HTTP transports' connection pools
             self.timers.close()
             # However run ends (an error, a second signal), the link says `offline`
             # before it goes: give it the time to.

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge.daemon.endpoints import AnyConnection, Endpoints
 from bridge.daemon.relay import Relay
 from bridge.errors import UpstreamError
 from bridge.protocol.actions import Action
 from bridge.protocol.core import BridgeCore, Phase
-from bridge.upstream.connection import Upstream, UpstreamConnection
 
 logger = logging.getLogger("bridge.daemon.service")  # the lines the service always logged
 
@@ -32,7 +32,7 @@ class _Upstream:
 
     connection_id: str
     task: asyncio.Task[None] | None = None
-    socket: UpstreamConnection | None = None  # None while the handshake runs
+    socket: AnyConnection | None = None  # None while the handshake runs
     reported: bool = False  # the core was told how it ended
     # The reader's wait for room in the buffer: since when, and the count of
     # relayed events when it last came back from waiting (see Relay.room).
@@ -46,12 +46,12 @@ class UpstreamTasks:
     def __init__(
         self,
         core: BridgeCore,
-        upstream: Upstream,
+        endpoints: Endpoints,
         relay: Relay,
         perform: Callable[[list[Action]], None],
     ) -> None:
         self.core = core
-        self.upstream = upstream  # opens sockets (a reload may replace it)
+        self.endpoints = endpoints  # opens sockets, over the transport of the id's endpoint
         self.relay = relay
         self.perform = perform  # the service's: what the core answers is performed there
         self._upstreams: dict[str, _Upstream] = {}
@@ -75,7 +75,7 @@ class UpstreamTasks:
         elif upstream.task is not None:
             upstream.task.cancel()  # the handshake is abandoned
 
-    def socket(self, connection_id: str) -> UpstreamConnection:
+    def socket(self, connection_id: str) -> AnyConnection:
         """The open socket of ``connection_id`` (the core sends only to open ones)."""
         socket = self._upstreams[connection_id].socket
         assert socket is not None, "the core sends only to open connections"
@@ -117,12 +117,12 @@ class UpstreamTasks:
         if self.core.idle:
             self.idle.set()
 
-    async def _open(self, upstream: _Upstream) -> UpstreamConnection | None:
+    async def _open(self, upstream: _Upstream) -> AnyConnection | None:
         """The open socket; None if the handshake failed or was abandoned (and reported)."""
         connection_id = upstream.connection_id
         started = time.monotonic()
         try:
-            socket = await self.upstream.open()
+            socket = await self.endpoints.open(self.core.profile_of(connection_id))
         except asyncio.CancelledError:
             failed = self.core.upstream_failed(connection_id, "the handshake was abandoned")
             self._report(upstream, failed)
@@ -138,7 +138,7 @@ class UpstreamTasks:
         self.perform(self.core.upstream_opened(connection_id))
         return socket
 
-    async def _relay(self, upstream: _Upstream, socket: UpstreamConnection) -> tuple[int, str]:
+    async def _relay(self, upstream: _Upstream, socket: AnyConnection) -> tuple[int, str]:
         """Relay server events until the connection ends; its close code and reason."""
         try:
             return await socket.run(

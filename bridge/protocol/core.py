@@ -176,6 +176,11 @@ class BridgeCore:
         """Tool calls waiting for a reply, across every connection."""
         return self.tools.waiting_replies
 
+    def profile_of(self, connection_id: str) -> str | None:
+        """The profile of an open (or opening) connection."""
+        connection = self._connections.get(connection_id)
+        return connection.profile if connection is not None else None
+
     def phase(self, connection_id: str) -> Phase | None:
         connection = self._connections.get(connection_id)
         return connection.phase if connection else None

@@ -53,8 +53,8 @@ PAYLOAD_TOO_LARGE: Final = _code(
 )
 UPSTREAM_CONNECT_FAILED: Final = _code(
     "upstream_connect_failed",
-    "the WebSocket handshake failed; `error.status` holds the HTTP status (null for a network "
-    "error)",
+    "the WebSocket handshake failed, or over HTTP the endpoint's check (`GET /models`); "
+    "`error.status` holds the HTTP status (null for a network error)",
 )
 LIMIT_REACHED: Final = _code(
     "limit_reached",

@@ -46,7 +46,7 @@ def upstream_error(exc: Exception, endpoint: Endpoint, redactor: Redactor) -> Up
     """
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
-        detail = _error_message(exc.response.body)
+        detail = error_message(exc.response.body)
         retry_after = exc.response.headers.get("Retry-After")
         text = f"{endpoint.display_url} answered HTTP {status}"
         if detail:
@@ -83,7 +83,7 @@ def retryable(error: UpstreamError) -> bool:
     return error.status is None or error.status in RETRYABLE_STATUS
 
 
-def _error_message(body: bytes | None) -> str:
+def error_message(body: bytes | None) -> str:
     """The ``error.message`` of an OpenAI-style JSON error body, or a short excerpt."""
     if not body:
         return ""

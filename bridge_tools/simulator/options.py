@@ -44,6 +44,11 @@ class SimulatorOptions:
             as OpenAI documents no server pings.
         ping_timeout: Close with 1011 when a server ping gets no pong in this time.
         close_timeout: How long the server waits for the closing handshake.
+        http_memory: What the HTTP endpoint (:mod:`.http_server`) does with a
+            ``previous_response_id``: ``store`` continues from responses stored with
+            ``store`` true (as OpenAI does), ``forget`` answers
+            ``previous_response_not_found`` to every one, ``ignore`` drops it.
+        http_refuse_store: The HTTP endpoint refuses ``store: true`` with a 400.
     """
 
     api_key: str | None = None
@@ -73,6 +78,9 @@ class SimulatorOptions:
     ping_interval: float | None = None
     ping_timeout: float | None = 20.0
     close_timeout: float = 2.0
+    # The HTTP endpoint (POST /v1/responses): a server that keeps less
+    http_memory: Literal["store", "forget", "ignore"] = "store"
+    http_refuse_store: bool = False
 
 
 @dataclass(frozen=True, slots=True)

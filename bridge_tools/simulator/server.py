@@ -26,6 +26,7 @@ from bridge_tools.simulator.connection import Connection, Shared
 from bridge_tools.simulator.events import IdFactory
 from bridge_tools.simulator.faults import HandshakeFault
 from bridge_tools.simulator.handshake import ENDPOINT_SUFFIX, Refusal, decide, split_target
+from bridge_tools.simulator.http_server import HttpFront
 from bridge_tools.simulator.options import Closed, Handshake, Received, SimulatorOptions
 from bridge_tools.simulator.steps import Settings
 
@@ -73,11 +74,15 @@ class Simulator:
             store={},
             record=self._record,
         )
+        # POST /v1/responses (server-sent events) on a port of its own: same plans, same store.
+        self._http = HttpFront(
+            self._shared, self._record, lambda: next(self._numbers), self._next_forced_status
+        )
 
     # Lifecycle
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on host:port (port 0 picks a free one)."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, http_port: int = 0) -> None:
+        """Listen on host:port, and for HTTP on host:http_port (port 0 picks a free one)."""
         if self._server is not None:
             raise RuntimeError("simulator already started")
         options = self.options
@@ -96,6 +101,7 @@ class Simulator:
         )
         self._host = "127.0.0.1" if host in _WILDCARD_HOSTS else host
         self._port = int(next(iter(self._server.sockets)).getsockname()[1])
+        await self._http.start(host, http_port)
         logger.debug("simulator listening on %s", self.url)
 
     async def close(self) -> None:
@@ -105,6 +111,7 @@ class Simulator:
             return
         server.close()
         await server.wait_closed()
+        await self._http.close()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -130,9 +137,15 @@ class Simulator:
         """The WebSocket endpoint, e.g. ``ws://127.0.0.1:PORT/v1/responses``."""
         return f"ws://{self._netloc()}/v1{ENDPOINT_SUFFIX}"
 
-    def _netloc(self) -> str:
+    @property
+    def http_base_url(self) -> str:
+        """The API base URL of the HTTP endpoint (``POST .../responses`` streamed as
+        server-sent events), e.g. ``http://127.0.0.1:PORT2/v1``; a port of its own."""
+        return f"http://{self._netloc(self._http.port)}/v1"
+
+    def _netloc(self, port: int | None = None) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"{host}:{self._port}"
+        return f"{host}:{self._port if port is None else port}"
 
     # Inspection and control
 
@@ -157,8 +170,13 @@ class Simulator:
                 await changed.wait()
 
     def reject_next_handshakes(self, status: int, count: int = 1) -> None:
-        """Answer the next count upgrades on the endpoint with this HTTP status."""
+        """Answer the next count upgrades (or HTTP requests) on the endpoint with this status."""
         self._forced_statuses.extend([status] * count)
+
+    def _next_forced_status(self) -> int | None:
+        if self._forced_statuses:
+            return self._forced_statuses.popleft()
+        return self.options.handshake_status
 
     async def disconnect_all(self, code: int | None = 1012, reason: str = "") -> None:
         """End every open connection: close with code, or drop TCP when code is None."""
@@ -253,15 +271,18 @@ class Simulator:
             self._record(record)
 
 
-async def serve(host: str, port: int, options: SimulatorOptions) -> None:
+async def serve(host: str, port: int, options: SimulatorOptions, http_port: int = 0) -> None:
     """Run a simulator until cancelled, logging its URL at INFO.
 
     This is what ``openai-mqtt-bridge simulate`` runs.
     """
     simulator = Simulator(options)
-    await simulator.start(host, port)
+    await simulator.start(host, port, http_port)
     logger.info(
-        "simulator listening on %s (clients use base URL %s)", simulator.url, simulator.base_url
+        "simulator listening on %s (clients use base URL %s; HTTP streaming: %s)",
+        simulator.url,
+        simulator.base_url,
+        simulator.http_base_url,
     )
     try:
         await asyncio.Event().wait()

@@ -27,6 +27,7 @@ from bridge.config.settings import Settings, load_settings
 from bridge.daemon import logs
 from bridge.errors import ConfigError
 from bridge.ops.info import Tally, info_document
+from bridge.protocol.redaction import encodings
 from bridge.protocol.shared_usage import SharedUsage
 from bridge.upstream.connection import Upstream, upstream_error
 from bridge_tools.simulator import Simulator, SimulatorOptions
@@ -310,3 +311,113 @@ def test_every_logger_and_traceback_is_scrubbed(capsys: Any, fmt: str) -> None:
     assert basic("admin", PASSWORD) not in err
     assert "RuntimeError: login " in err
     assert err.count("REDACTED") >= 3
+
+
+# Named endpoints' keys ------------------------------------------------------------------
+
+ENDPOINT_KEY = "sk-endpoint-canary-0123456789abcdefQRS"  # a named endpoint's key
+
+
+def assert_nowhere(secret: str, text: str) -> None:
+    for form in encodings(secret):
+        assert form not in text, f"a form of the canary ({form!r}) leaked"
+
+
+def endpoints_config(tmp_path: Path, source: dict[str, str]) -> Path:
+    path = tmp_path / "config.yaml"
+    document = {
+        "endpoints": {
+            "local": {"base_url": "http://127.0.0.1:9/v1", "transport": "http", **source}
+        },
+        "profiles": {"default": {"endpoint": "local", "request": {"model": "m"}}},
+    }
+    path.write_text(json.dumps(document))
+    return path
+
+
+def key_sources(tmp_path: Path) -> list[dict[str, str]]:
+    key_file = tmp_path / "endpoint-key"
+    key_file.write_text(ENDPOINT_KEY + "\n")
+    return [{"api_key_env": "LOCAL_ENDPOINT_KEY"}, {"api_key_file": str(key_file)}]
+
+
+@pytest.mark.parametrize("source", ["env", "file"])
+def test_check_config_never_shows_a_named_endpoints_key(
+    capsys: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("LOCAL_ENDPOINT_KEY", ENDPOINT_KEY)
+    chosen = key_sources(tmp_path)[0 if source == "env" else 1]
+    assert main(["check-config", "--config", str(endpoints_config(tmp_path, chosen))]) == 0
+    captured = capsys.readouterr()
+    out = str(captured.out + captured.err)
+    assert "local" in out
+    assert_nowhere(ENDPOINT_KEY, out)
+
+
+@pytest.mark.parametrize("source", ["env", "file"])
+def test_a_named_endpoints_key_is_redacted_in_every_encoding(tmp_path: Path, source: str) -> None:
+    """Whatever text the bridge writes (an upstream's error echoing the key, a log line)
+    passes its redactor: the named endpoint's key is one of its secrets, by value."""
+    chosen = key_sources(tmp_path)[0 if source == "env" else 1]
+    settings = load_settings(
+        endpoints_config(tmp_path, chosen),
+        {"OPENAI_API_KEY": KEY, "LOCAL_ENDPOINT_KEY": ENDPOINT_KEY},
+    )
+    for form in encodings(ENDPOINT_KEY):
+        scrubbed = settings.redactor.redact(f"Incorrect API key provided: {form}.")
+        assert form not in scrubbed
+        assert "REDACTED" in scrubbed
+    try:
+        raise ConfigError("endpoints.local", f"refused {ENDPOINT_KEY}")
+    except ConfigError as error:
+        assert_nowhere(ENDPOINT_KEY, settings.redactor.redact(str(error)))
+
+
+@pytest.mark.usefixtures("restore_logging")
+async def test_a_named_endpoints_key_never_reaches_mqtt_or_the_logs(
+    broker: Broker, start_bridge: Any, tmp_path: Path, capsys: Any
+) -> None:
+    """End to end over HTTP: the key reaches the server; MQTT and the logs never see it,
+    not when the server takes it, nor when another endpoint's server refuses it."""
+    key_file = tmp_path / "endpoint-key"
+    key_file.write_text(ENDPOINT_KEY + "\n")
+    options = SimulatorOptions(api_key=ENDPOINT_KEY)
+    async with (
+        Simulator(options) as local,
+        Simulator(SimulatorOptions(api_key=BRIDGE_KEY)) as other,
+    ):
+        async with Client(broker) as spy:
+            await spy.subscribe("#")
+            endpoint = {"transport": "http", "api_key_file": str(key_file)}
+            bridge = await start_bridge(
+                broker,
+                other,
+                endpoints={
+                    "local": {**endpoint, "base_url": local.http_base_url},
+                    "wrong": {**endpoint, "base_url": other.http_base_url},
+                },
+                profiles={
+                    "default": {"endpoint": "local", "request": {"model": "m", "store": False}},
+                    "wrong": {"endpoint": "wrong", "request": {"model": "m"}},
+                },
+            )
+            logs.setup("DEBUG", "json", redactor=bridge.service.settings.redactor)
+            await spy.command("k1", {"action": "ask", "input": "Hello"})
+            traffic = [await spy.next()]
+            while b'"response.completed"' not in bytes(traffic[-1].payload):
+                traffic.append(await spy.next())
+            await spy.command("k2", {"action": "connect", "profile": "wrong"})
+            traffic.append(await spy.next())
+            while b"upstream_connect_failed" not in bytes(traffic[-1].payload):
+                traffic.append(await spy.next())
+            traffic += await spy.quiet()
+            await bridge.stop()  # its last lines logged before the capture ends
+        assert any(h.header("Authorization") == f"Bearer {ENDPOINT_KEY}" for h in local.handshakes)
+    payloads = b"\n".join(bytes(m.payload) for m in traffic).decode()  # every topic
+    assert "upstream_connect_failed" in payloads
+    assert_nowhere(ENDPOINT_KEY, payloads)
+    err = capsys.readouterr().err
+    assert "upstream connect failed" in err  # the refusal was logged, its text scrubbed
+    assert "send_request_headers" in err  # and the HTTP client's DEBUG lines
+    assert_nowhere(ENDPOINT_KEY, err)
