@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from bridge.config.endpoints import NamedEndpoint
 from bridge.config.settings import Config, Settings, instance_name
 from bridge.daemon.membership import MembershipAgent
 from bridge.daemon.timers import Timers
@@ -27,6 +28,7 @@ from bridge.protocol.response_topics import ResponseTopicPolicy
 from bridge.protocol.shared_usage import SharedUsage
 from bridge.protocol.tools import ToolConfig
 from bridge.protocol.usage_documents import MAX_DOCUMENT_BYTES
+from bridge.upstream.http_connection import http_urls
 
 # Room in an inbound packet for its topic and properties besides the payload.
 PACKET_OVERHEAD_BYTES: Final = 256 * 1024
@@ -57,7 +59,20 @@ def core(settings: Settings, topics: Topics, usage: SharedUsage | None) -> Bridg
         usage=usage,
         tools=config.tools,
         response_topics=response_topics(config, topics),
+        profile_urls={  # a profile on a named endpoint: the connect ack shows its URL
+            name: shown_url(named)
+            for name, profile in config.profiles.items()
+            if (named := settings.endpoints.get(profile.endpoint or "")) is not None
+        },
     )
+
+
+def shown_url(named: NamedEndpoint) -> str:
+    """The URL a connect ack shows for a named endpoint (redacted): the POST URL over HTTP,
+    the WebSocket URL otherwise (``auto`` decides only at the first connection)."""
+    if named.config.transport == "http":
+        return http_urls(named.endpoint).display
+    return named.endpoint.display_url
 
 
 def link(
@@ -106,7 +121,7 @@ def usage_sharing(
         store,
         link,
         topics,
-        lambda: local_time(wall_clock(), core.timezone),
+        lambda: local_time(wall_clock(), core.spending.timezone),
     )
 
 

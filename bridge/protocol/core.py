@@ -43,7 +43,7 @@ from bridge.protocol.replies import Replies
 from bridge.protocol.response_topics import ResponseTopicPolicy
 from bridge.protocol.sessions import Conversations, ProfileConfig, SessionsConfig, default_profiles
 from bridge.protocol.shared_usage import SharedUsage
-from bridge.protocol.tools import ToolBox, ToolConfig
+from bridge.protocol.tools import ToolConfig
 from bridge.protocol.topics import Topics
 
 
@@ -70,6 +70,7 @@ class BridgeCore:
         assistants: Collection[str] = (),
         usage: SharedUsage | None = None,
         tools: Sequence[ToolConfig] = (),
+        profile_urls: Mapping[str, str] | None = None,
     ) -> None:
         self.topics = topics
         self.limits = limits = limits or LimitsConfig()
@@ -85,7 +86,7 @@ class BridgeCore:
             limits, response_topics or ResponseTopicPolicy(refused=(f"{topics.prefix}/#",))
         )
         self.stats = self.intake.stats
-        self.replies = replies = Replies(topics, url=url, qos=qos, v5=v5)
+        self.replies = replies = Replies(topics, url=url, qos=qos, v5=v5, profile_urls=profile_urls)
         self._connections: dict[str, Connection] = {}
         self._backlogs = Backlogs(limits.max_waiting_bytes)
         self._idle = IdleTracker()
@@ -161,20 +162,6 @@ class BridgeCore:
     def idle(self) -> bool:
         """No upstream connection exists in any phase: safe to stop."""
         return not self._connections
-
-    @property
-    def timezone(self) -> str | None:
-        """Where budget days start at midnight (None: the system's zone)."""
-        return self.spending.timezone
-
-    @property
-    def toolbox(self) -> ToolBox:
-        return self.tools.toolbox
-
-    @property
-    def waiting_replies(self) -> int:
-        """Tool calls waiting for a reply, across every connection."""
-        return self.tools.waiting_replies
 
     def profile_of(self, connection_id: str) -> str | None:
         """The profile of an open (or opening) connection."""
@@ -273,7 +260,10 @@ class BridgeCore:
         if quiet:
             return self._pump(connection_id)
         actions = self.replies.connected(
-            connection.connect, connection.connect_reply, connection.ack_profile
+            connection.connect,
+            connection.connect_reply,
+            connection.ack_profile,
+            opened_with=connection.profile,
         )
         return actions + self.outputs.opened(connection_id) + self._pump(connection_id)
 
@@ -309,14 +299,15 @@ class BridgeCore:
         self._forget(connection_id)
         if retrying or connection.state is State.REPLACING:
             self.outputs.reopens(connection_id)
-            ending: Callable[[str, int, str], list[Action]] = self.outputs.not_reopened
-        else:
-            lost += self.outputs.closed(connection_id, code, reason)
-            ending = _nothing_more
-        if retrying:  # the bridge closed it to send its turn again
-            return self._pump(connection_id) + ending(connection_id, code, reason)
-        actions = self.endings.reported(connection, code, reason)
-        return lost + actions + self._pump(connection_id) + ending(connection_id, code, reason)
+            if retrying:  # the bridge closed it to send its turn again
+                return self._pump(connection_id) + self.outputs.not_reopened(
+                    connection_id, code, reason
+                )
+            actions = lost + self.endings.reported(connection, code, reason)
+            actions += self._pump(connection_id)
+            return actions + self.outputs.not_reopened(connection_id, code, reason)
+        lost += self.outputs.closed(connection_id, code, reason)
+        return lost + self.endings.reported(connection, code, reason) + self._pump(connection_id)
 
     def shaped_event(self, connection_id: str, raw: bytes) -> list[Action]:
         """A server event of a connection with device output (:meth:`shaped`)."""
@@ -421,10 +412,6 @@ class BridgeCore:
         if isinstance(parsed, Rejection):
             return self.replies.refuse(connection_id, parsed, reply_to)
         return self._handlers[type(parsed)](parsed, reply_to)
-
-
-def _nothing_more(connection_id: str, code: int, reason: str) -> list[Action]:
-    return []
 
 
 __all__ = [

@@ -9,6 +9,7 @@ the operations side reads instead of the JSON.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from bridge.protocol.actions import Action
@@ -51,18 +52,35 @@ class Replies:
     operations side counts each answer once).
     """
 
-    def __init__(self, topics: Topics, *, url: str, qos: int, v5: bool) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        *,
+        url: str,
+        qos: int,
+        v5: bool,
+        profile_urls: Mapping[str, str] | None = None,
+    ) -> None:
         self.topics = topics
         self.url = url  # the upstream URL the connect ack shows (redacted)
+        # Profiles whose connections go to another endpoint: that endpoint's URL (redacted).
+        self.profile_urls = profile_urls or {}
         self.qos = qos
         self.v5 = v5
 
     def connected(
-        self, connect: Connect, reply_to: ReplyTo | None, profile: str | None = None
+        self,
+        connect: Connect,
+        reply_to: ReplyTo | None,
+        profile: str | None = None,
+        *,
+        opened_with: str | None = None,
     ) -> list[Action]:
-        """The connect ack; it names the ``profile`` when one was asked for (or by ``ask``)."""
+        """The connect ack; it names the ``profile`` when one was asked for (or by ``ask``),
+        and the URL of the endpoint the connection's profile (``opened_with``) names."""
         connection_id = connect.connection_id
-        ack = connect_ack(connection_id, self.url, connect.request_id)
+        url = self.profile_urls.get(opened_with, self.url) if opened_with else self.url
+        ack = connect_ack(connection_id, url, connect.request_id)
         if profile is not None:
             ack["profile"] = profile
         return self.say(connection_id, ack, CONNECT, Acknowledged(connection_id, CONNECT), reply_to)

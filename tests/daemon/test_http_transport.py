@@ -57,6 +57,8 @@ async def test_ask_twice_replays_and_a_mixed_house(
     await start_http(start_bridge, broker, simulator)
     first = await ask(client, "kitchen", "Describe tulips.")
     assert first[0]["action"] == "connect"
+    # The connect ack names the endpoint the profile opened: the local one, over HTTP.
+    assert first[0]["url"].startswith(simulator.http_base_url.rstrip("/"))
     assert first[-1]["type"] == "response.completed"
     second = await ask(client, "kitchen", "And roses?")
     assert second[-1]["type"] == "response.completed"
@@ -69,6 +71,7 @@ async def test_ask_twice_replays_and_a_mixed_house(
     # The `big` profile is on the WebSocket endpoint.
     big = await ask(client, "office", "Describe MQTT.", profile="big")
     assert big[-1]["type"] == "response.completed"
+    assert big[0]["url"].startswith("ws")  # `openai`'s WebSocket URL, not the local one
     assert [r.json().get("type") for r in simulator.received][-1] == "response.create"
 
 

@@ -240,9 +240,9 @@ def test_a_hostile_tool_round_answers_every_call_once_and_leaves_no_wait(
         return
     devices = [a for a in actions if isinstance(a, Publish) and a.topic.startswith("dev/")]
     assert len(devices) <= limit
-    for _ in range(core.waiting_replies):  # replies without correlation: the oldest call
+    for _ in range(core.tools.waiting_replies):  # replies without correlation: the oldest call
         actions += core.tool_reply("dev/level/state", b"21", False, None)
-    assert core.waiting_replies == 0
+    assert core.tools.waiting_replies == 0
     (sent,) = [a for a in actions if isinstance(a, SendUpstream)]
     outputs = json.loads(sent.data)["input"]
     assert [o["type"] for o in outputs] == ["function_call_output"] * len(calls)

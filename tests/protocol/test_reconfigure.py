@@ -60,7 +60,7 @@ def test_a_tool_removed_mid_turn_still_answers_that_turn_and_is_never_offered_ag
     assert len(published(actions, SET_LIGHT.publish.topic)) == 1
     reply = core.tool_reply("zigbee2mqtt/kitchen", b'{"state":"OFF"}', False, None)
     assert tool_messages(reply)[0]["status"] == "replied"
-    assert "set_light" in core.toolbox  # kept while that turn needs it
+    assert "set_light" in core.tools.toolbox  # kept while that turn needs it
     assert core.upstream_event("c1", answer("resp_2", "Done.")) is not None  # the turn ends
     reconfigure(core, tools=(CHIME,), profiles={"default": ProfileConfig(mqtt_tools=("chime",))})
-    assert "set_light" not in core.toolbox  # a later reload lets it go
+    assert "set_light" not in core.tools.toolbox  # a later reload lets it go

@@ -110,7 +110,7 @@ def test_duplicate_call_ids_are_refused_and_leave_no_stale_wait() -> None:
     outputs = [o["output"] for o in continuation(actions)["input"]]
     assert outputs[0] == outputs[1]
     assert "call_id 'call_1' is used by 2 calls" in outputs[0]
-    assert core.waiting_replies == 0
+    assert core.tools.waiting_replies == 0
     assert core.upstream_event("c1", answer("resp_2", "No.")) is not None
     ask_again(core, "Lights off")
     round_of(core, completed("resp_3", call("call_3")))
@@ -129,7 +129,7 @@ def test_calls_without_a_call_id_are_refused() -> None:
     assert [o["output"] for o in outputs] == [
         "refused: this call has no call_id; it was not run"
     ] * 2
-    assert core.waiting_replies == 0
+    assert core.tools.waiting_replies == 0
 
 
 def test_calls_past_max_tool_calls_are_answered_refused_and_not_run() -> None:
