@@ -50,10 +50,12 @@ import httpx2
 from bridge.backoff import backoff_delays
 from bridge.config.endpoint import Endpoint
 from bridge.errors import UpstreamError
+from bridge.protocol.encoding import compact
 from bridge.protocol.server_events import REQUEST_ENDING_EVENTS, server_event_type
 from bridge.upstream.connection import RETRY_DELAY, RETRY_MAX_DELAY, error_message, retryable
 from bridge.upstream.http_memory import NOT_FOUND, Memory, Prepared, ReplayBook
 from bridge.upstream.read_budget import FrameMeter, ReadBudget
+from bridge.upstream.sse import complete_events, error_code, error_document, error_event, event_type
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +218,7 @@ class HttpUpstreamConnection:
 
     def send(self, data: str) -> None:
         """Queue a client event; ``response.cancel`` also ends the running stream now."""
-        if _event_type(data) == "response.cancel" and self._stream is not None:
+        if event_type(data) == "response.cancel" and self._stream is not None:
             self._cancelled = True
             self._stream.cancel()
         self._outgoing.put_nowait(data)
@@ -272,7 +274,7 @@ class HttpUpstreamConnection:
             if self._closing is not None:  # written after a close: dropped, as on a socket
                 on_written(size)
                 continue
-            kind = _event_type(item)
+            kind = event_type(item)
             try:
                 if kind == "response.create":
                     event = json.loads(item)
@@ -284,7 +286,7 @@ class HttpUpstreamConnection:
                 else:
                     on_written(size)
                     message = f"{kind!r} has no HTTP form: only response.create is sent over HTTP"
-                    await hand_on(_error_event(400, "unsupported_over_http", message))
+                    await hand_on(error_event(400, "unsupported_over_http", message))
             except _Ended as ended:
                 return ended.code, ended.reason
 
@@ -305,7 +307,7 @@ class HttpUpstreamConnection:
                         raise _Ended(*self._closing) from None
                     if self._cancelled:
                         message = "response.cancel: the bridge ended the stream"
-                        await hand_on(_error_event(CANCELLED_STATUS, "response_cancelled", message))
+                        await hand_on(error_event(CANCELLED_STATUS, "response_cancelled", message))
                         return
                 if self._aborted:
                     raise _Ended(ABNORMAL_CLOSURE, "the bridge dropped the session") from None
@@ -335,7 +337,7 @@ class HttpUpstreamConnection:
             ) as response:
                 if response.status_code >= 400:
                     body = await _read_some(response)
-                    if _error_code(body) == NOT_FOUND and upstream.book.learned_not_found(prepared):
+                    if error_code(body) == NOT_FOUND and upstream.book.learned_not_found(prepared):
                         return True
                     await hand_on(self._status_event(response.status_code, body, response.headers))
                     return False
@@ -357,7 +359,7 @@ class HttpUpstreamConnection:
         ended = False
         async for chunk in response.aiter_raw():
             pending += chunk
-            for raw in _complete_events(pending):
+            for raw in complete_events(pending):
                 if len(raw) > limit:
                     raise _Ended(MESSAGE_TOO_BIG, "a server event is larger than max_message_bytes")
                 kind = server_event_type(raw)
@@ -382,49 +384,8 @@ class HttpUpstreamConnection:
 
     def _status_event(self, status: int, body: bytes, headers: httpx2.Headers) -> bytes:
         """An HTTP error answer as WebSocket mode's ``error`` event, scrubbed."""
-        error: dict[str, Any] = {
-            "type": "invalid_request_error" if status < 500 else "server_error"
-        }
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
-            given = json.loads(body)["error"]
-            if isinstance(given, dict):
-                error = {key: given.get(key) for key in ("type", "code", "message", "param")} | {
-                    "type": given.get("type") or error["type"]
-                }
-        if not error.get("message"):
-            error["message"] = error_message(body) or f"HTTP {status}"
-        retry_after = headers.get("Retry-After")
-        if retry_after:
-            error["headers"] = {"retry-after": retry_after}
-        event = {"type": "error", "status": status, "error": error}
-        raw = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        raw = compact(error_document(status, body, headers.get("Retry-After")))
         return self._upstream.redactor.redact(raw).encode()
-
-
-def _complete_events(pending: bytearray) -> list[bytes]:
-    """Take the complete events off the front of ``pending``: their ``data:`` payloads."""
-    found: list[bytes] = []
-    while True:
-        end, skip = _event_end(pending)
-        if end < 0:
-            return found
-        block = bytes(pending[:end])
-        del pending[: end + skip]
-        data = [
-            line[5:].removeprefix(b" ")
-            for line in block.replace(b"\r\n", b"\n").split(b"\n")
-            if line.startswith(b"data:")
-        ]
-        if data and data != [b"[DONE]"]:
-            found.append(b"\n".join(data))
-
-
-def _event_end(pending: bytearray) -> tuple[int, int]:
-    lf = pending.find(b"\n\n")
-    crlf = pending.find(b"\r\n\r\n")
-    if crlf >= 0 and (lf < 0 or crlf < lf):
-        return crlf, 4
-    return lf, 2 if lf >= 0 else 0
 
 
 async def _read_some(response: httpx2.Response) -> bytes:
@@ -434,27 +395,6 @@ async def _read_some(response: httpx2.Response) -> bytes:
         if len(body) >= _ERROR_BODY_MAX:
             break
     return bytes(body[:_ERROR_BODY_MAX])
-
-
-def _error_event(status: int, code: str, message: str) -> bytes:
-    error = {"type": "invalid_request_error", "code": code, "message": message, "param": None}
-    event = {"type": "error", "status": status, "error": error}
-    return json.dumps(event, separators=(",", ":")).encode()
-
-
-def _event_type(data: str) -> str | None:
-    try:
-        kind = json.loads(data).get("type")
-    except (ValueError, AttributeError):
-        return None
-    return kind if isinstance(kind, str) else None
-
-
-def _error_code(body: bytes) -> object:
-    try:
-        return json.loads(body)["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _describe(exc: BaseException) -> str:
