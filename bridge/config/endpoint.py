@@ -164,19 +164,8 @@ def build_endpoint(
         merged_query[api_key_query_param] = api_key
     url = websocket_url(base_url, merged_query)
 
-    result: dict[str, tuple[str, str]] = {}
-
-    def put(name: str, value: str) -> None:
-        result[name.lower()] = (name, value)
-
-    if api_key is not None and not api_key_query_param:
-        put(auth_header, f"{auth_scheme} {api_key}" if auth_scheme else api_key)
-    if organization:
-        put("OpenAI-Organization", organization)
-    if project:
-        put("OpenAI-Project", project)
-    for name, value in (headers or {}).items():
-        put(name, value)
+    key_header = api_key if api_key is not None and not api_key_query_param else None
+    result = _headers(key_header, auth_header, auth_scheme, organization, project, headers)
     if urlsplit(base_url).password is not None and "authorization" in result:
         raise ValueError(
             "its user info is sent as Authorization: Basic, and the API key or "
@@ -192,6 +181,32 @@ def build_endpoint(
         headers=tuple(result.values()),
         redactor=redactor,
     )
+
+
+def _headers(
+    api_key: str | None,
+    auth_header: str,
+    auth_scheme: str,
+    organization: str | None,
+    project: str | None,
+    headers: Mapping[str, str] | None,
+) -> dict[str, tuple[str, str]]:
+    """The handshake's headers by lower-case name: the key's, OpenAI's, then the configured
+    ones (which replace a default of the same name)."""
+    result: dict[str, tuple[str, str]] = {}
+
+    def put(name: str, value: str) -> None:
+        result[name.lower()] = (name, value)
+
+    if api_key is not None:
+        put(auth_header, f"{auth_scheme} {api_key}" if auth_scheme else api_key)
+    if organization:
+        put("OpenAI-Organization", organization)
+    if project:
+        put("OpenAI-Project", project)
+    for name, value in (headers or {}).items():
+        put(name, value)
+    return result
 
 
 def _redact_param(url: str, name: str) -> str:

@@ -29,7 +29,6 @@ an empty retained message on each, or delete the device in Home Assistant).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -37,6 +36,7 @@ from typing import Any, Final
 from bridge import __version__
 from bridge.config.settings import Config
 from bridge.protocol.contract import Topics
+from bridge.protocol.encoding import encode
 
 # Home Assistant's text entity holds at most 255 characters (MAX_LENGTH_STATE_STATE),
 # and so does a sensor's state.
@@ -104,7 +104,6 @@ def assistant_messages(
     bridge carries (availability, origin).
     """
     prefix = config.homeassistant.prefix
-    qos = config.mqtt.qos
     messages = []
     for connection_id in config.homeassistant.assistants:
         device_node = f"{node}_assistant_{assistant_key(connection_id)}"
@@ -116,62 +115,7 @@ def assistant_messages(
             "model": "Assistant (ask)",
             "sw_version": __version__,
         }
-        answer = f"{topics.prefix}/{connection_id}/answer"
-        entities: list[tuple[str, str, dict[str, Any]]] = [
-            (
-                "text",
-                "ask",
-                {
-                    "name": "Ask",
-                    "command_topic": topics.command(connection_id),
-                    "command_template": ASK_COMMAND_TEMPLATE,
-                    "retain": False,  # the bridge never carries out a retained command
-                    "qos": qos,
-                    "min": 1,  # an empty ask is refused (invalid_command)
-                    "max": MAX_STATE,
-                    "mode": "text",
-                    "icon": "mdi:chat-question-outline",
-                },
-            ),
-            (
-                "sensor",
-                "answer",
-                {
-                    "name": "Answer",
-                    "state_topic": answer,
-                    "value_template": ANSWER_VALUE_TEMPLATE,
-                    "json_attributes_topic": answer,
-                    "json_attributes_template": ANSWER_ATTRIBUTES_TEMPLATE,
-                    "force_update": True,  # every answer is news, the same text again too
-                    "qos": qos,
-                    "icon": "mdi:message-reply-text-outline",
-                },
-            ),
-            (
-                "sensor",
-                "status",
-                {
-                    "name": "Status",
-                    "state_topic": f"{topics.prefix}/{connection_id}/status",
-                    "value_template": STATUS_VALUE_TEMPLATE,
-                    "qos": qos,
-                    "icon": "mdi:robot-outline",
-                },
-            ),
-            (
-                "sensor",
-                "tokens_today",
-                {
-                    "name": "Tokens today",
-                    "state_topic": info,
-                    "value_template": tokens_today_template(connection_id),
-                    "state_class": "total_increasing",
-                    "unit_of_measurement": "tokens",
-                    "icon": "mdi:counter",
-                },
-            ),
-        ]
-        for component, object_id, entity in entities:
+        for component, object_id, entity in _entities(topics, connection_id, info, config.mqtt.qos):
             payload = {
                 **entity,
                 **common,
@@ -179,5 +123,54 @@ def assistant_messages(
                 "device": device,
             }
             topic = f"{prefix}/{component}/{device_node}/{object_id}/config"
-            messages.append((topic, json.dumps(payload, separators=(",", ":")).encode()))
+            messages.append((topic, encode(payload)))
     return messages
+
+
+def _entities(
+    topics: Topics, connection_id: str, info: str, qos: int
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """One assistant's entities: Ask, Answer, Status and Tokens today."""
+    answer = f"{topics.prefix}/{connection_id}/answer"
+    ask = {
+        "name": "Ask",
+        "command_topic": topics.command(connection_id),
+        "command_template": ASK_COMMAND_TEMPLATE,
+        "retain": False,  # the bridge never carries out a retained command
+        "qos": qos,
+        "min": 1,  # an empty ask is refused (invalid_command)
+        "max": MAX_STATE,
+        "mode": "text",
+        "icon": "mdi:chat-question-outline",
+    }
+    answer_sensor = {
+        "name": "Answer",
+        "state_topic": answer,
+        "value_template": ANSWER_VALUE_TEMPLATE,
+        "json_attributes_topic": answer,
+        "json_attributes_template": ANSWER_ATTRIBUTES_TEMPLATE,
+        "force_update": True,  # every answer is news, the same text again too
+        "qos": qos,
+        "icon": "mdi:message-reply-text-outline",
+    }
+    status = {
+        "name": "Status",
+        "state_topic": f"{topics.prefix}/{connection_id}/status",
+        "value_template": STATUS_VALUE_TEMPLATE,
+        "qos": qos,
+        "icon": "mdi:robot-outline",
+    }
+    tokens_today = {
+        "name": "Tokens today",
+        "state_topic": info,
+        "value_template": tokens_today_template(connection_id),
+        "state_class": "total_increasing",
+        "unit_of_measurement": "tokens",
+        "icon": "mdi:counter",
+    }
+    return [
+        ("text", "ask", ask),
+        ("sensor", "answer", answer_sensor),
+        ("sensor", "status", status),
+        ("sensor", "tokens_today", tokens_today),
+    ]

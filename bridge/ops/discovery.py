@@ -13,7 +13,6 @@ when Home Assistant announces ``online`` on ``<prefix>/status``. The ids in
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Final
 
@@ -22,6 +21,7 @@ from bridge.config.settings import Config
 from bridge.ops.assistant_discovery import assistant_messages
 from bridge.ops.usage import usage_topic
 from bridge.protocol.contract import RESERVED_ID, Topics
+from bridge.protocol.encoding import encode
 
 DEVICE_NAME: Final = "openai-mqtt-bridge"
 DEFAULT_CLIENT_ID: Final = "openai-mqtt-bridge"
@@ -45,16 +45,6 @@ def node_id(client_id: str) -> str:
 def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, bytes]]:
     """Every (topic, retained payload) that announces the bridge to Home Assistant."""
     node = node_id(config.mqtt.client_id)
-    name = DEVICE_NAME
-    if config.mqtt.client_id != DEFAULT_CLIENT_ID:
-        name = f"{DEVICE_NAME} ({config.mqtt.client_id})"
-    device = {
-        "identifiers": [node],
-        "name": name,
-        "manufacturer": "openai-mqtt-bridge",
-        "model": "OpenAI Responses WebSocket on MQTT",
-        "sw_version": __version__,
-    }
     origin = {"name": "openai-mqtt-bridge", "sw_version": __version__}
     available = {
         "availability_topic": topics.state,
@@ -62,104 +52,108 @@ def discovery_messages(config: Config, topics: Topics) -> list[tuple[str, bytes]
         "payload_not_available": "offline",
     }
     info = info_topic(topics)
-    entities: list[tuple[str, str, dict[str, Any]]] = [
-        (
-            "binary_sensor",
-            "status",
-            {
-                "name": "Status",
-                "device_class": "connectivity",
-                "state_topic": topics.state,
-                "payload_on": "online",
-                "payload_off": "offline",
-                "entity_category": "diagnostic",
-            },
-        ),
-        (
-            "sensor",
-            "connections",
-            {
-                "name": "Open connections",
-                "state_topic": info,
-                "value_template": "{{ value_json.connections }}",
-                "state_class": "measurement",
-                "icon": "mdi:lan-connect",
-                **available,
-            },
-        ),
-        (
-            "sensor",
-            "tokens_today",
-            {
-                "name": "Tokens today",
-                "state_topic": info,
-                "value_template": "{{ value_json.tokens_today }}",
-                "state_class": "total_increasing",
-                "unit_of_measurement": "tokens",
-                "icon": "mdi:counter",
-                **available,
-            },
-        ),
-        (
-            "sensor",
-            "last_error",
-            {
-                "name": "Last error",
-                "state_topic": info,
-                "value_template": (
-                    "{{ value_json.last_error.code ~ ': ' ~ value_json.last_error.message"
-                    " if value_json.last_error else 'none' }}"
-                ),
-                "json_attributes_topic": info,
-                "json_attributes_template": "{{ (value_json.last_error or {}) | tojson }}",
-                "entity_category": "diagnostic",
-                "icon": "mdi:alert-circle-outline",
-                **available,
-            },
-        ),
-        (
-            "sensor",
-            "started",
-            {
-                "name": "Started",
-                "state_topic": info,
-                "value_template": "{{ value_json.started_at }}",
-                "device_class": "timestamp",
-                "entity_category": "diagnostic",
-                **available,
-            },
-        ),
-    ]
+    entities = _bridge_entities(topics.state, info, available)
     if config.limits.budgets.global_tokens_per_day is not None:
-        entities.append(
-            (
-                "sensor",
-                "tokens_left_today",
-                {
-                    "name": "Tokens left today",
-                    "state_topic": usage_topic(topics),
-                    "value_template": (
-                        "{% set b = value_json.budgets | selectattr('scope', 'eq', 'bridge')"
-                        " | selectattr('left', 'defined') | list %}"
-                        "{{ b[0].left if b else None }}"
-                    ),
-                    "state_class": "measurement",
-                    "unit_of_measurement": "tokens",
-                    "icon": "mdi:cash-lock",
-                    **available,
-                },
-            )
-        )
+        entities.append(_tokens_left(usage_topic(topics), available))
     prefix = config.homeassistant.prefix
+    device = _device(config, node)
     messages = []
     for component, object_id, entity in entities:
-        payload = {
-            **entity,
-            "unique_id": f"{node}_{object_id}",
-            "device": device,
-            "origin": origin,
-        }
-        topic = f"{prefix}/{component}/{node}/{object_id}/config"
-        messages.append((topic, json.dumps(payload, separators=(",", ":")).encode()))
+        payload = {**entity, "unique_id": f"{node}_{object_id}", "device": device, "origin": origin}
+        messages.append((f"{prefix}/{component}/{node}/{object_id}/config", encode(payload)))
     common = {**available, "origin": origin}
     return messages + assistant_messages(config, topics, node=node, info=info, common=common)
+
+
+def _device(config: Config, node: str) -> dict[str, Any]:
+    name = DEVICE_NAME
+    if config.mqtt.client_id != DEFAULT_CLIENT_ID:
+        name = f"{DEVICE_NAME} ({config.mqtt.client_id})"
+    return {
+        "identifiers": [node],
+        "name": name,
+        "manufacturer": "openai-mqtt-bridge",
+        "model": "OpenAI Responses WebSocket on MQTT",
+        "sw_version": __version__,
+    }
+
+
+_Entity = tuple[str, str, dict[str, Any]]  # component, object id, its config
+
+
+def _bridge_entities(state: str, info: str, available: dict[str, str]) -> list[_Entity]:
+    """The bridge's own entities: its connectivity, and sensors read from ``P/bridge/info``."""
+    status = {
+        "name": "Status",
+        "device_class": "connectivity",
+        "state_topic": state,
+        "payload_on": "online",
+        "payload_off": "offline",
+        "entity_category": "diagnostic",
+    }
+    connections = {
+        "name": "Open connections",
+        "state_topic": info,
+        "value_template": "{{ value_json.connections }}",
+        "state_class": "measurement",
+        "icon": "mdi:lan-connect",
+        **available,
+    }
+    tokens_today = {
+        "name": "Tokens today",
+        "state_topic": info,
+        "value_template": "{{ value_json.tokens_today }}",
+        "state_class": "total_increasing",
+        "unit_of_measurement": "tokens",
+        "icon": "mdi:counter",
+        **available,
+    }
+    last_error = {
+        "name": "Last error",
+        "state_topic": info,
+        "value_template": (
+            "{{ value_json.last_error.code ~ ': ' ~ value_json.last_error.message"
+            " if value_json.last_error else 'none' }}"
+        ),
+        "json_attributes_topic": info,
+        "json_attributes_template": "{{ (value_json.last_error or {}) | tojson }}",
+        "entity_category": "diagnostic",
+        "icon": "mdi:alert-circle-outline",
+        **available,
+    }
+    started = {
+        "name": "Started",
+        "state_topic": info,
+        "value_template": "{{ value_json.started_at }}",
+        "device_class": "timestamp",
+        "entity_category": "diagnostic",
+        **available,
+    }
+    return [
+        ("binary_sensor", "status", status),
+        ("sensor", "connections", connections),
+        ("sensor", "tokens_today", tokens_today),
+        ("sensor", "last_error", last_error),
+        ("sensor", "started", started),
+    ]
+
+
+def _tokens_left(usage: str, available: dict[str, str]) -> _Entity:
+    """What is left of the bridge's daily budget (with ``limits.budgets.global_tokens_per_day``)."""
+    return (
+        "sensor",
+        "tokens_left_today",
+        {
+            "name": "Tokens left today",
+            "state_topic": usage,
+            "value_template": (
+                "{% set b = value_json.budgets | selectattr('scope', 'eq', 'bridge')"
+                " | selectattr('left', 'defined') | list %}"
+                "{{ b[0].left if b else None }}"
+            ),
+            "state_class": "measurement",
+            "unit_of_measurement": "tokens",
+            "icon": "mdi:cash-lock",
+            **available,
+        },
+    )

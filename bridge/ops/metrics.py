@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypedDict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -54,40 +54,43 @@ def _bounded(value: str, seen: set[str], limit: int) -> str:
     return "other"
 
 
+class _Named(TypedDict):
+    """What every metric of the bridge is created with."""
+
+    namespace: str
+    registry: CollectorRegistry
+
+
 class Metrics:
     """The bridge's metrics in a registry of their own, and the HTTP endpoint that serves them."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        registry = self.registry
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        named: _Named = {"namespace": NAMESPACE, "registry": registry}
         self.commands = Counter(
             "commands",
             "Commands answered, by action and result (ok, or the error code)",
             ["action", "result"],
-            namespace=NAMESPACE,
-            registry=registry,
+            **named,
         )
         self.upstream_closes = Counter(
             "upstream_closes",
             "Upstream WebSocket connections that ended, by close code",
             ["code"],
-            namespace=NAMESPACE,
-            registry=registry,
+            **named,
         )
         self.tokens = Counter(
             "tokens",
             "Tokens reported in the usage of response.completed, by kind",
             ["kind"],
-            namespace=NAMESPACE,
-            registry=registry,
+            **named,
         )
         self.tokens_by_id = Counter(
             "connection_tokens",
             "Tokens of completed responses, by connection id and model "
             f"(the first {MAX_ID_LABELS} ids and {MAX_MODEL_LABELS} models; the rest are 'other')",
             ["connection_id", "model"],
-            namespace=NAMESPACE,
-            registry=registry,
+            **named,
         )
         self._id_labels: set[str] = set()
         self._model_labels: set[str] = set()
@@ -95,29 +98,18 @@ class Metrics:
             "tool_calls",
             "Tool calls of the model the bridge handled, by tool and status",
             ["tool", "status"],
-            namespace=NAMESPACE,
-            registry=registry,
+            **named,
         )
         self.responses = Counter(
-            "responses_completed",
-            "response.completed events relayed",
-            namespace=NAMESPACE,
-            registry=registry,
+            "responses_completed", "response.completed events relayed", **named
         )
         self.publish_latency = Histogram(
             "publish_latency_seconds",
             "Time from handing a message to the MQTT client to the broker's acknowledgement",
-            namespace=NAMESPACE,
-            registry=registry,
             buckets=LATENCY_BUCKETS,
+            **named,
         )
-        build = Gauge(
-            "build_info",
-            "The bridge's version (always 1)",
-            ["version"],
-            namespace=NAMESPACE,
-            registry=registry,
-        )
+        build = Gauge("build_info", "The bridge's version (always 1)", ["version"], **named)
         build.labels(__version__).set(1)
         self._live: _Live | None = None
         self._server: asyncio.Server | None = None
