@@ -239,12 +239,13 @@ def http_base_url(base_url: str) -> str:
 
 @contextlib.contextmanager
 def simulator_serving(
-    reply: str, tokens_per_second: float | None = None
+    reply: str, tokens_per_second: float | None = None, **options: float
 ) -> Iterator[tuple[str, int]]:
     """The simulator in a process of its own, answering ``reply`` to every request.
 
     Its HTTP endpoint (issue 26) listens on the next free port: ``base_url`` with
-    :func:`http_base_url`."""
+    :func:`http_base_url`. ``options`` are more :class:`SimulatorOptions` fields
+    (``first_token_delay``, ``store_latency``)."""
     port = free_port()
     http_port = free_port()
     process = subprocess.Popen(
@@ -254,12 +255,13 @@ def simulator_serving(
             "import asyncio, json, sys; "
             "from bridge_tools.simulator import SimulatorOptions, serve; "
             "asyncio.run(serve('127.0.0.1', int(sys.argv[1]), SimulatorOptions("
-            "fixed_reply=sys.argv[2], tokens_per_second=json.loads(sys.argv[3])), "
-            "int(sys.argv[4])))",
+            "fixed_reply=sys.argv[2], tokens_per_second=json.loads(sys.argv[3]), "
+            "**json.loads(sys.argv[5])), int(sys.argv[4])))",
             str(port),
             reply,
             json.dumps(tokens_per_second),
             str(http_port),
+            json.dumps(options),
         ],
         stderr=subprocess.DEVNULL,
     )
