@@ -20,7 +20,7 @@ from typing import Any
 from homeassistant.components import mqtt
 from homeassistant.core import HomeAssistant, callback
 
-from .const import TURN_TIMEOUT
+from .const import SUBSCRIBE_TIMEOUT, TURN_TIMEOUT
 
 ANSWER = "response.websocket.answer"
 ERROR = "response.websocket.error"
@@ -86,12 +86,21 @@ class BridgeLink:
             if isinstance(document, dict):
                 listener.queue.put_nowait(document)
 
-        for topic in ("events", "answer"):
-            listener.unsubscribe.append(
-                await mqtt.async_subscribe(
-                    self.hass, f"{self.prefix}/{connection_id}/{topic}", received, 1
-                )
-            )
+        for topic in (f"{self.prefix}/{connection_id}/{t}" for t in ("events", "answer")):
+            # HA's MQTT client sends SUBSCRIBE a moment later, in a batch: the first ask
+            # must wait for the broker's SUBACK, or the start of its answer is lost.
+            subscribed = asyncio.Event()
+            stop_watching = mqtt.async_on_subscribe_done(self.hass, topic, 1, subscribed.set)
+            listener.unsubscribe.append(await mqtt.async_subscribe(self.hass, topic, received, 1))
+            try:
+                await asyncio.wait_for(subscribed.wait(), SUBSCRIBE_TIMEOUT)
+            except TimeoutError:
+                del self._listeners[connection_id]
+                for unsubscribe in listener.unsubscribe:
+                    unsubscribe()
+                raise TurnFailed("timeout", "the broker did not confirm the subscription") from None
+            finally:
+                stop_watching()
         return listener
 
     async def turn(

@@ -12,3 +12,4 @@ CONF_PROMPT: Final = "prompt"
 DISCOVERY_SECONDS: Final = 2.0  # how long the config flow listens for retained bridge/info
 TURN_TIMEOUT: Final = 120.0  # seconds without a message from the bridge before giving up
 MAX_TOOL_ROUNDS: Final = 10  # asks with Home Assistant's tool results, per user turn
+SUBSCRIBE_TIMEOUT: Final = 10.0  # seconds for the broker to confirm a subscription
