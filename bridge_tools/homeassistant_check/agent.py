@@ -23,6 +23,7 @@ as a user's client would, over REST and the WebSocket API:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import uuid
@@ -408,10 +409,14 @@ def check_current(
                 run_dir,
                 [bridge, simulator],
             )
+        except BaseException:
+            children.stop_all()  # Home Assistant must not write into what is removed below
+            raise
         finally:
-            if config_dir.exists():
+            # Its configuration and log go to the run directory; the cached root stays clean.
+            with contextlib.suppress(OSError):
                 shutil.copytree(config_dir, run_dir / "homeassistant", dirs_exist_ok=True)
-                shutil.rmtree(config_dir, ignore_errors=True)
+            shutil.rmtree(config_dir, ignore_errors=True)
 
     with report.step("the bridge stops; its log has no problem"):
         code = children.stop(bridge)
