@@ -96,6 +96,9 @@ def info_document(
             connection_id: {"tokens_today": usage.used_by(connection_id)}
             for connection_id in config.homeassistant.assistants
         },
+        # The profiles' names (never their requests): what a client such as the Home
+        # Assistant integration lets its user choose from.
+        "profiles": sorted(config.profiles),
         "usage_file": usage_file or "ok",
         "last_error": tally.last_error,
         "broker_connects": broker_connects,

@@ -129,6 +129,9 @@ class Ask:
     profile: str | None = None  # the profile of a connection this ask opens
     retry: bool = False  # the bridge sends this turn again on a new socket (no second ack)
     output: Mapping[str, Any] | None = None  # `output` of a connection this ask opens
+    # The client's own function tools for this turn: their calls are relayed, never run by
+    # the bridge; the client answers them with `function_call_output` items in its next ask.
+    tools: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +312,33 @@ def _parse_ask(document: _Document) -> Ask:
         document.size,
         _profile_of(fields),
         output=output_override(fields),
+        tools=_client_tools(fields),
     )
+
+
+MAX_CLIENT_TOOLS: Final = 128  # OpenAI's own limit on the tools of one request
+
+
+def _client_tools(fields: dict[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    """An ask's ``tools``: function tools of the client's own (Home Assistant's Assist API)."""
+    tools = fields.get("tools")
+    if tools is None:
+        return ()
+    if not isinstance(tools, list) or len(tools) > MAX_CLIENT_TOOLS:
+        raise CommandError(
+            INVALID_COMMAND, f"tools must be an array of at most {MAX_CLIENT_TOOLS} function tools"
+        )
+    for tool in tools:
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(tool.get("name"), str)
+            or not tool["name"]
+        ):
+            raise CommandError(
+                INVALID_COMMAND, 'each of tools must be {"type":"function","name":...}'
+            )
+    return tuple(tools)
 
 
 def _parse_send(document: _Document) -> Send:

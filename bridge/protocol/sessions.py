@@ -287,10 +287,16 @@ def input_items(turn_input: str | tuple[Any, ...]) -> list[Any]:
 
 
 def _replayable(output: list[Any]) -> list[Any]:
-    """The output items a later request can carry as input: messages, as assistant turns."""
+    """The output items a later request can carry as input: messages, as assistant turns,
+    and the calls of the client's own tools (the next ``ask`` carries their outputs)."""
     replay: list[Any] = []
     for item in output:
-        if not isinstance(item, dict) or item.get("type") != "message":
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            replay.append({key: item.get(key) for key in ("type", "call_id", "name", "arguments")})
+            continue
+        if item.get("type") != "message":
             continue
         texts = [
             part.get("text", "")

@@ -92,7 +92,10 @@ class AskTurns:
         checked = self._spending.guard_ask(command, connection.profile, reply_to)
         if isinstance(checked, list):
             return checked
-        fields = self._tools.offer(connection_id, connection.profile, checked.request)
+        request = checked.request
+        if command.tools:  # the client's own tools, offered beside the profile's
+            request = {**request, "tools": [*request.get("tools", []), *command.tools]}
+        fields = self._tools.offer(connection_id, connection.profile, request)
         data = self._conversations.request(command, connection.profile, self._clock.now, fields)
         if not self._backlogs.fits(len(data)):
             self._conversations.ended(connection_id)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bridge_tools.homeassistant_check import HA_VERSION
+from bridge_tools.homeassistant_check import CURRENT_VERSION, HA_VERSION
 from bridge_tools.homeassistant_check.install import default_cache_root
 from bridge_tools.homeassistant_check.runner import Options, run
 
@@ -20,7 +20,15 @@ def main(argv: list[str] | None = None) -> int:
         "Home Assistant (installed once and cached), offline.",
     )
     parser.add_argument(
-        "--version", default=HA_VERSION, help=f"Home Assistant release (default {HA_VERSION})"
+        "--current",
+        action="store_true",
+        help=f"the integration (custom_components/) as Assist's agent in Home Assistant "
+        f"{CURRENT_VERSION}, in a cached Debian trixie root (Python 3.13; needs root)",
+    )
+    parser.add_argument(
+        "--version",
+        default=None,
+        help=f"Home Assistant release (default {HA_VERSION}, with --current {CURRENT_VERSION})",
     )
     parser.add_argument(
         "--cache-dir",
@@ -41,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     options = Options(
-        version=args.version,
+        version=args.version or (CURRENT_VERSION if args.current else HA_VERSION),
         cache_root=args.cache_dir,
         python=args.python,
         examples=args.examples,
         keep=args.keep,
+        current=args.current,
     )
     return run(options)
 

@@ -42,7 +42,7 @@ PINS: Final = ("josepy<2",)
 MARKER: Final = ".openai-mqtt-bridge-complete"
 
 # Run by the Home Assistant venv's Python: what it always loads, and where.
-_WHAT_HA_LOADS: Final = """
+WHAT_HA_LOADS: Final = """
 import json, pathlib, homeassistant
 from homeassistant import bootstrap
 print(json.dumps({
@@ -133,18 +133,18 @@ def _marked_modules(marker: Path) -> list[str]:
 def _install(installed: Installed, python: str) -> list[str]:
     """Make the venv, install Home Assistant and the requirements; the modules to import."""
     log = installed.directory.with_name(installed.directory.name + ".install.log")
-    _run([python, "-m", "venv", str(installed.directory)], log, "creating the venv")
+    run_step([python, "-m", "venv", str(installed.directory)], log, "creating the venv")
     pip = [str(installed.python), "-m", "pip", "install", "--disable-pip-version-check"]
-    _run([*pip, "--upgrade", "pip"], log, "upgrading pip")
-    _run([*pip, f"homeassistant=={installed.version}", *PINS], log, "pip install homeassistant")
-    loads = json.loads(_run([str(installed.python), "-c", _WHAT_HA_LOADS], log, "reading HA"))
+    run_step([*pip, "--upgrade", "pip"], log, "upgrading pip")
+    run_step([*pip, f"homeassistant=={installed.version}", *PINS], log, "pip install homeassistant")
+    loads = json.loads(run_step([str(installed.python), "-c", WHAT_HA_LOADS], log, "reading HA"))
     components = Path(loads["package"]) / "components"
     platforms = mqtt_platforms(components)
     domains, requirements = integration_closure(
         components, {*loads["always"], *CONFIGURED, *platforms, *IMPORTED_TOO}
     )
     constraints = Path(loads["package"]) / "package_constraints.txt"
-    _run(
+    run_step(
         [*pip, "--constraint", str(constraints), *requirements, *PINS],
         log,
         "pip install the integrations' requirements",
@@ -203,7 +203,7 @@ def _import_problems(installed: Installed, modules: list[str]) -> list[str]:
     return problems
 
 
-def _run(argv: list[str], log: Path, what: str) -> str:
+def run_step(argv: list[str], log: Path, what: str) -> str:
     """Run one install step, its output appended to ``log``; its stdout."""
     with log.open("a") as out:
         out.write(f"$ {' '.join(argv[:6])}{' ...' if len(argv) > 6 else ''}\n")

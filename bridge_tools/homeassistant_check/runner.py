@@ -68,6 +68,7 @@ class Options:
     python: str
     examples: Path
     keep: bool = False
+    current: bool = False  # the integration as Assist's agent in a current HA (trixie root)
 
 
 @dataclass
@@ -123,7 +124,13 @@ def run(options: Options, out: TextIO = sys.stdout) -> int:
     brokers: list[LocalMosquitto] = []
     code = 1
     try:
-        _check(options, report, run_dir, children, brokers)
+        if options.current:
+            # Imported here: agent reuses this module's Report.
+            from bridge_tools.homeassistant_check.agent import check_current
+
+            check_current(options.version, options.cache_root, report, run_dir, children, brokers)
+        else:
+            _check(options, report, run_dir, children, brokers)
         code = 0
     except CheckFailed as exc:
         print(f"\nFAILED: {exc}", file=out, flush=True)

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -87,21 +87,33 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def ensure_rootfs(cache_root: Path, mirror: str, *, log: Path) -> tuple[Path, bool]:
-    """The cached tree (built now if missing), and whether this run built it."""
-    key = hashlib.sha256(f"{SUITE} {' '.join(PACKAGES)} {mirror}".encode()).hexdigest()[:12]
-    home = cache_root / "systemd-check"
-    tree = home / f"rootfs-{SUITE}-{key}"
-    with _locked(home / f"rootfs-{SUITE}-{key}.lock"):
+def ensure_rootfs(
+    cache_root: Path,
+    mirror: str,
+    *,
+    log: Path,
+    suite: str = SUITE,
+    packages: Sequence[str] = PACKAGES,
+    home_name: str = "systemd-check",
+) -> tuple[Path, bool]:
+    """The cached tree (built now if missing), and whether this run built it.
+
+    ``suite``, ``packages`` and ``home_name`` (the folder under ``cache_root``) let
+    other checks keep a tree of their own: the Home Assistant check's trixie root.
+    """
+    key = hashlib.sha256(f"{suite} {' '.join(packages)} {mirror}".encode()).hexdigest()[:12]
+    home = cache_root / home_name
+    tree = home / f"rootfs-{suite}-{key}"
+    with _locked(home / f"rootfs-{suite}-{key}.lock"):
         if (tree / MARKER).is_file():
             return tree, False
         shutil.rmtree(tree, ignore_errors=True)
-        partial = Path(tempfile.mkdtemp(prefix=f"rootfs-{SUITE}-", suffix=".partial", dir=home))
+        partial = Path(tempfile.mkdtemp(prefix=f"rootfs-{suite}-", suffix=".partial", dir=home))
         argv = [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(PACKAGES)}",
-            SUITE,
+            f"--include={','.join(packages)}",
+            suite,
             str(partial),
             mirror,
         ]
@@ -113,7 +125,7 @@ def ensure_rootfs(cache_root: Path, mirror: str, *, log: Path) -> tuple[Path, bo
         # The guest's apt has nothing to fetch (it has no network): keep the tree small.
         shutil.rmtree(partial / "var/cache/apt/archives", ignore_errors=True)
         (partial / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
-        (partial / MARKER).write_text(f"{SUITE} {' '.join(PACKAGES)} from {mirror}\n")
+        (partial / MARKER).write_text(f"{suite} {' '.join(packages)} from {mirror}\n")
         partial.rename(tree)
         return tree, True
 

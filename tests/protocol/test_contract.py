@@ -337,3 +337,15 @@ def test_policy_admits_configured_topics_only() -> None:
     assert policy.problem("nodered/flow1/in") is None
     assert policy.problem("zigbee2mqtt/lamp/set") is not None
     assert response_topics.ResponseTopicPolicy(refused=("ai/#",)).problem("replies/kitchen") is None
+
+
+def test_an_ask_may_bring_its_own_function_tools() -> None:
+    tool = {"type": "function", "name": "HassTurnOn", "parameters": {"type": "object"}}
+    parsed = parse({"action": "ask", "input": "Hi", "tools": [tool]})
+    assert isinstance(parsed, contract.Ask)
+    assert parsed.tools == (tool,)
+    for bad in ({"type": "web_search"}, {"type": "function"}, "HassTurnOn"):
+        refused = rejection({"action": "ask", "input": "Hi", "tools": [bad]})
+        assert refused.code == "invalid_command"
+    refused = rejection({"action": "ask", "input": "Hi", "tools": [tool] * 129})
+    assert "at most 128" in refused.message

@@ -112,3 +112,28 @@ def test_the_transcript_bound_counts_utf8_bytes() -> None:
     assert conversation is not None
     held = sum(len(kept_turn.json) for kept_turn in conversation.transcript)
     assert held == conversation.transcript_bytes <= 4096
+
+
+def test_client_tool_calls_are_replayed_with_the_outputs_the_next_ask_brings() -> None:
+    conversations = book()
+    turn(conversations, "Turn on the kitchen light")
+    call = {
+        "type": "function_call",
+        "id": "fc_1",
+        "call_id": "call_1",
+        "name": "HassTurnOn",
+        "arguments": '{"name":"Kitchen"}',
+        "status": "completed",
+    }
+    conversations.completed("c1", {"id": "resp_1", "output": [call]}, 0.0)
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "done"}
+    assert turn(conversations, [output])["previous_response_id"] == "resp_1"  # type: ignore[arg-type]
+    complete(conversations, "resp_2", "The light is on.")
+    conversations.socket_ended("c1")
+    assert turn(conversations, "Thanks")["input"] == [
+        {"role": "user", "content": "Turn on the kitchen light"},
+        {k: call[k] for k in ("type", "call_id", "name", "arguments")},
+        output,
+        {"role": "assistant", "content": "The light is on."},
+        {"role": "user", "content": "Thanks"},
+    ]
