@@ -146,6 +146,14 @@ class ToolRounds:
         self._turns[connection_id] = ToolTurn(offered, fields, profile)
         return fields
 
+    def clash(self, profile: str, tools: Sequence[Mapping[str, Any]]) -> str | None:
+        """The first of a client's own tools (an ask's ``tools``) named like one of the
+        profile's MQTT tools: the model could not tell them apart, and the bridge would run
+        its own."""
+        known = self._conversations.profiles.get(profile)
+        offered = frozenset(known.mqtt_tools) if known is not None else frozenset()
+        return next((tool["name"] for tool in tools if tool["name"] in offered), None)
+
     def active(self, connection_id: str) -> bool:
         """The id's turn in flight has a tool loop."""
         return connection_id in self._turns

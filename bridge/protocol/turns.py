@@ -89,6 +89,12 @@ class AskTurns:
             return self._seed.open_for(command, reply_to)
         if self._clock.now - connection.opened_at >= self._conversations.sessions.max_socket_age:
             return self._replace_socket(command, reply_to)
+        clash = self._tools.clash(connection.profile, command.tools) if command.tools else None
+        if clash is not None:
+            problem = f"tools: {clash!r} is one of the profile's MQTT tools; name yours differently"
+            return self._replies.refuse_command(
+                command, contract.INVALID_COMMAND, problem, reply_to
+            )
         checked = self._spending.guard_ask(command, connection.profile, reply_to)
         if isinstance(checked, list):
             return checked

@@ -107,6 +107,22 @@ def test_the_request_offers_the_tools() -> None:
     assert request["tools"][0]["parameters"] == SET_LIGHT.parameters
 
 
+def test_a_client_tool_named_like_a_bridge_tool_is_refused() -> None:
+    core = make_core()
+    core.receive_command("c1", cmd("connect"))
+    core.upstream_opened("c1")
+    own = {"type": "function", "name": "set_light", "parameters": {"type": "object"}}
+    actions = core.receive_command("c1", cmd("ask", input="Lights off", tools=[own]))
+    assert error_codes(actions) == ["invalid_command"]
+    assert "set_light" in messages(actions)[0]["error"]["message"]
+    assert not [a for a in actions if isinstance(a, SendUpstream)]  # nothing went upstream
+    other = {**own, "name": "turn_on"}
+    actions = core.receive_command("c1", cmd("ask", input="Lights on", tools=[other]))
+    (sent,) = [a for a in actions if isinstance(a, SendUpstream)]
+    names = [tool["name"] for tool in json.loads(sent.data)["tools"]]
+    assert names == ["turn_on", "set_light", "chime"]
+
+
 def test_a_call_is_published_answered_and_continued() -> None:
     core = make_core()
     asked(core)
