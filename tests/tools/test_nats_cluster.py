@@ -62,12 +62,12 @@ class Mqtt311:
         self.client.on_connect = lambda _c, _u, _f, code, _p: self.connacks.put(str(code))
         self.client.reconnect_delay_set(1, 1)
 
-    def connect(self, will: tuple[str, bytes] | None = None) -> Mqtt311:
+    def connect(self, will: tuple[str, bytes] | None = None, wait: float = 10) -> Mqtt311:
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self.client.connect(*self.address, keepalive=10)
         self.client.loop_start()
-        assert self.connacks.get(timeout=10 * SECOND) == "Success"
+        assert self.connacks.get(timeout=wait * SECOND) == "Success"
         return self
 
     def subscribe(self, topic: str, qos: int = 1) -> list[int]:
@@ -252,7 +252,9 @@ def test_three_nodes_survive_the_loss_of_one() -> None:
             b.subscribe(topic, qos=1)
             a.publish(topic + "/state", b"online", retain=True)
             nats.nodes[2].kill()
-            late = Mqtt311(nats.mqtt[1]).connect()
+            # A session needs JetStream, which elects new stream leaders first: on a
+            # loaded machine that took over 10 s once (the connect's ack came late).
+            late = Mqtt311(nats.mqtt[1]).connect(wait=30)
             late.subscribe(topic + "/state", qos=0)
             assert late.next()[1].payload == b"online"
             sent = a.publish(topic, b"after the loss", wait=30)
