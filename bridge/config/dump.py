@@ -31,6 +31,15 @@ def redacted_document(settings: Settings) -> dict[str, Any]:
             for name, value in openai[section].items()
         }
     openai["websocket_url"] = settings.endpoint.display_url
+    for name, server in document.get("mcp_servers", {}).items():
+        if server["url"] is not None:
+            server["url"] = redact_url(server["url"])
+        for section in ("headers", "env"):
+            server[section] = {
+                key: REDACTED if is_secret_name(key) else value
+                for key, value in server[section].items()
+            }
+        server["token"] = _shown(settings.mcp_tokens.get(name))
     redacted: dict[str, Any] = settings.redactor.redact_json(document)
     return redacted
 
@@ -51,6 +60,9 @@ def redacted_dump(settings: Settings) -> str:
     if tls_key is not None and tls_key.source.startswith("systemd credential"):
         notes["mqtt.tls.key_file"] = f"from {tls_key.source}"
     notes["openai.websocket_url"] = "derived from openai.base_url"
+    for name, token in settings.mcp_tokens.items():
+        if token is not None:
+            notes[f"mcp_servers.{name}.token"] = "secret"
     return settings.redactor.redact(annotated_yaml(redacted_document(settings), notes))
 
 

@@ -20,7 +20,7 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.config.endpoint import Endpoint, build_endpoint, endpoint_secrets, websocket_url
-from bridge.config.secrets import Secret, read_secret_file
+from bridge.config.secrets import Secret, named_secret
 from bridge.errors import ConfigError
 from bridge.protocol.redaction import Redactor
 
@@ -89,22 +89,16 @@ def resolve_keys(
     endpoints: Mapping[str, EndpointConfig], environ: Mapping[str, str]
 ) -> dict[str, Secret | None]:
     """Each endpoint's key, from its file, systemd credential or environment variable."""
-    keys: dict[str, Secret | None] = {}
-    for name, section in endpoints.items():
-        where = f"endpoints.{name}.api_key_file"
-        secret: Secret | None = None
-        credentials = environ.get("CREDENTIALS_DIRECTORY")
-        if section.api_key_file is not None:
-            secret = Secret(read_secret_file(section.api_key_file, where), "file")
-        elif section.api_key_credential and credentials:
-            path = Path(credentials) / section.api_key_credential
-            if path.is_file():
-                credential = f"systemd credential {section.api_key_credential}"
-                secret = Secret(read_secret_file(path, where), credential)
-        if secret is None and section.api_key_env and environ.get(section.api_key_env):
-            secret = Secret(environ[section.api_key_env].strip(), f"env {section.api_key_env}")
-        keys[name] = secret
-    return keys
+    return {
+        name: named_secret(
+            section.api_key_file,
+            section.api_key_credential,
+            section.api_key_env,
+            environ,
+            f"endpoints.{name}.api_key_file",
+        )
+        for name, section in endpoints.items()
+    }
 
 
 def endpoints_secrets(

@@ -83,6 +83,27 @@ def resolve_secret(
     return None
 
 
+def named_secret(
+    file: Path | None,
+    credential: str | None,
+    env_name: str | None,
+    environ: Mapping[str, str],
+    where: str,
+) -> Secret | None:
+    """A secret named in the config: the first of its ``file``, the systemd ``credential``
+    of that name, the environment variable ``env_name`` (None: none set)."""
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if file is not None:
+        return Secret(read_secret_file(file, where), "file")
+    if credential and credentials:
+        path = Path(credentials) / credential
+        if path.is_file():
+            return Secret(read_secret_file(path, where), f"systemd credential {credential}")
+    if env_name and environ.get(env_name):
+        return Secret(environ[env_name].strip(), f"env {env_name}")
+    return None
+
+
 def read_secret_file(path: Path, key: str) -> str:
     try:
         value = path.read_text(encoding="utf-8").strip()

@@ -34,6 +34,7 @@ from bridge.config.endpoints import (
     endpoints_secrets,
     resolve_keys,
 )
+from bridge.config.mcp_servers import mcp_secrets, resolve_tokens
 from bridge.config.secrets import Secret, resolve_secret, resolve_tls
 from bridge.config.sections import (
     HomeAssistantConfig,
@@ -54,6 +55,7 @@ from bridge.config.sources import (
 )
 from bridge.errors import ConfigError
 from bridge.protocol.limits import LimitsConfig
+from bridge.protocol.mcp_config import McpServerConfig, check_mcp_servers
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.sessions import (
     DEFAULT_PROFILE,
@@ -86,6 +88,9 @@ class Config(Section):
     endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
     """Upstreams besides `openai` (local model servers, gateways), by name; a profile's `endpoint`
     names one."""
+    mcp_servers: dict[str, McpServerConfig] = Field(default_factory=dict)
+    """MCP servers (Model Context Protocol) whose allowed tools profiles may offer, by name; the
+    model sees each tool as `<server>__<tool>`."""
 
     @field_validator("profiles")
     @classmethod
@@ -98,6 +103,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _profiles_known(self) -> Config:
         check_tools(self.tools, self.profiles, (self.mqtt.topic_prefix, self.homeassistant.prefix))
+        check_mcp_servers(self.mcp_servers, self.profiles)
         check_names(self.endpoints, {name: p.endpoint for name, p in self.profiles.items()})
         for pattern, profile in self.sessions.profile_by_id.items():
             if profile not in self.profiles:
@@ -140,6 +146,8 @@ class Settings:
     redactor: Redactor = field(default_factory=Redactor, compare=False)
     # The `endpoints` section, resolved (bridge/config/endpoints.py).
     endpoints: Mapping[str, NamedEndpoint] = field(default_factory=dict)
+    # Each MCP server's token, by server name (bridge/config/mcp_servers.py).
+    mcp_tokens: Mapping[str, Secret | None] = field(default_factory=dict)
 
 
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -227,11 +235,13 @@ def resolve(
         )
     section = config.openai
     keys = resolve_keys(config.endpoints, environ)
+    mcp_tokens = resolve_tokens(config.mcp_servers, environ)
     redactor = Redactor(
         (
             *(secret.value for secret in (api_key, password) if secret),
             *endpoint_secrets(section.base_url, section.headers, section.query),
             *endpoints_secrets(config.endpoints, keys),
+            *mcp_secrets(config.mcp_servers, mcp_tokens),
         )
     )
     try:
@@ -251,7 +261,16 @@ def resolve(
         raise ConfigError("openai.base_url", str(exc)) from None
     named = build_named(config.endpoints, keys, redactor)
     return Settings(
-        config, api_key, password, endpoint, tls_context, tls_key, dict(sources), redactor, named
+        config,
+        api_key,
+        password,
+        endpoint,
+        tls_context,
+        tls_key,
+        dict(sources),
+        redactor,
+        named,
+        mcp_tokens,
     )
 
 

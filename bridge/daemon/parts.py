@@ -19,6 +19,7 @@ from bridge.daemon.membership import MembershipAgent
 from bridge.daemon.timers import Timers
 from bridge.daemon.usage_sharing import UsageSharing
 from bridge.daemon.usage_store import UsageStore
+from bridge.mcp.servers import McpServers
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.ops.observer import Observer
 from bridge.protocol.contract import Topics
@@ -59,11 +60,29 @@ def core(settings: Settings, topics: Topics, usage: SharedUsage | None) -> Bridg
         usage=usage,
         tools=config.tools,
         response_topics=response_topics(config, topics),
+        mcp_servers=config.mcp_servers,
         profile_urls={  # a profile on a named endpoint: the connect ack shows its URL
             name: shown_url(named)
             for name, profile in config.profiles.items()
             if (named := settings.endpoints.get(profile.endpoint or "")) is not None
         },
+    )
+
+
+def mcp_servers(
+    settings: Settings, core: BridgeCore, on_result: Callable[[int, str, bool], None]
+) -> McpServers | None:
+    """The links to the house's MCP servers (None: none is configured); what they list and
+    when they are down goes to the core, as do the results of calls."""
+    if not settings.config.mcp_servers:
+        return None
+    return McpServers(
+        settings.config.mcp_servers,
+        settings.mcp_tokens,
+        settings.redactor,
+        listed=core.mcp_listed,
+        down=core.mcp_down,
+        result=on_result,
     )
 
 

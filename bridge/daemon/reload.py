@@ -10,8 +10,9 @@ opened with; the next one gets the new ones.
 
 What needs a restart (:data:`RESTART_ONLY`): the broker (every other ``mqtt`` key),
 the upstream (``openai``), the cluster identity, ``metrics``, ``state_dir``,
-``homeassistant.prefix``, and the secrets (the API key, the broker password and
-TLS key: where they come from and what they are). A reload that changes any of
+``homeassistant.prefix``, ``mcp_servers`` (a profile's list of them is live), and
+the secrets (the API key, the broker password and TLS key: where they come from
+and what they are). A reload that changes any of
 them applies the rest and names them in one WARNING; the running values stay.
 
 A config that fails to load (or that does not fit the running one) changes
@@ -48,6 +49,7 @@ RESTART_ONLY: Final = (
     "metrics",
     "state_dir",
     "homeassistant.prefix",
+    "mcp_servers",
 )
 LIVE_INSIDE: Final = ("mqtt.response_topics",)
 SECRETS: Final = {
@@ -98,7 +100,7 @@ def running_config(old: Config, new: Config) -> Config:
     """``new``, but with the restart-only keys as they run now; ConfigError if the two do
     not hold together (a tool topic under the running prefix, say)."""
     fields = {name: getattr(new, name) for name in Config.model_fields}
-    for name in ("mqtt", "openai", "cluster", "metrics", "state_dir"):
+    for name in ("mqtt", "openai", "cluster", "metrics", "state_dir", "mcp_servers"):
         fields[name] = getattr(old, name)
     fields["mqtt"] = old.mqtt.model_copy(update={"response_topics": new.mqtt.response_topics})
     fields["homeassistant"] = new.homeassistant.model_copy(

@@ -37,6 +37,7 @@ from bridge.protocol.actions import (
     AbortUpstream,
     Action,
     ArmTimer,
+    CallMcpTool,
     CloseUpstream,
     Observe,
     OpenUpstream,
@@ -115,6 +116,8 @@ class Service:
         # The `openai` endpoint and the named ones; a connection's profile picks.
         endpoints = Endpoints(settings)
         self.upstreams = UpstreamTasks(self.core, endpoints, self.relay, self._perform)
+        # The house's MCP servers (mcp_servers): nothing is built when none is configured.
+        self.mcp = parts.mcp_servers(settings, self.core, self._mcp_result)
 
     def reconfigure(self, settings: Settings) -> None:
         """Run with a reloaded config from now on (bridge/daemon/reload.py says what changes
@@ -156,6 +159,11 @@ class Service:
         return self.core.connection_count
 
     @property
+    def mcp_servers(self) -> dict[str, dict[str, object]]:
+        """Each MCP server's state and the tools it offers (``P/bridge/info``)."""
+        return self.mcp.report() if self.mcp is not None else {}
+
+    @property
     def usage(self) -> SharedUsage:
         """The day's token usage, every instance's."""
         return self.core.guardrails.usage
@@ -179,6 +187,8 @@ class Service:
         refused = asyncio.create_task(self.membership.refused_event.wait(), name="bridge.refused")
         sweeper = asyncio.create_task(self._sweep_idle(), name="bridge.idle_sweep")
         usage = asyncio.create_task(self.usage_sharing.run(), name="bridge.usage")
+        if self.mcp is not None:
+            self.mcp.start()
         try:
             done, _ = await asyncio.wait(
                 [link, ready, stopping, refused], return_when=asyncio.FIRST_COMPLETED
@@ -201,6 +211,8 @@ class Service:
                 task.cancel()
             self.usage_store.save(self.core.guardrails.usage)
             await self.upstreams.cancel_all()
+            if self.mcp is not None:
+                await self.mcp.aclose()
             await self.upstreams.endpoints.aclose()  # the HTTP transports' connection pools
             self.timers.close()
             # However run ends (an error, a second signal), the link says `offline`
@@ -265,6 +277,9 @@ class Service:
     def _tool_deadline(self, wait: int) -> None:
         self._perform(self.core.tool_timed_out(wait))
 
+    def _mcp_result(self, wait: int, text: str, is_error: bool) -> None:
+        self._perform(self.core.mcp_result(wait, text, is_error))
+
     def _output_due(self, connection_id: str) -> None:
         self._perform(self.core.output_due(connection_id))
 
@@ -292,6 +307,11 @@ class Service:
                     self.observer.observe(outcome)
                 case ToolDeadline(delay=delay, wait=wait):
                     self.timers.later(delay, self._tool_deadline, wait)
+                case CallMcpTool():
+                    if self.mcp is not None:
+                        self.mcp.call(action)
+                    else:  # pragma: no cover (the core offers no MCP tool then)
+                        self._mcp_result(action.wait, "no MCP servers are configured", True)
                 case _:
                     assert_never(action)
         if self.core.connection_count != self._observed_count:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -74,11 +75,13 @@ def info_document(
     broker_connects: int,
     buffer_waits: int,
     usage_file: str | None = None,
+    mcp_servers: Mapping[str, Mapping[str, object]] | None = None,
 ) -> dict[str, Any]:
     """The retained ``P/bridge/info`` object, every secret the bridge knows scrubbed from it.
 
     ``usage``: the day's usage of every instance (``tokens_today``, as the budgets count
-    it); ``usage_file``: what is wrong with ``usage.json``, if anything.
+    it); ``usage_file``: what is wrong with ``usage.json``, if anything; ``mcp_servers``:
+    each MCP server's state and the tools it offers now.
     """
     config = settings.config
     day = usage.day or datetime.date.today()
@@ -103,6 +106,7 @@ def info_document(
         "last_error": tally.last_error,
         "broker_connects": broker_connects,
         "buffer_waits": buffer_waits,
+        "mcp_servers": {name: dict(report) for name, report in (mcp_servers or {}).items()},
         "config": {
             "mqtt": {
                 "host": config.mqtt.host,

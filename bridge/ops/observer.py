@@ -13,7 +13,7 @@ imports the daemon (``[tool.importlinter]`` in pyproject.toml).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from bridge.protocol.messages import Outcome
@@ -70,6 +70,10 @@ class RunningBridge(Protocol):
     @property
     def usage(self) -> SharedUsage:
         """The day's token usage, every instance's (``tokens_today``)."""
+
+    @property
+    def mcp_servers(self) -> Mapping[str, Mapping[str, object]]:
+        """Each MCP server's state (connecting, up, down), transport and tools offered."""
 
     @property
     def usage_problem(self) -> str | None:

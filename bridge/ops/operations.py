@@ -259,6 +259,7 @@ class Operations(Observer):
             broker_connects=service.link.connects,
             buffer_waits=service.buffer_waits,
             usage_file=service.usage_problem,
+            mcp_servers=service.mcp_servers,
         )
         return json.dumps(document, separators=(",", ":")).encode()
 
@@ -281,6 +282,7 @@ class Operations(Observer):
                 service.usage_problem,
                 service.buffer_waits,
                 self._reloads,
+                repr(service.mcp_servers),  # a server up or down, its tools listed again
             )
             # Only a serving bridge speaks for the prefix: one that joins, or was refused
             # because another serves it, must not write over that one's document. And not

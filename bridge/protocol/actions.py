@@ -3,12 +3,15 @@
 :class:`BridgeCore` returns a list of these for every fact it is given; the
 supervisor performs them in order. :class:`~bridge.protocol.messages.Publish`
 goes to the broker; the upstream actions go to the upstream connection of their
-id; :class:`ArmTimer` and :class:`Observe` stay in the supervisor.
+id; :class:`ArmTimer` and :class:`Observe` stay in the supervisor; :class:`CallMcpTool` goes
+to the MCP adapter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from bridge.protocol.messages import Outcome, Publish
 
@@ -67,6 +70,20 @@ class ToolDeadline:
     wait: int  # the number of the call's wait (a call id may come again in a later round)
 
 
+@dataclass(frozen=True, slots=True)
+class CallMcpTool:
+    """Call ``tool`` of the MCP server ``server`` with ``arguments`` (checked against its
+    schema), then tell :meth:`BridgeCore.mcp_result` with ``wait``; a
+    :class:`ToolDeadline` for the same wait is armed beside it."""
+
+    connection_id: str
+    server: str
+    tool: str  # the server's name for it
+    arguments: Mapping[str, Any]
+    wait: int
+    timeout: float
+
+
 Action = (
     Publish
     | OpenUpstream
@@ -76,4 +93,5 @@ Action = (
     | ArmTimer
     | Observe
     | ToolDeadline
+    | CallMcpTool
 )

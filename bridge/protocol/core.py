@@ -10,7 +10,8 @@ object with its own state, built here with what it needs:
 - :class:`~bridge.protocol.upstream_events.ServerEvents`: the relay's hot path
 - :class:`~bridge.protocol.outputs.DeviceOutputs`: text, answer, status topics
 - :class:`~bridge.protocol.spending.Spending`: guardrails and the day's usage
-- :class:`~bridge.protocol.tool_rounds.ToolRounds`: the tool loop of ``ask`` turns
+- :class:`~bridge.protocol.tool_rounds.ToolRounds`: the tool loop of ``ask`` turns, MQTT
+  tools and the tools of MCP servers (:class:`~bridge.protocol.mcp_tools.McpCatalog`)
 
 Every input returns the actions to perform, in order; nothing leaves by
 another way. The core never awaits, never reads the clock, never touches a
@@ -37,6 +38,8 @@ from bridge.protocol.guardrails import Guardrails
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.intake import CommandIntake
 from bridge.protocol.limits import LimitsConfig
+from bridge.protocol.mcp_config import McpServerConfig
+from bridge.protocol.mcp_tools import Catalogued, Listed, McpCatalog
 from bridge.protocol.messages import Publish, ReplyTo
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies
@@ -71,6 +74,7 @@ class BridgeCore:
         usage: SharedUsage | None = None,
         tools: Sequence[ToolConfig] = (),
         profile_urls: Mapping[str, str] | None = None,
+        mcp_servers: Mapping[str, McpServerConfig] | None = None,
     ) -> None:
         self.topics = topics
         self.limits = limits = limits or LimitsConfig()
@@ -100,6 +104,7 @@ class BridgeCore:
             redactor=redactor or Redactor(),
             assistants=assistants,
             tools=tools,
+            mcp=McpCatalog(mcp_servers or {}),
         )
         self.spending, self.outputs, self.tools = (
             features.spending,
@@ -125,6 +130,7 @@ class BridgeCore:
         tools: Sequence[ToolConfig],
         assistants: Collection[str],
         response_topics: ResponseTopicPolicy,
+        mcp_servers: Mapping[str, McpServerConfig] | None = None,
     ) -> None:
         """Apply a reloaded config from the next command on; nothing in flight is dropped.
 
@@ -139,6 +145,8 @@ class BridgeCore:
         self.conversations.sessions = sessions
         self.outputs.assistants = frozenset(assistants)
         self.tools.reconfigure(tools)
+        if mcp_servers is not None:
+            self.tools.mcp.configure(mcp_servers)
         self.guardrails.configure(
             limits.guardrails, {name: profile.limits for name, profile in profiles.items()}
         )
@@ -328,6 +336,20 @@ class BridgeCore:
     def tool_timed_out(self, wait_number: int) -> list[Action]:
         """A :class:`~bridge.protocol.actions.ToolDeadline` went off."""
         return self.tools.tool_timed_out(wait_number)
+
+    def mcp_listed(self, server: str, tools: Sequence[Listed]) -> Catalogued:
+        """The MCP server is up and lists ``tools`` (at start, after it said its list
+        changed): its allowed ones are offered to new turns."""
+        return self.tools.mcp.listed(server, tools)
+
+    def mcp_down(self, server: str) -> None:
+        """The MCP server cannot be reached: its tools are left out of new turns."""
+        self.tools.mcp.down(server)
+
+    def mcp_result(self, wait: int, text: str, is_error: bool) -> list[Action]:
+        """The result of a :class:`~bridge.protocol.actions.CallMcpTool` (``is_error``: the
+        server said the call failed, or the call could not be made)."""
+        return self.tools.mcp_result(wait, text, is_error)
 
     def output_due(self, connection_id: str) -> list[Action]:
         """An :class:`~bridge.protocol.actions.ArmTimer` for this id went off."""

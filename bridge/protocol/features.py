@@ -21,6 +21,7 @@ from bridge.protocol.endings import Endings
 from bridge.protocol.guardrails import Guardrails
 from bridge.protocol.idle import IdleTracker
 from bridge.protocol.limits import LimitsConfig
+from bridge.protocol.mcp_tools import McpCatalog
 from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies
@@ -68,13 +69,16 @@ class Features:
         redactor: Redactor,
         assistants: Collection[str],
         tools: Sequence[ToolConfig],
+        mcp: McpCatalog,
     ) -> Features:
         table, conversations, replies = shared.connections, shared.conversations, shared.replies
         spending = Spending(
             guardrails, conversations, replies, shared.clock, limits.budgets.timezone
         )
         outputs = DeviceOutputs(conversations, topics, qos, assistants)
-        rounds = ToolRounds(tools, conversations, spending, shared.backlogs, topics, qos=qos, v5=v5)
+        rounds = ToolRounds(
+            tools, conversations, spending, shared.backlogs, topics, qos=qos, v5=v5, mcp=mcp
+        )
         seed = SeedCommands(
             table,
             shared.backlogs,

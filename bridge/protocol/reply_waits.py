@@ -9,6 +9,9 @@ reach a wait it does not belong to. The matching rules:
   with, if that call still waits on this topic; otherwise it is dropped (a late
   reply to a timed-out call, a forgery, another bridge's call);
 - a reply without correlation data answers the oldest call waiting on its topic.
+
+A call to an MCP server waits too (its deadline names the wait), without a
+topic: only its own result, told by number, answers it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class Wait:
     number: int  # unique for the life of the bridge
     connection_id: str
     position: int  # the call's place among the calls of its round
-    topic: str  # the reply topic
+    topic: str | None  # the reply topic; None: an MCP call (answered by number)
     correlation: bytes  # the MQTT 5 Correlation Data its request carries
 
 
@@ -40,8 +43,8 @@ class ReplyWaits:
     def __len__(self) -> int:
         return len(self._by_number)
 
-    def add(self, connection_id: str, position: int, topic: str) -> Wait:
-        """A call now waits on ``topic``."""
+    def add(self, connection_id: str, position: int, topic: str | None) -> Wait:
+        """A call now waits on ``topic`` (None: for its result, by number)."""
         self._count += 1
         number = self._count
         # The connection id keeps the correlation apart from other bridges' on the same
@@ -49,8 +52,9 @@ class ReplyWaits:
         correlation = f"{connection_id}\x1f{number}".encode()
         wait = Wait(number, connection_id, position, topic, correlation)
         self._by_number[number] = wait
-        self._by_topic.setdefault(topic, {})[number] = None
-        self._by_correlation[correlation] = wait
+        if topic is not None:
+            self._by_topic.setdefault(topic, {})[number] = None
+            self._by_correlation[correlation] = wait
         return wait
 
     def get(self, number: int) -> Wait | None:
@@ -67,7 +71,7 @@ class ReplyWaits:
     def forget(self, number: int) -> None:
         """The wait is over (replied, timed out, its turn ended)."""
         wait = self._by_number.pop(number, None)
-        if wait is None:
+        if wait is None or wait.topic is None:
             return
         numbers = self._by_topic[wait.topic]
         del numbers[number]

@@ -47,6 +47,9 @@ class ProfileConfig(BaseModel):
     """Spend guardrails of its connections, on top of the bridge's `limits`."""
     mqtt_tools: tuple[str, ...] = ()
     """Names of `tools` its `ask` turns offer the model (the bridge runs their calls)."""
+    mcp_servers: tuple[str, ...] = ()
+    """Names of `mcp_servers` whose allowed tools its `ask` turns offer the model (the bridge
+    calls them)."""
     # issue 26: named endpoints (bridge/config/endpoints.py)
     endpoint: str | None = None
     """The upstream its connections use: a name in `endpoints`; null: `openai`."""

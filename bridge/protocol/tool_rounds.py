@@ -12,6 +12,11 @@ own request tools) are relayed, and answered "not available" when they come
 with bridge calls; calls past ``sessions.max_tool_calls``, and calls whose id
 is missing or shared, are answered "refused": no call is ever left without an
 output. Which waiting call a reply answers is :mod:`bridge.protocol.reply_waits`.
+
+Tools of MCP servers (:mod:`bridge.protocol.mcp_tools`) run in the same loop: a
+profile naming servers is offered the allowed tools of those that are up; a
+valid call becomes a :class:`CallMcpTool` with its deadline, and its result
+comes back as a fact (:meth:`ToolRounds.mcp_result`), one output per call.
 """
 
 from __future__ import annotations
@@ -22,16 +27,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bridge.protocol.actions import Action, SendUpstream, ToolDeadline
+from bridge.protocol.actions import Action, CallMcpTool, SendUpstream, ToolDeadline
 from bridge.protocol.backlogs import Backlogs
 from bridge.protocol.encoding import encode
 from bridge.protocol.error_codes import TOOL_ROUNDS_EXCEEDED
 from bridge.protocol.facts import RequestEnd
+from bridge.protocol.mcp_tools import McpCatalog, McpTool, result_output
 from bridge.protocol.messages import Publish, ToolCalled
 from bridge.protocol.reply_waits import ReplyWaits, Wait
 from bridge.protocol.sessions import Conversations
 from bridge.protocol.spending import Spending
-from bridge.protocol.tools import Call, Rendered, ToolBox, ToolConfig, call_id_refusals, reply_text
+from bridge.protocol.tools import (
+    Call,
+    Rendered,
+    ToolBox,
+    ToolConfig,
+    call_id_refusals,
+    calls_of,
+    checked_arguments,
+    reply_text,
+)
 from bridge.protocol.topics import Topics
 
 OBJECT_TOOL_CALL: Final = "response.websocket.tool_call"
@@ -42,6 +57,7 @@ REPLIED: Final = "replied"
 TIMEOUT: Final = "timeout"
 INVALID_ARGUMENTS: Final = "invalid_arguments"
 REFUSED: Final = "refused"
+ERROR: Final = "error"  # an MCP call the server answered with isError, or that failed
 
 
 @dataclass(slots=True)
@@ -55,6 +71,7 @@ class ToolTurn:
     calls: list[Call] = field(default_factory=list)  # of the round in progress, in order
     outputs: list[str | None] = field(default_factory=list)  # by position; None: not yet
     waiting: set[int] = field(default_factory=set)  # the numbers of its replies' waits
+    mcp: Mapping[str, McpTool] = field(default_factory=dict)  # offered MCP tools, by function
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +96,10 @@ class ToolRounds:
         *,
         qos: int,
         v5: bool,
+        mcp: McpCatalog | None = None,
     ) -> None:
         self.toolbox = ToolBox(tools)
+        self.mcp = mcp or McpCatalog({})
         self._conversations = conversations
         self._spending = spending
         self._backlogs = backlogs
@@ -127,23 +146,51 @@ class ToolRounds:
         turn = self._tool_turn(wait.connection_id) if wait is not None else None
         if wait is None or turn is None:
             return []
-        reply = self.toolbox.tools[turn.calls[wait.position].name].reply
-        timeout = reply.timeout if reply is not None else 0.0
-        silence = f"no reply on {wait.topic} within {timeout:g} s (timeout)"
+        name = turn.calls[wait.position].name
+        mcp = turn.mcp.get(name)
+        if mcp is not None:
+            silence = f"no result from {mcp.server} within {mcp.timeout:g} s (timeout)"
+        else:
+            reply = self.toolbox.tools[name].reply
+            timeout = reply.timeout if reply is not None else 0.0
+            silence = f"no reply on {wait.topic} within {timeout:g} s (timeout)"
         return self._call_done(wait, silence, TIMEOUT, error=silence)
+
+    def mcp_result(self, wait_number: int, text: str, is_error: bool) -> list[Action]:
+        """The result of a :class:`CallMcpTool` (nothing, if the call was answered since:
+        timed out, or its turn is over)."""
+        wait = self._reply_waits.get(wait_number)
+        if wait is None or wait.topic is not None:
+            return []
+        output = result_output(text, is_error)
+        if is_error:
+            return self._call_done(wait, output, ERROR, error=output)
+        return self._call_done(wait, output, REPLIED, output=output)
 
     def offer(
         self, connection_id: str, profile: str, fields: Mapping[str, Any]
     ) -> Mapping[str, Any]:
-        """An ``ask`` turn begins: its request fields with the profile's MQTT tools; a turn
-        offered any has a tool loop from now until it ends."""
+        """An ``ask`` turn begins: its request fields with the profile's MQTT tools and the
+        allowed tools of its MCP servers that are up; a turn offered any has a tool loop
+        from now until it ends."""
         known = self._conversations.profiles.get(profile)
-        offered = known.mqtt_tools if known is not None else ()
-        if not offered:
+        if known is None or not (known.mqtt_tools or known.mcp_servers):
             return fields
-        tools = [*fields.get("tools", []), *self.toolbox.definitions(offered)]
+        offered = known.mqtt_tools
+        mcp = {
+            name: tool
+            for name, tool in self.mcp.offered(known.mcp_servers).items()
+            if name not in offered  # an MQTT tool of that name wins
+        }
+        if not offered and not mcp:
+            return fields
+        tools = [
+            *fields.get("tools", []),
+            *self.toolbox.definitions(offered),
+            *(tool.definition() for tool in mcp.values()),
+        ]
         fields = {**fields, "tools": tools}
-        self._turns[connection_id] = ToolTurn(offered, fields, profile)
+        self._turns[connection_id] = ToolTurn((*offered, *mcp), fields, profile, mcp=mcp)
         return fields
 
     def clash(self, profile: str, tools: Sequence[Mapping[str, Any]]) -> str | None:
@@ -165,7 +212,7 @@ class ToolRounds:
         an answer (out of rounds, a budget used up); or None if the turn ends here (no
         bridge tool was called)."""
         turn = self._turns[connection_id]
-        calls = [_call(item) for item in end.output if _is_call(item)]
+        calls = calls_of(end.output)
         if not any(call.name in turn.offered for call in calls):
             return None
         broken = self._round_refused(connection_id, turn)
@@ -205,16 +252,21 @@ class ToolRounds:
         if call.name not in turn.offered:
             turn.outputs[position] = NOT_AVAILABLE
             return []
+        mcp = turn.mcp.get(call.name)
+        if mcp is not None:
+            return self._run_mcp(connection_id, turn, position, refusal, mcp)
         tool = self.toolbox.tools[call.name]
         rendered = refusal if refusal is not None else self.toolbox.render(call)
         if not isinstance(rendered, Rendered):
             turn.outputs[position] = rendered
             status = REFUSED if refusal is not None else INVALID_ARGUMENTS
-            return [self._said(connection_id, call, tool.publish.topic, status, error=rendered)]
+            where = {"topic": tool.publish.topic}
+            return [self._said(connection_id, call, where, status, error=rendered)]
         publish = Publish(rendered.topic, rendered.payload, rendered.qos, retain=rendered.retain)
         if tool.reply is None:
             turn.outputs[position] = json.dumps({"status": PUBLISHED, "topic": rendered.topic})
-            return [publish, self._said(connection_id, call, rendered.topic, PUBLISHED)]
+            where = {"topic": rendered.topic}
+            return [publish, self._said(connection_id, call, where, PUBLISHED)]
         wait = self._reply_waits.add(connection_id, position, tool.reply.topic)
         turn.waiting.add(wait.number)
         if self._v5:
@@ -227,6 +279,28 @@ class ToolRounds:
         publish = dataclasses.replace(publish, outcome=called)
         deadline = ToolDeadline(connection_id, call.call_id, tool.reply.timeout, wait.number)
         return [publish, deadline]
+
+    def _run_mcp(
+        self, connection_id: str, turn: ToolTurn, position: int, refusal: str | None, tool: McpTool
+    ) -> list[Action]:
+        """One call of an MCP tool: refused, invalid, or asked of its server with a deadline."""
+        call = turn.calls[position]
+        arguments, problem = (None, refusal)
+        if refusal is None:
+            arguments, problem = checked_arguments(tool.validator, call.arguments)
+        if problem is not None:
+            turn.outputs[position] = problem
+            status = REFUSED if refusal is not None else INVALID_ARGUMENTS
+            return [self._said(connection_id, call, tool.where(), status, error=problem)]
+        assert isinstance(arguments, dict)  # its schema is {"type": "object", ...}
+        wait = self._reply_waits.add(connection_id, position, None)
+        turn.waiting.add(wait.number)
+        return [
+            CallMcpTool(
+                connection_id, tool.server, tool.name, arguments, wait.number, tool.timeout
+            ),
+            ToolDeadline(connection_id, call.call_id, tool.timeout, wait.number),
+        ]
 
     def _too_many(self, connection_id: str, turn: ToolTurn, limit: int) -> Publish:
         """Calls past ``sessions.max_tool_calls``: each is answered, none is run, and one
@@ -256,8 +330,13 @@ class ToolRounds:
         turn.waiting.discard(wait.number)
         turn.outputs[wait.position] = result
         call = turn.calls[wait.position]
-        topic = self.toolbox.tools[call.name].publish.topic
-        said = self._said(wait.connection_id, call, topic, status, **extra)
+        mcp = turn.mcp.get(call.name)
+        where = (
+            mcp.where()
+            if mcp is not None
+            else {"topic": self.toolbox.tools[call.name].publish.topic}
+        )
+        said = self._said(wait.connection_id, call, where, status, **extra)
         return [said, *self._maybe_continue(wait.connection_id, turn)]
 
     def _maybe_continue(self, connection_id: str, turn: ToolTurn) -> list[Action]:
@@ -297,33 +376,26 @@ class ToolRounds:
         return self._turns.get(connection_id)
 
     def _said(
-        self, connection_id: str, call: Call, topic: str, status: str, **extra: str
+        self,
+        connection_id: str,
+        call: Call,
+        where: Mapping[str, str],
+        status: str,
+        **extra: str,
     ) -> Publish:
-        """The bridge's message about one executed call, on the id's events topic."""
+        """The bridge's message about one executed call, on the id's events topic; ``where``:
+        its ``topic`` (MQTT), or its ``server`` and ``tool`` (MCP)."""
         message = {
             "object": OBJECT_TOOL_CALL,
             "connection_id": connection_id,
             "name": call.name,
             "call_id": call.call_id,
-            "topic": topic,
+            **where,
             "status": status,
             **extra,
         }
+        topic = where.get("topic") or f"MCP server {where['server']}"
         called = ToolCalled(connection_id, call.name, call.call_id, topic, status, call.arguments)
         return Publish(
             self._topics.events(connection_id), encode(message), self._qos, outcome=called
         )
-
-
-def _is_call(item: object) -> bool:
-    return isinstance(item, dict) and item.get("type") == "function_call"
-
-
-def _call(item: dict[str, Any]) -> Call:
-    """A ``function_call`` item as the bridge runs it (a call id that is no string: "")."""
-    call_id, arguments = item.get("call_id"), item.get("arguments")
-    return Call(
-        call_id if isinstance(call_id, str) else "",
-        str(item.get("name", "")),
-        arguments if isinstance(arguments, str) else json.dumps(arguments),
-    )

@@ -11,6 +11,7 @@ publish, or into the short error the model is told.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
 import jsonschema
+from jsonschema.protocols import Validator
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from bridge.protocol.encoding import compact
@@ -149,6 +151,23 @@ class Call:
     arguments: str
 
 
+def calls_of(output: Sequence[Any]) -> list[Call]:
+    """The ``function_call`` items of a response's output, as the bridge runs them (a call
+    id that is no string: "")."""
+    calls = []
+    for item in output:
+        if isinstance(item, dict) and item.get("type") == "function_call":
+            call_id, arguments = item.get("call_id"), item.get("arguments")
+            calls.append(
+                Call(
+                    call_id if isinstance(call_id, str) else "",
+                    str(item.get("name", "")),
+                    arguments if isinstance(arguments, str) else json.dumps(arguments),
+                )
+            )
+    return calls
+
+
 def call_id_refusals(calls: Sequence[Call]) -> list[str | None]:
     """For each call of one response, why it is refused before anything else is looked
     at, or None: a call needs an id of its own to get its output (and its reply)."""
@@ -204,16 +223,9 @@ class ToolBox:
     def render(self, call: Call) -> Rendered | str:
         """The message a call publishes, or what is wrong with it (for the model)."""
         tool = self.tools[call.name]
-        try:  # strictly: NaN, Infinity and 1e999 pass {"type": "number"} in Python
-            arguments = load_json(call.arguments.encode())
-        except ValueError as exc:  # a lone surrogate in the text is one too
-            return f"invalid arguments: not JSON ({elide(str(exc), 200)})"
-        errors = sorted(
-            self._validators[call.name].iter_errors(arguments), key=lambda e: list(e.path)
-        )
-        if errors:
-            where = "/".join(str(part) for part in errors[0].absolute_path) or "(arguments)"
-            return f"invalid arguments: {where}: {errors[0].message}"[:500]
+        arguments, problem = checked_arguments(self._validators[call.name], call.arguments)
+        if problem is not None:
+            return problem
         shape = tool.publish.payload
         body = arguments if shape is None else _fill(shape, arguments)
         text = compact(body, allow_nan=False)
@@ -225,6 +237,20 @@ class ToolBox:
             return f"the payload would be {len(payload)} bytes, over {MAX_TOOL_PAYLOAD_BYTES}"
         publish = tool.publish
         return Rendered(publish.topic, payload, publish.qos, publish.retain)
+
+
+def checked_arguments(validator: Validator, text: str) -> tuple[Any, str | None]:
+    """A call's arguments parsed and checked against its tool's schema: (the arguments,
+    None), or (None, what is wrong with them, for the model)."""
+    try:  # strictly: NaN, Infinity and 1e999 pass {"type": "number"} in Python
+        arguments = load_json(text.encode())
+    except ValueError as exc:  # a lone surrogate in the text is one too
+        return None, f"invalid arguments: not JSON ({elide(str(exc), 200)})"
+    errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(part) for part in errors[0].absolute_path) or "(arguments)"
+        return None, f"invalid arguments: {where}: {errors[0].message}"[:500]
+    return arguments, None
 
 
 def _fill(shape: Any, arguments: Mapping[str, Any]) -> Any:

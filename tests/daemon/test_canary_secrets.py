@@ -185,15 +185,9 @@ def test_the_display_url_never_holds_a_secret_value() -> None:
     assert endpoint.display_url == "wss://gw.example/v1/responses?foo=REDACTED"
 
 
-def test_the_retained_info_never_holds_a_secret_value() -> None:
-    """P/bridge/info: the URL with ?foo=<key> and user info, scrubbed by value."""
-    settings = settings_for(
-        f"http://u:{USERINFO_PASSWORD}@gw.example/v1?foo={KEY}&bar={PASSWORD}",
-        MQTT_PASSWORD=PASSWORD,
-    )
-    tally = Tally()
-    tally.note_error("upstream_connect_failed", f"echoed {PASSWORD}", "c1", "2026-01-01T00:00:00Z")
-    document = info_document(
+def info_of(settings: Settings, tally: Tally, **more: Any) -> dict[str, Any]:
+    """The P/bridge/info document of a bridge that just started."""
+    return info_document(
         settings,
         tally,
         SharedUsage(),
@@ -202,7 +196,19 @@ def test_the_retained_info_never_holds_a_secret_value() -> None:
         connections=0,
         broker_connects=1,
         buffer_waits=0,
+        **more,
     )
+
+
+def test_the_retained_info_never_holds_a_secret_value() -> None:
+    """P/bridge/info: the URL with ?foo=<key> and user info, scrubbed by value."""
+    settings = settings_for(
+        f"http://u:{USERINFO_PASSWORD}@gw.example/v1?foo={KEY}&bar={PASSWORD}",
+        MQTT_PASSWORD=PASSWORD,
+    )
+    tally = Tally()
+    tally.note_error("upstream_connect_failed", f"echoed {PASSWORD}", "c1", "2026-01-01T00:00:00Z")
+    document = info_of(settings, tally)
     payload = json.dumps(document, separators=(",", ":"))
     for secret in (KEY, USERINFO_PASSWORD, PASSWORD):
         assert secret not in payload
@@ -421,3 +427,34 @@ async def test_a_named_endpoints_key_never_reaches_mqtt_or_the_logs(
     assert "upstream connect failed" in err  # the refusal was logged, its text scrubbed
     assert "send_request_headers" in err  # and the HTTP client's DEBUG lines
     assert_nowhere(ENDPOINT_KEY, err)
+
+
+# MCP servers (issue 28) ------------------------------------------------------------------
+
+MCP_TOKEN = "mcp-canary-Hv5Rt9Yq"  # not key-shaped: only its value betrays it
+
+
+def test_an_mcp_servers_token_never_shows(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check-config, P/bridge/info and a log line that echoes the token: never its value,
+    nor the value of a credential header or env entry of a server."""
+    config = tmp_path / "config.yaml"
+    servers = {
+        "home": {"url": f"http://ha.example/api/mcp?k={MCP_TOKEN}x", "token_env": "HA_MCP"},
+        "gw": {"url": "http://gw.example/mcp", "headers": {"X-Api-Key": MCP_TOKEN + "h"}},
+        "local": {"command": "/bin/true", "env": {"LOCAL_TOKEN": MCP_TOKEN + "e"}},
+    }
+    config.write_text(yaml.safe_dump({"mcp_servers": servers}))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("HA_MCP", MCP_TOKEN)
+    assert main(["check-config", "--config", str(config)]) == 0
+    printed = capsys.readouterr()
+    assert MCP_TOKEN not in printed.out + printed.err
+    settings = load_settings(config, {"OPENAI_API_KEY": KEY, "HA_MCP": MCP_TOKEN})
+    report = {"home": {"state": "down", "transport": "http", "tools": 0}}
+    document = info_of(settings, Tally(), mcp_servers=report)
+    assert MCP_TOKEN not in json.dumps(document)
+    assert document["mcp_servers"] == report
+    for leaked in (MCP_TOKEN, MCP_TOKEN + "h", MCP_TOKEN + "e"):
+        assert leaked not in settings.redactor.redact(f"401 for Bearer {leaked}")

@@ -190,6 +190,8 @@ SHAPES: dict[tuple[str, str | None], set[str]] = {
         "name",
         "call_id",
         "topic",
+        "server",
+        "tool",
         "status",
         "output",
         "error",
