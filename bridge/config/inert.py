@@ -40,7 +40,7 @@ def _findings(config: Config) -> Iterator[str]:
             "limits.budgets.timezone has no effect: no daily budget is set "
             "(limits.budgets or a profile's limits.budgets)"
         )
-    if not config.tools:
+    if not config.tools and not config.mcp_servers:  # MCP calls count in the same loop
         for key in ("max_tool_rounds", "max_tool_calls"):
             if key in _changed(config.sessions):
                 yield f"sessions.{key} has no effect: no `tools` are configured"

@@ -18,6 +18,10 @@ as a user's client would, over REST and the WebSocket API:
 - a tool call turns on an entity exposed to Assist (``HassTurnOn``), run by Home
   Assistant, and the answer quotes the tool's result;
 - ``tight`` answers with the spoken budget error;
+- Home Assistant's own MCP server (``mcp_server``, set up through its config flow)
+  gives a second bridge its tools: an ``ask`` from a plain MQTT client turns on the
+  exposed entity through ``home__HassTurnOn`` and cannot touch the hidden one
+  (:mod:`mcp`);
 - the logs of Home Assistant and the bridge have no problem.
 """
 
@@ -42,6 +46,13 @@ from bridge_tools.homeassistant_check.current_root import (
 from bridge_tools.homeassistant_check.examples import (
     bridge_log_problems,
     homeassistant_log_problems,
+)
+from bridge_tools.homeassistant_check.mcp import (
+    check_mcp,
+    long_lived_token,
+    mcp_bridge_config,
+    set_up_mcp_server,
+    start_mcp_bridge,
 )
 from bridge_tools.homeassistant_check.processes import Child, Children, NotYet, wait_until
 from bridge_tools.homeassistant_check.runner import Report
@@ -406,6 +417,7 @@ def check_current(
                 ha,
                 http_port,
                 broker,
+                simulator_port,
                 run_dir,
                 [bridge, simulator],
             )
@@ -438,6 +450,7 @@ def _with_homeassistant(
     ha: HomeAssistant,
     http_port: int,
     broker: LocalMosquitto,
+    simulator_port: int,
     run_dir: Path,
     others: list[Child],
 ) -> None:
@@ -480,6 +493,36 @@ def _with_homeassistant(
 
     with report.step("a budget refusal is spoken as an error") as note:
         note(repr(check_budget(ha, tight_agent)))
+
+    with report.step(
+        "an ask from a plain MQTT client switches the exposed entity through HA's MCP server"
+    ) as note:
+        ha.call_service("input_boolean", "turn_off", {"entity_id": LIGHT})
+        set_up_mcp_server(ha)
+        token = long_lived_token(ha)
+        token_file = run_dir / "ha_token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(token + "\n")
+        config = mcp_bridge_config(
+            broker.host, broker.port, simulator_port, f"{ha.base_url}/api/mcp", token_file
+        )
+        mcp_bridge, listed = start_mcp_bridge(children, run_dir, config)
+        note(listed)
+        note(
+            check_mcp(
+                ha,
+                mcp_bridge,
+                (broker.host, broker.port),
+                token,
+                ((LIGHT, "Kitchen light"), (HIDDEN, "Garage door")),
+            )
+        )
+        code = children.stop(mcp_bridge)
+        problems = bridge_log_problems(mcp_bridge.log)
+        if code != 0:
+            problems.append(f"the MCP bridge exited with code {code}")
+        if problems:
+            raise CheckFailed(f"{mcp_bridge.log}:\n  " + "\n  ".join(problems))
 
     with report.step("Home Assistant stops; its log has no problem") as note:
         code = children.stop(homeassistant, timeout=60)

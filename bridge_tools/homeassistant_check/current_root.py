@@ -5,7 +5,10 @@ another suite and package list, under ``<cache>/homeassistant-current/``. Home
 Assistant goes into ``/opt/homeassistant-<version>`` inside it, with the
 requirements of every integration the check's configuration loads (found from the
 manifests, as for the 2024.3.3 install), so it runs offline with ``--skip-pip``; a
-marker written last says the install finished. Both steps run under a lock.
+marker written last says the install finished and holds the requirement list it
+installed. When the check's integrations (:data:`CONFIGURED`) need a requirement the
+marker does not list, the whole list is installed into the cached venv again (pip
+skips what is there) and the marker rewritten. Both steps run under a lock.
 
 A run bind-mounts ``/proc``, ``/sys`` and ``/dev`` into the root (unmounted at the
 end) and starts ``hass`` with ``chroot``: it shares the host's network, so it
@@ -23,7 +26,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from bridge_tools.homeassistant_check import CheckFailed
 from bridge_tools.homeassistant_check.install import (
@@ -61,6 +64,7 @@ CONFIGURED: Final = (
     "input_boolean",
     "mqtt",
     "homeassistant",
+    "mcp_server",  # set up through its config flow: Home Assistant's MCP server (mcp, ...)
 )
 MOUNTS: Final = ("proc", "sys", "dev")
 
@@ -116,40 +120,85 @@ def ensure_current(
     say(f"{'built now from ' + mirror if fresh_root else 'cached'}: {tree}")
     installed = CurrentHomeAssistant(tree, version, fresh_root, fresh_install=False)
     marker = tree / installed.venv.lstrip("/") / MARKER
+    log = log_dir / f"homeassistant-{version}.install.log"
     with _locked(tree.with_name(tree.name + f".homeassistant-{version}.lock")):
         if marker.is_file():
+            recorded = _read_marker(marker)
+            loads = recorded or _what_ha_loads(installed, log)
+            wanted = _requirements(installed, loads)
+            if recorded is not None and set(wanted) <= set(recorded["requirements"]):
+                return installed
+            say(f"the requirement list changed: installing {len(wanted)} into {installed.venv}")
+            _install_requirements(installed, loads, wanted, log)
+            marker.write_text(json.dumps({**loads, "requirements": wanted}, indent=1) + "\n")
             return installed
         say(f"installing Home Assistant {version} into {installed.venv} (once, ~2 minutes)")
         shutil.copy("/etc/ssl/certs/ca-certificates.crt", tree / CA_BUNDLE.lstrip("/"))
-        _install(installed, log_dir / f"homeassistant-{version}.install.log")
-        marker.write_text(version + "\n")
+        loads, wanted = _install(installed, log)
+        marker.write_text(json.dumps({**loads, "requirements": wanted}, indent=1) + "\n")
     return CurrentHomeAssistant(tree, version, fresh_root, fresh_install=True)
 
 
-def _install(installed: CurrentHomeAssistant, log: Path) -> None:
-    venv = installed.venv
-    shutil.rmtree(installed.tree / venv.lstrip("/"), ignore_errors=True)
-    run_step(installed.argv("python3.13", "-m", "venv", venv), log, "creating the venv")
-    pip = [f"{venv}/bin/pip", "install", "--disable-pip-version-check", "-q"]
-    run_step(
-        installed.argv(*pip, f"homeassistant=={installed.version}"),
-        log,
-        "pip install homeassistant",
+def _read_marker(marker: Path) -> dict[str, Any] | None:
+    """What the install recorded (where HA is, what it always loads, the requirements);
+    None for a marker of an older check (the version alone)."""
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict) or not {"package", "always", "requirements"} <= set(recorded):
+        return None
+    return recorded
+
+
+def _what_ha_loads(installed: CurrentHomeAssistant, log: Path) -> dict[str, Any]:
+    python = f"{installed.venv}/bin/python"
+    loads: dict[str, Any] = json.loads(
+        run_step(installed.argv(python, "-c", WHAT_HA_LOADS), log, "reading HA")
     )
-    loads = json.loads(
-        run_step(installed.argv(f"{venv}/bin/python", "-c", WHAT_HA_LOADS), log, "reading HA")
-    )
-    package = loads["package"]
-    components = installed.tree / package.lstrip("/") / "components"
+    return {"package": loads["package"], "always": loads["always"]}
+
+
+def _requirements(installed: CurrentHomeAssistant, loads: dict[str, Any]) -> list[str]:
+    """The requirements of every integration the check's Home Assistant loads."""
+    components = installed.tree / str(loads["package"]).lstrip("/") / "components"
     platforms = mqtt_platforms(components)
     _domains, requirements = integration_closure(
         components, {*loads["always"], *CONFIGURED, *platforms, *IMPORTED_TOO}
     )
+    return requirements
+
+
+def _install_requirements(
+    installed: CurrentHomeAssistant, loads: dict[str, Any], requirements: list[str], log: Path
+) -> None:
+    package = loads["package"]
     run_step(
-        installed.argv(*pip, "--constraint", f"{package}/package_constraints.txt", *requirements),
+        installed.argv(*_pip(installed), "--constraint", f"{package}/package_constraints.txt")
+        + requirements,
         log,
         "pip install the integrations' requirements",
     )
+
+
+def _pip(installed: CurrentHomeAssistant) -> list[str]:
+    return [f"{installed.venv}/bin/pip", "install", "--disable-pip-version-check", "-q"]
+
+
+def _install(installed: CurrentHomeAssistant, log: Path) -> tuple[dict[str, Any], list[str]]:
+    """A new venv with Home Assistant and the requirements; what HA loads, the requirements."""
+    venv = installed.venv
+    shutil.rmtree(installed.tree / venv.lstrip("/"), ignore_errors=True)
+    run_step(installed.argv("python3.13", "-m", "venv", venv), log, "creating the venv")
+    run_step(
+        installed.argv(*_pip(installed), f"homeassistant=={installed.version}"),
+        log,
+        "pip install homeassistant",
+    )
+    loads = _what_ha_loads(installed, log)
+    requirements = _requirements(installed, loads)
+    _install_requirements(installed, loads, requirements, log)
+    return loads, requirements
 
 
 @contextlib.contextmanager

@@ -114,16 +114,18 @@ def start_simulator(children: Children) -> tuple[Child, int]:
     return child, port
 
 
-def start_bridge(children: Children, run_dir: Path, config: dict[str, Any]) -> Child:
-    path = run_dir / "bridge.yaml"
+def start_bridge(
+    children: Children, run_dir: Path, config: dict[str, Any], name: str = "bridge"
+) -> Child:
+    path = run_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     # The simulator takes any key; with one the bridge has nothing to warn about.
     env = {**os.environ, "OPENAI_API_KEY": "sk-simulator"}
     child = children.start(
-        "bridge", [sys.executable, "-m", "bridge", "run", "--config", str(path)], env=env
+        name, [sys.executable, "-m", "bridge", "run", "--config", str(path)], env=env
     )
     mqtt_config = config["mqtt"]
-    state_topic = f"{TOPIC_PREFIX}/bridge/state"
+    state_topic = f"{mqtt_config.get('topic_prefix', TOPIC_PREFIX)}/bridge/state"
     wait_until(
         f"the bridge says online on {state_topic}",
         lambda: _retained_online(mqtt_config["host"], mqtt_config["port"], state_topic),

@@ -63,6 +63,9 @@ def test_check_config_warns_of_keys_that_act_on_nothing(tmp_path: Path, capsys: 
         "mqtt:\n  protocol: '5'\n  response_topics: [replies/#]\n"
         "metrics:\n  enabled: true\n  port: 9999\n"
         "limits:\n  budgets:\n    timezone: Europe/Berlin\n    tokens_per_day: 100\n"
+        # MCP servers' calls run in the tool loop: its limits act on them.
+        "mcp_servers:\n  home:\n    url: http://127.0.0.1:8123/api/mcp\n"
+        "sessions:\n  max_tool_rounds: 3\n"
     )
     assert main(["check-config", "--config", str(path)]) == 0
     assert capsys.readouterr().err == ""
