@@ -22,6 +22,9 @@ as a user's client would, over REST and the WebSocket API:
   gives a second bridge its tools: an ``ask`` from a plain MQTT client turns on the
   exposed entity through ``home__HassTurnOn`` and cannot touch the hidden one
   (:mod:`mcp`);
+- ``ai_task.generate_data`` on the AI Task entity, with a structure, returns the
+  model's JSON as data (the simulator scripted to answer it), and answer JSON that
+  does not match the structure is refused with the integration's error;
 - the logs of Home Assistant and the bridge have no problem.
 """
 
@@ -160,14 +163,19 @@ class Socket:
         answer: dict[str, Any] = json.loads(self.socket.recv(timeout=timeout))
         return answer
 
-    def call(self, message: dict[str, Any]) -> Any:
+    def result(self, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        """The ``result`` message answering ``message``, successful or not."""
         number = self.send(message)
         while True:
-            answer = self.receive()
+            answer = self.receive(timeout)
             if answer.get("id") == number and answer.get("type") == "result":
-                if not answer.get("success"):
-                    raise CheckFailed(f"WebSocket {message['type']} failed: {answer}")
-                return answer.get("result")
+                return answer
+
+    def call(self, message: dict[str, Any]) -> Any:
+        answer = self.result(message)
+        if not answer.get("success"):
+            raise CheckFailed(f"WebSocket {message['type']} failed: {answer}")
+        return answer.get("result")
 
     def close(self) -> None:
         self.socket.close()
@@ -194,7 +202,8 @@ def set_up_integration(ha: HomeAssistant, profile: str, tools: bool) -> dict[str
     return done
 
 
-def agent_of(ha: HomeAssistant, entry_id: str) -> str:
+def agent_of(ha: HomeAssistant, entry_id: str, domain: str = "conversation") -> str:
+    """The config entry's entity of ``domain`` (its conversation agent, its AI Task)."""
     socket = Socket(ha)
     try:
         entities = socket.call({"type": "config/entity_registry/list"})
@@ -202,10 +211,10 @@ def agent_of(ha: HomeAssistant, entry_id: str) -> str:
         socket.close()
     for entity in entities:
         if entity.get("config_entry_id") == entry_id and entity["entity_id"].startswith(
-            "conversation."
+            f"{domain}."
         ):
             return str(entity["entity_id"])
-    raise CheckFailed(f"no conversation entity for the config entry {entry_id}")
+    raise CheckFailed(f"no {domain} entity for the config entry {entry_id}")
 
 
 def process(
@@ -348,6 +357,53 @@ def check_budget(ha: HomeAssistant, agent: str) -> str:
     if result["response"]["response_type"] != "error" or "budget" not in text:
         raise CheckFailed(f"the budget refusal was not spoken as an error: {result}")
     return text
+
+
+# What ai_task.generate_data is asked for: a structure as a user writes it in YAML.
+STRUCTURE: Final = {
+    "plant": {"description": "The plant's name", "required": True, "selector": {"text": {}}},
+    "days": {"description": "Days between waterings", "required": True, "selector": {"number": {}}},
+}
+PLANT: Final = {"plant": "basil", "days": 2}
+
+
+def generate_data(ha: HomeAssistant, entity: str, answer: str) -> dict[str, Any]:
+    """ai_task.generate_data over the WebSocket API, the simulator scripted to ``answer``."""
+    data = {
+        "entity_id": entity,
+        "task_name": "watering",
+        "instructions": f"How often to water basil? Reply with exactly: {answer}",
+        "structure": STRUCTURE,
+    }
+    socket = Socket(ha)
+    try:
+        return socket.result(
+            {
+                "type": "call_service",
+                "domain": "ai_task",
+                "service": "generate_data",
+                "service_data": data,
+                "return_response": True,
+            },
+            timeout=60,
+        )
+    finally:
+        socket.close()
+
+
+def check_ai_task(ha: HomeAssistant, entity: str) -> tuple[str, str]:
+    """Structured data that matches is returned as data; JSON that does not is an error."""
+    result = generate_data(ha, entity, json.dumps(PLANT))
+    if not result.get("success"):
+        raise CheckFailed(f"ai_task.generate_data failed: {result.get('error')}")
+    data = (result.get("result") or {}).get("response", {}).get("data")
+    if data != PLANT:
+        raise CheckFailed(f"ai_task.generate_data returned {data!r}, not {PLANT!r}: {result}")
+    wrong = generate_data(ha, entity, '{"plant": "basil", "days": "often"}')
+    message = str((wrong.get("error") or {}).get("message", ""))
+    if wrong.get("success") or "does not match the structure" not in message:
+        raise CheckFailed(f"JSON that does not match the structure was not refused: {wrong}")
+    return json.dumps(data), message
 
 
 def start_homeassistant_in_root(
@@ -524,6 +580,12 @@ def _with_homeassistant(
         if problems:
             raise CheckFailed(f"{mcp_bridge.log}:\n  " + "\n  ".join(problems))
 
+    with report.step("ai_task.generate_data with a structure: parsed, or refused") as note:
+        task = agent_of(ha, house["result"]["entry_id"], "ai_task")
+        data, refusal = check_ai_task(ha, task)
+        note(f"{task}: {data}")
+        note(f"a mismatch: {refusal[:110]!r}")
+
     with report.step("Home Assistant stops; its log has no problem") as note:
         code = children.stop(homeassistant, timeout=60)
         log = config_dir / "home-assistant.log"
@@ -538,8 +600,15 @@ def _with_homeassistant(
 
 
 def _expected(line: str) -> bool:
-    """HA's warning about any custom integration (this one is); and ffmpeg, which the root
-    does not have (assist_pipeline sets it up for audio; the check's runs are text)."""
+    """HA's warning about any custom integration (this one is); ffmpeg, which the root
+    does not have (assist_pipeline sets it up for audio; the check's runs are text); and
+    the error of the AI Task step's deliberate mismatch."""
     if "custom integration" in line and DOMAIN in line and "WARNING" in line:
+        return True
+    if (
+        "Error during service call to ai_task.generate_data" in line
+        and "does not match the structure" in line
+        and '"days": "often"' in line
+    ):
         return True
     return "[haffmpeg." in line

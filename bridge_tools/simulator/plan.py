@@ -35,7 +35,13 @@ from bridge_tools.simulator.steps import (
     Stream,
     send_deltas,
 )
-from bridge_tools.simulator.text import chunk_tokens, generate_answer, long_text, tokenize
+from bridge_tools.simulator.text import (
+    chunk_tokens,
+    generate_answer,
+    long_text,
+    scripted_reply,
+    tokenize,
+)
 from bridge_tools.simulator.tool_calls import ToolTurn
 
 # huge_completed: response.completed must exceed 1 MiB (Python websockets' default
@@ -157,6 +163,9 @@ def _answer_tokens(
         return tokenize(long_text(request.prompt, settings.seed, HUGE_TEXT_CHARS))
     if turn.quote is not None:
         return tokenize(turn.quote)
+    scripted = scripted_reply(request.prompt)
+    if scripted is not None:
+        return tokenize(scripted)
     follow_up = parent is not None or request.has_history
     return tokenize(generate_answer(request.prompt, settings.seed, follow_up=follow_up))
 

@@ -151,6 +151,19 @@ _GREETING_REPLIES = (
 )
 
 
+# "Reply with exactly: <text>" in the latest user message scripts the answer (a client's
+# structured-output parsing is tested with an answer it chose, good or bad).
+_VERBATIM_RE = re.compile(r"\breply with exactly:\s*", re.IGNORECASE)
+
+
+def scripted_reply(prompt: str) -> str | None:
+    """The text after ``Reply with exactly:`` in the prompt, to its end; None without it."""
+    match = _VERBATIM_RE.search(prompt)
+    if match is None:
+        return None
+    return prompt[match.end() :].strip() or None
+
+
 def tokenize(text: str) -> list[str]:
     """Split text into token-like pieces whose concatenation is the text."""
     return _TOKEN_RE.findall(text)

@@ -15,13 +15,13 @@ from homeassistant.exceptions import ConfigEntryNotReady
 from .bridge import BridgeLink
 from .const import CONF_PREFIX
 
-PLATFORMS = [Platform.CONVERSATION]
+PLATFORMS = [Platform.AI_TASK, Platform.CONVERSATION]
 
 BridgeConfigEntry = ConfigEntry[BridgeLink]
 
 
 async def async_setup_entry(hass: HomeAssistant, entry: BridgeConfigEntry) -> bool:
-    """Set up the link to one bridge (its topic prefix) and its conversation agent."""
+    """Set up the link to one bridge (its topic prefix), its agent and its AI Task entity."""
     if not await mqtt.async_wait_for_mqtt_client(hass):
         raise ConfigEntryNotReady("MQTT is not available")
     link = BridgeLink(hass, entry.data[CONF_PREFIX])

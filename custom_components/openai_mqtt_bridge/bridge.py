@@ -110,6 +110,7 @@ class BridgeLink:
         *,
         profile: str,
         tools: Sequence[Mapping[str, Any]] = (),
+        new_conversation: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """The messages of one ``ask``, up to and including its answer.
 
@@ -131,6 +132,8 @@ class BridgeLink:
             }
             if tools:
                 command["tools"] = list(tools)
+            if new_conversation:
+                command["new_conversation"] = True
             await mqtt.async_publish(
                 self.hass,
                 f"{self.prefix}/{connection_id}/cmd",

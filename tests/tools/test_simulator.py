@@ -125,6 +125,18 @@ def test_answer_is_deterministic_and_mentions_the_topic() -> None:
     assert len(others) > 1
 
 
+def test_reply_with_exactly_scripts_the_answer() -> None:
+    answer = '{"plant": "basil", "days": 2}'
+    req = request(
+        input=[
+            {"role": "developer", "content": "Answer with JSON."},
+            {"role": "user", "content": f"How often? Reply with exactly: {answer}\n"},
+        ]
+    )
+    assert "".join(deltas(sent(plan(req)))) == answer
+    assert "".join(deltas(sent(plan(request("What is MQTT?"))))) != answer
+
+
 def test_markers_do_not_reach_the_answer() -> None:
     """Fault trigger phrases are instructions, not part of the topic."""
     answer = generate_answer("How do I reset my router? [[fault:close_1011]]", seed=0)
