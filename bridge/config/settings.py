@@ -244,21 +244,7 @@ def resolve(
             *mcp_secrets(config.mcp_servers, mcp_tokens),
         )
     )
-    try:
-        endpoint = build_endpoint(
-            section.base_url,
-            api_key=api_key.value if api_key else None,
-            auth_header=section.auth_header,
-            auth_scheme=section.auth_scheme,
-            api_key_query_param=section.api_key_query_param,
-            headers=section.headers,
-            query=section.query,
-            organization=section.organization,
-            project=section.project,
-            redactor=redactor,
-        )
-    except ValueError as exc:  # the message names no value
-        raise ConfigError("openai.base_url", str(exc)) from None
+    endpoint = _openai_endpoint(section, api_key, redactor)
     named = build_named(config.endpoints, keys, redactor)
     return Settings(
         config,
@@ -272,6 +258,25 @@ def resolve(
         named,
         mcp_tokens,
     )
+
+
+def _openai_endpoint(section: OpenAIConfig, api_key: Secret | None, redactor: Redactor) -> Endpoint:
+    """The `openai` section's endpoint, built once (a ConfigError naming ``base_url``)."""
+    try:
+        return build_endpoint(
+            section.base_url,
+            api_key=api_key.value if api_key else None,
+            auth_header=section.auth_header,
+            auth_scheme=section.auth_scheme,
+            api_key_query_param=section.api_key_query_param,
+            headers=section.headers,
+            query=section.query,
+            organization=section.organization,
+            project=section.project,
+            redactor=redactor,
+        )
+    except ValueError as exc:  # the message names no value
+        raise ConfigError("openai.base_url", str(exc)) from None
 
 
 def _inline_source(sources: Mapping[str, str], key: str) -> str:

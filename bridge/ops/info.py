@@ -107,27 +107,33 @@ def info_document(
         "broker_connects": broker_connects,
         "buffer_waits": buffer_waits,
         "mcp_servers": {name: dict(report) for name, report in (mcp_servers or {}).items()},
-        "config": {
-            "mqtt": {
-                "host": config.mqtt.host,
-                "port": config.mqtt.port,
-                "protocol": config.mqtt.protocol,
-                "tls": config.mqtt.tls.enabled,
-                "topic_prefix": config.mqtt.topic_prefix,
-                "client_id": config.mqtt.client_id,
-                "qos": config.mqtt.qos,
-            },
-            "openai": {
-                "websocket_url": settings.endpoint.display_url,
-                "api_key": settings.api_key is not None,  # whether one is set, never which
-            },
-            "limits": config.limits.model_dump(mode="json"),
-            "metrics": config.metrics.enabled,
-            "homeassistant_discovery": config.homeassistant.discovery,
-        },
+        "config": _config_summary(settings),
     }
     scrubbed: dict[str, Any] = settings.redactor.redact_json(document)
     return scrubbed
+
+
+def _config_summary(settings: Settings) -> dict[str, Any]:
+    """What of the config ``P/bridge/info`` shows: where the bridge connects, no secret."""
+    config = settings.config
+    return {
+        "mqtt": {
+            "host": config.mqtt.host,
+            "port": config.mqtt.port,
+            "protocol": config.mqtt.protocol,
+            "tls": config.mqtt.tls.enabled,
+            "topic_prefix": config.mqtt.topic_prefix,
+            "client_id": config.mqtt.client_id,
+            "qos": config.mqtt.qos,
+        },
+        "openai": {
+            "websocket_url": settings.endpoint.display_url,
+            "api_key": settings.api_key is not None,  # whether one is set, never which
+        },
+        "limits": config.limits.model_dump(mode="json"),
+        "metrics": config.metrics.enabled,
+        "homeassistant_discovery": config.homeassistant.discovery,
+    }
 
 
 def iso_time(timestamp: float) -> str:

@@ -44,6 +44,7 @@ from bridge.protocol.error_codes import (
 )
 from bridge.protocol.output_options import output_override
 from bridge.protocol.strict_json import elide, load_json
+from bridge.protocol.tools import client_tools
 from bridge.protocol.topics import (
     MAX_CONNECTION_ID_LENGTH,
     RESERVED_ID,
@@ -312,33 +313,8 @@ def _parse_ask(document: _Document) -> Ask:
         document.size,
         _profile_of(fields),
         output=output_override(fields),
-        tools=_client_tools(fields),
+        tools=client_tools(fields.get("tools")),
     )
-
-
-MAX_CLIENT_TOOLS: Final = 128  # OpenAI's own limit on the tools of one request
-
-
-def _client_tools(fields: dict[str, Any]) -> tuple[Mapping[str, Any], ...]:
-    """An ask's ``tools``: function tools of the client's own (Home Assistant's Assist API)."""
-    tools = fields.get("tools")
-    if tools is None:
-        return ()
-    if not isinstance(tools, list) or len(tools) > MAX_CLIENT_TOOLS:
-        raise CommandError(
-            INVALID_COMMAND, f"tools must be an array of at most {MAX_CLIENT_TOOLS} function tools"
-        )
-    for tool in tools:
-        if (
-            not isinstance(tool, dict)
-            or tool.get("type") != "function"
-            or not isinstance(tool.get("name"), str)
-            or not tool["name"]
-        ):
-            raise CommandError(
-                INVALID_COMMAND, 'each of tools must be {"type":"function","name":...}'
-            )
-    return tuple(tools)
 
 
 def _parse_send(document: _Document) -> Send:

@@ -82,13 +82,10 @@ class BridgeCore:
         self.clock = clock = Clock()
         self.conversations = conversations = Conversations(profiles or default_profiles(), sessions)
         self.guardrails = Guardrails(
-            limits.guardrails,
-            {name: profile.limits for name, profile in conversations.profiles.items()},
-            usage or SharedUsage(),
+            limits.guardrails, conversations.profile_limits(), usage or SharedUsage()
         )
-        self.intake = CommandIntake(
-            limits, response_topics or ResponseTopicPolicy(refused=(f"{topics.prefix}/#",))
-        )
+        refused = ResponseTopicPolicy(refused=(f"{topics.prefix}/#",))
+        self.intake = CommandIntake(limits, response_topics or refused)
         self.stats = self.intake.stats
         self.replies = replies = Replies(topics, url=url, qos=qos, v5=v5, profile_urls=profile_urls)
         self._connections: dict[str, Connection] = {}
@@ -147,9 +144,7 @@ class BridgeCore:
         self.tools.reconfigure(tools)
         if mcp_servers is not None:
             self.tools.mcp.configure(mcp_servers)
-        self.guardrails.configure(
-            limits.guardrails, {name: profile.limits for name, profile in profiles.items()}
-        )
+        self.guardrails.configure(limits.guardrails, self.conversations.profile_limits())
         self.spending.timezone = limits.budgets.timezone
         self.seed.max_connections = limits.max_connections
         self.intake.configure(limits, response_topics)

@@ -152,6 +152,10 @@ class Conversations:
     def profile_for(self, connection_id: str, named: str | None) -> str | None:
         return profile_for(self.profiles, self.sessions, connection_id, named)
 
+    def profile_limits(self) -> dict[str, GuardrailsConfig]:
+        """Each profile's own guardrails (its ``limits``), by name."""
+        return {name: profile.limits for name, profile in self.profiles.items()}
+
     def __contains__(self, connection_id: str) -> bool:
         return connection_id in self._book
 

@@ -22,7 +22,9 @@ import jsonschema
 from jsonschema.protocols import Validator
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from bridge.errors import CommandError
 from bridge.protocol.encoding import compact
+from bridge.protocol.error_codes import INVALID_COMMAND
 from bridge.protocol.strict_json import elide, load_json
 
 # The most a rendered payload may be: the model writes the arguments.
@@ -269,3 +271,28 @@ def reply_text(payload: bytes) -> str:
     """A reply as the model gets it: UTF-8 text, cut to a bound."""
     text = payload[:MAX_TOOL_OUTPUT_BYTES].decode("utf-8", "replace")
     return text + (" [cut]" if len(payload) > MAX_TOOL_OUTPUT_BYTES else "")
+
+
+MAX_CLIENT_TOOLS: Final = 128  # OpenAI's own limit on the tools of one request
+
+
+def client_tools(tools: object) -> tuple[Mapping[str, Any], ...]:
+    """An ask's ``tools``: function tools of the client's own (Home Assistant's Assist API);
+    CommandError (``invalid_command``) for anything else."""
+    if tools is None:
+        return ()
+    if not isinstance(tools, list) or len(tools) > MAX_CLIENT_TOOLS:
+        raise CommandError(
+            INVALID_COMMAND, f"tools must be an array of at most {MAX_CLIENT_TOOLS} function tools"
+        )
+    for tool in tools:
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(tool.get("name"), str)
+            or not tool["name"]
+        ):
+            raise CommandError(
+                INVALID_COMMAND, 'each of tools must be {"type":"function","name":...}'
+            )
+    return tuple(tools)

@@ -147,27 +147,33 @@ class BridgeLink:
                     raise TurnFailed(
                         "timeout", f"no word from the bridge for {TURN_TIMEOUT:.0f} s"
                     ) from None
-                kind = message.get("object")
-                if kind == ERROR and message.get("request_id") == request_id:
-                    error = message.get("error") or {}
-                    raise TurnFailed(
-                        str(error.get("code", "error")), str(error.get("message", "")), error
-                    )
-                if kind == CONNECTION and message.get("action") == "disconnected":
-                    raise TurnFailed("upstream_lost", str(message.get("reason", "")))
-                if kind == ANSWER:
-                    if message.get("request_id") not in (request_id, None):
-                        continue
-                    if message.get("status") != "completed":
-                        error = message.get("error") or {}
-                        raise TurnFailed(
-                            str(error.get("code") or message.get("status")),
-                            str(error.get("message", "")),
-                            error,
-                        )
-                    yield message
-                    return
+                ended = _ends_turn(message, request_id)
+                if ended is None:
+                    continue
                 yield message
+                if ended:
+                    return
+
+
+def _ends_turn(message: Mapping[str, Any], request_id: str) -> bool | None:
+    """Whether ``message`` is the turn's answer (True) or one of its messages (False);
+    None: another turn's answer. Raises :class:`TurnFailed` for the turn's error."""
+    kind = message.get("object")
+    if kind == ERROR and message.get("request_id") == request_id:
+        error = message.get("error") or {}
+        raise TurnFailed(str(error.get("code", "error")), str(error.get("message", "")), error)
+    if kind == CONNECTION and message.get("action") == "disconnected":
+        raise TurnFailed("upstream_lost", str(message.get("reason", "")))
+    if kind != ANSWER:
+        return False
+    if message.get("request_id") not in (request_id, None):
+        return None
+    if message.get("status") != "completed":
+        error = message.get("error") or {}
+        raise TurnFailed(
+            str(error.get("code") or message.get("status")), str(error.get("message", "")), error
+        )
+    return True
 
 
 async def async_discover(hass: HomeAssistant, seconds: float) -> dict[str, dict[str, Any]]:
