@@ -94,6 +94,12 @@ def shown_url(named: NamedEndpoint) -> str:
     return named.endpoint.display_url
 
 
+def max_packet_bytes(config: Config) -> int:
+    """The largest packet the broker may send the bridge (MQTT 5): commands up to twice the
+    limit still get `payload_too_large`, and other instances' usage documents fit."""
+    return max(2 * config.limits.max_command_bytes, MAX_DOCUMENT_BYTES) + PACKET_OVERHEAD_BYTES
+
+
 def link(
     settings: Settings,
     topics: Topics,
@@ -110,8 +116,7 @@ def link(
         tls=settings.mqtt_tls,
         # Commands up to twice the limit still get `payload_too_large` (and other
         # instances' usage documents fit); the broker drops larger ones (MQTT v5).
-        max_packet_bytes=max(2 * config.limits.max_command_bytes, MAX_DOCUMENT_BYTES)
-        + PACKET_OVERHEAD_BYTES,
+        max_packet_bytes=max_packet_bytes(config),
         on_published=observer.publish_latency,
     )
 

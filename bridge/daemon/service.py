@@ -132,9 +132,7 @@ class Service:
             response_topics=parts.response_topics(config, self.topics),
         )
         self._buffer_waits.limit = config.limits.event_buffer_wait
-        self.link.max_packet_bytes = (
-            2 * config.limits.max_command_bytes + parts.PACKET_OVERHEAD_BYTES
-        )
+        self.link.max_packet_bytes = parts.max_packet_bytes(config)  # at the next connect
         parts.listen_for_tool_replies(self.link, config.tools, self._on_tool_reply)
 
     @property

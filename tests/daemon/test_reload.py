@@ -19,6 +19,7 @@ from bridge import cli
 from bridge.config.settings import load_settings
 from bridge.daemon.reload import Reloader
 from bridge.daemon.service import Service
+from bridge.protocol.usage_documents import MAX_DOCUMENT_BYTES
 from bridge_tools.simulator import Simulator
 from tests.conftest import KEY, Broker, Client, RunningBridge
 from tests.helpers import SECOND
@@ -183,6 +184,21 @@ async def test_a_restart_only_change_is_named_in_one_warning_and_the_rest_applie
         pirate = await ask(client, "c1", "Ahoy?", profile="pirate")
         assert pirate[0]["profile"] == "pirate"
         assert simulator.handshakes[-1].header("Authorization") == f"Bearer {KEY}"
+
+
+async def test_a_reload_keeps_room_for_other_instances_usage_documents(
+    config_file: ConfigFile,
+) -> None:
+    """The broker's packet limit after a reload is the start's: a small max_command_bytes
+    never shuts out the usage documents of other instances (up to MAX_DOCUMENT_BYTES)."""
+    config_file.write(limits={"max_command_bytes": 1024})
+    async with running(config_file) as (service, reloader):
+        at_start = service.link.max_packet_bytes
+        assert at_start is not None
+        assert at_start > MAX_DOCUMENT_BYTES
+        config_file.write(limits={"max_command_bytes": 2048})
+        assert reloader.reload()
+        assert service.link.max_packet_bytes == at_start  # 2 x 2 KiB is still below the document
 
 
 async def test_discovery_is_published_again_and_what_it_no_longer_names_removed(
