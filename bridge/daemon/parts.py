@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from bridge.config.endpoints import NamedEndpoint
 from bridge.config.settings import Config, Settings, instance_name
@@ -19,7 +19,6 @@ from bridge.daemon.membership import MembershipAgent
 from bridge.daemon.timers import Timers
 from bridge.daemon.usage_sharing import UsageSharing
 from bridge.daemon.usage_store import UsageStore
-from bridge.mcp.servers import McpServers
 from bridge.mqtt.link import Inbound, MqttLink
 from bridge.ops.observer import Observer
 from bridge.protocol.contract import Topics
@@ -32,6 +31,9 @@ from bridge.protocol.usage_documents import MAX_DOCUMENT_BYTES
 from bridge.upstream.http_connection import http_urls
 
 # Room in an inbound packet for its topic and properties besides the payload.
+if TYPE_CHECKING:
+    from bridge.mcp.servers import McpServers
+
 PACKET_OVERHEAD_BYTES: Final = 256 * 1024
 
 
@@ -76,6 +78,9 @@ def mcp_servers(
     when they are down goes to the core, as do the results of calls."""
     if not settings.config.mcp_servers:
         return None
+    # The MCP SDK (half a second and some 20 MB to import) only where servers are configured.
+    from bridge.mcp.servers import McpServers
+
     return McpServers(
         settings.config.mcp_servers,
         settings.mcp_tokens,
