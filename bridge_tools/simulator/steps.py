@@ -101,7 +101,10 @@ class Stream:
     sequence_number: int = 0
 
     def send(self, event_type: str, **fields: Any) -> None:
-        event: JSON = {"type": event_type, "sequence_number": self.sequence_number, **fields}
+        self.add({"type": event_type, "sequence_number": self.sequence_number, **fields})
+
+    def add(self, event: JSON) -> None:
+        """Send ``event``, which starts with its type and this stream's next number."""
         if self.stream_id is not None:
             event["stream_id"] = self.stream_id
         self.sequence_number += 1
@@ -158,12 +161,18 @@ def send_deltas(
         delta = deltas[index]
         if index > 0 and pace:
             stream.steps.append(Pause(count_tokens(delta) / pace))
-        fields: JSON = {**where, "delta": delta}
+        # What stream.send(event_type, **where, delta=...) builds, in one dict.
+        event: JSON = {
+            "type": event_type,
+            "sequence_number": stream.sequence_number,
+            **where,
+            "delta": delta,
+        }
         if logprobs:
-            fields["logprobs"] = []
+            event["logprobs"] = []
         if obfuscation is not None:
-            fields["obfuscation"] = events.obfuscation(f"{obfuscation}:{index}")
-        stream.send(event_type, **fields)
+            event["obfuscation"] = events.obfuscation(f"{obfuscation}:{index}")
+        stream.add(event)
     return True
 
 
