@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
 from bridge_tools.simulator import events, rejections
-from bridge_tools.simulator.events import JSON, IdFactory
+from bridge_tools.simulator.events import IdFactory
 from bridge_tools.simulator.inbound import BadFrame, CreateRequest, SteerRequest, parse_message
 from bridge_tools.simulator.options import Closed, Received, SimulatorOptions
 from bridge_tools.simulator.plan import plan_error, plan_request, plan_steer
@@ -275,17 +275,17 @@ class Connection:
 SEND_BATCH = 64
 
 
-def _run_of_sends(steps: tuple[Step, ...], start: int) -> list[JSON]:
-    """The events of the run of sends that begins at ``start`` (at most SEND_BATCH)."""
-    run: list[JSON] = []
+def _run_of_sends(steps: tuple[Step, ...], start: int) -> list[str]:
+    """The frames of the run of sends that begins at ``start`` (at most SEND_BATCH)."""
+    run: list[str] = []
     for step in steps[start : start + SEND_BATCH]:
         if not isinstance(step, Send):
             break
-        run.append(step.event)
+        run.append(step.encoded())
     return run
 
 
-async def _send_batch(ws: ServerConnection, run: list[JSON]) -> None:
+async def _send_batch(ws: ServerConnection, run: list[str]) -> None:
     """Send each event as its own text frame, as ``ws.send`` would, in one write.
 
     The frames and their bytes are what one ``ws.send`` per event produces; only
@@ -298,12 +298,12 @@ async def _send_batch(ws: ServerConnection, run: list[JSON]) -> None:
     and the connection is open).
     """
     if len(run) == 1:
-        await ws.send(events.encode(run[0]))
+        await ws.send(run[0])
         return
     protocol = ws.protocol
     async with ws.send_context():
-        for event in run:
-            protocol.send_text(events.encode(event).encode())
+        for text in run:
+            protocol.send_text(text.encode())
         ws.transport.write(b"".join(protocol.data_to_send()))
 
 

@@ -246,6 +246,11 @@ def encode(event: JSON) -> str:
     return _ENCODER.encode(event)
 
 
+def encode_string(text: str) -> str:
+    """A string as :func:`encode` writes it inside an event (quoted, escaped)."""
+    return _ENCODER.encode(text)
+
+
 def http_error_body(rejection: Rejection) -> JSON:
     """The JSON body of an HTTP error response (the handshake is plain HTTP)."""
     return {
