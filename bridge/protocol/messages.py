@@ -120,6 +120,54 @@ class Publish:
     response_topic: str | None = None  # MQTT v5: where a tool's reply should go
 
 
+# What relayed_event() sets, in Publish's field order (tests/protocol/test_messages.py
+# holds the two together).
+RELAYED_FIELDS = (
+    "topic",
+    "payload",
+    "qos",
+    "properties",
+    "correlation_data",
+    "relayed",
+    "retain",
+    "outcome",
+    "response_topic",
+)
+_new = object.__new__
+(
+    _set_topic,
+    _set_payload,
+    _set_qos,
+    _set_properties,
+    _set_correlation_data,
+    _set_relayed,
+    _set_retain,
+    _set_outcome,
+    _set_response_topic,
+) = (getattr(Publish, name).__set__ for name in RELAYED_FIELDS)
+
+
+def relayed_event(topic: str, payload: bytes, qos: int, properties: UserProperties) -> Publish:
+    """``Publish(topic, payload, qos, properties, relayed=True)``, built faster.
+
+    One per relayed event: a frozen dataclass's ``__init__`` sets each of its
+    nine fields through ``object.__setattr__`` (1.8 us here); storing them
+    through the slots' own descriptors takes a third of that. Same class, same
+    value, still frozen.
+    """
+    publish = _new(Publish)
+    _set_topic(publish, topic)
+    _set_payload(publish, payload)
+    _set_qos(publish, qos)
+    _set_properties(publish, properties)
+    _set_correlation_data(publish, None)
+    _set_relayed(publish, True)
+    _set_retain(publish, False)
+    _set_outcome(publish, None)
+    _set_response_topic(publish, None)
+    return publish
+
+
 __all__ = [
     "Acknowledged",
     "Outcome",
@@ -131,4 +179,5 @@ __all__ = [
     "UpstreamClosed",
     "UsageDoubted",
     "UserProperties",
+    "relayed_event",
 ]

@@ -26,7 +26,13 @@ from bridge.protocol.contract import ASK, INVALID_SERVER_EVENT, Rejection
 from bridge.protocol.facts import RequestEnd, read_end
 from bridge.protocol.guardrails import unreadable_usage
 from bridge.protocol.idle import IdleTracker
-from bridge.protocol.messages import Outcome, Publish, ResponseCompleted, UsageDoubted
+from bridge.protocol.messages import (
+    Outcome,
+    Publish,
+    ResponseCompleted,
+    UsageDoubted,
+    relayed_event,
+)
 from bridge.protocol.outputs import DeviceOutputs
 from bridge.protocol.redaction import Redactor
 from bridge.protocol.replies import Replies, invalid_frame_message
@@ -110,7 +116,7 @@ class ServerEvents:
             if self._v5
             else ()
         )
-        return Publish(connection.events_topic, raw, self._qos, properties, relayed=True)
+        return relayed_event(connection.events_topic, raw, self._qos, properties)
 
     def shaped_event(self, connection_id: str, raw: bytes) -> list[Action]:
         """A server event of a connection with device output: what to publish for it, text

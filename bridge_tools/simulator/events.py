@@ -35,6 +35,12 @@ SNAPSHOTS = {
 }
 _DATED_RE = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _OBFUSCATION_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+# Byte -> the alphabet's character at byte % len(alphabet), for bytes.translate.
+_OBFUSCATION_TABLE = bytes(
+    ord(_OBFUSCATION_ALPHABET[byte % len(_OBFUSCATION_ALPHABET)]) for byte in range(256)
+)
+# json.dumps builds an encoder per call unless every option is the default.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 # Request fields echoed on the response object, with the value used when omitted.
 _ECHOED: tuple[tuple[str, Any], ...] = (
@@ -198,9 +204,7 @@ def obfuscation(key: str) -> str:
     """Random-looking padding for a delta (4-15 characters), deterministic for key."""
     data = hashlib.sha256(f"obfuscation:{key}".encode()).digest()
     length = 4 + data[0] % 12
-    return "".join(
-        _OBFUSCATION_ALPHABET[byte % len(_OBFUSCATION_ALPHABET)] for byte in data[1 : 1 + length]
-    )
+    return data[1 : 1 + length].translate(_OBFUSCATION_TABLE).decode("ascii")
 
 
 def error_event(
@@ -239,7 +243,12 @@ def error_event(
 
 def encode(event: JSON) -> str:
     """An event as the server puts it on the wire: compact UTF-8 JSON, like OpenAI's."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(event)
+
+
+def encode_string(text: str) -> str:
+    """A string as :func:`encode` writes it inside an event (quoted, escaped)."""
+    return _ENCODER.encode(text)
 
 
 def http_error_body(rejection: Rejection) -> JSON:
