@@ -50,7 +50,6 @@ class ProfileConfig(BaseModel):
     mcp_servers: tuple[str, ...] = ()
     """Names of `mcp_servers` whose allowed tools its `ask` turns offer the model (the bridge
     calls them)."""
-    # issue 26: named endpoints (bridge/config/endpoints.py)
     endpoint: str | None = None
     """The upstream its connections use: a name in `endpoints`; null: `openai`."""
 

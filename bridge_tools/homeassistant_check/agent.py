@@ -60,10 +60,11 @@ from bridge_tools.homeassistant_check.mcp import (
 from bridge_tools.homeassistant_check.processes import Child, Children, NotYet, wait_until
 from bridge_tools.homeassistant_check.runner import Report
 from bridge_tools.homeassistant_check.stack import (
+    CORE,
     START_TIMEOUT,
     bridge_config,
     start_bridge,
-    start_simulator,
+    start_broker_and_simulator,
 )
 from bridge_tools.local_broker import LocalMosquitto, free_port
 
@@ -79,16 +80,7 @@ FOLLOW_UPS: Final = ("Building on what we discussed", "Following up on that", "T
 def configuration(http_port: int) -> str:
     return f"""\
 # Written by scripts/check-homeassistant --current.
-homeassistant:
-  name: openai-mqtt-bridge check
-  latitude: 52.37
-  longitude: 4.89
-  elevation: 0
-  unit_system: metric
-  time_zone: UTC
-  currency: EUR
-  country: NL
-http:
+{CORE}http:
   server_host: 127.0.0.1
   server_port: {http_port}
 api:
@@ -443,12 +435,7 @@ def check_current(
         note(f"{'installed now' if current.fresh_install else 'cached'} in {current.venv}")
 
     with report.step("Mosquitto, the simulator and the bridge") as note:
-        broker_dir = run_dir / "mosquitto"
-        broker_dir.mkdir()
-        broker = LocalMosquitto(broker_dir)
-        brokers.append(broker)
-        broker.start()
-        simulator, simulator_port = start_simulator(children)
+        broker, simulator, simulator_port = start_broker_and_simulator(run_dir, children, brokers)
         config = bridge_config(broker.host, broker.port, simulator_port)
         config["profiles"]["tight"] = {
             "request": {"model": "gpt-5.4-nano", "store": False},

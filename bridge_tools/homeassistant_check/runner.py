@@ -48,8 +48,8 @@ from bridge_tools.homeassistant_check.stack import (
     add_examples,
     bridge_config,
     start_bridge,
+    start_broker_and_simulator,
     start_homeassistant,
-    start_simulator,
     write_homeassistant_config,
 )
 from bridge_tools.local_broker import LocalMosquitto, free_port
@@ -173,12 +173,7 @@ def _check(
         note(f"{'installed' if installed.fresh else 'cached'} in {installed.directory}")
 
     with report.step("Mosquitto, the simulator and the bridge") as note:
-        broker_dir = run_dir / "mosquitto"
-        broker_dir.mkdir()
-        broker = LocalMosquitto(broker_dir)
-        brokers.append(broker)
-        broker.start()
-        simulator, simulator_port = start_simulator(children)
+        broker, simulator, simulator_port = start_broker_and_simulator(run_dir, children, brokers)
         config = bridge_config(broker.host, broker.port, simulator_port)
         expected = expected_entities(config)
         bridge = start_bridge(children, run_dir, config)

@@ -24,12 +24,40 @@ from bridge_tools.homeassistant_check import CheckFailed
 from bridge_tools.homeassistant_check.client import ApiError, HomeAssistant, NoAnswer
 from bridge_tools.homeassistant_check.install import CONFIGURED, Installed
 from bridge_tools.homeassistant_check.processes import Child, Children, NotYet, wait_until
-from bridge_tools.local_broker import free_port, is_listening
+from bridge_tools.local_broker import LocalMosquitto, free_port, is_listening
 
 ASSISTANT_ID: Final = "home-assistant"  # the id the examples ask on (ai/home-assistant/cmd)
 TOPIC_PREFIX: Final = "ai"
 START_TIMEOUT: Final = 60.0
 TOOLS_EXAMPLE: Final = Path(__file__).parents[2] / "examples" / "tools" / "bridge-config.yaml"
+
+
+# The `homeassistant:` section both modes write: a place, a zone, no network lookups.
+CORE: Final = """\
+homeassistant:
+  name: openai-mqtt-bridge check
+  latitude: 52.37
+  longitude: 4.89
+  elevation: 0
+  unit_system: metric
+  time_zone: UTC
+  currency: EUR
+  country: NL
+"""
+
+
+def start_broker_and_simulator(
+    run_dir: Path, children: Children, brokers: list[LocalMosquitto]
+) -> tuple[LocalMosquitto, Child, int]:
+    """A private Mosquitto (stopped by whoever holds ``brokers``) and the simulator: the
+    broker, the simulator's process and its port."""
+    broker_dir = run_dir / "mosquitto"
+    broker_dir.mkdir()
+    broker = LocalMosquitto(broker_dir)
+    brokers.append(broker)
+    broker.start()
+    simulator, simulator_port = start_simulator(children)
+    return broker, simulator, simulator_port
 
 
 def bridge_config(broker_host: str, broker_port: int, simulator_port: int) -> dict[str, Any]:
@@ -56,16 +84,7 @@ def homeassistant_configuration(http_port: int) -> str:
     """
     text = f"""\
 # Written by scripts/check-homeassistant.
-homeassistant:
-  name: openai-mqtt-bridge check
-  latitude: 52.37
-  longitude: 4.89
-  elevation: 0
-  unit_system: metric
-  time_zone: UTC
-  currency: EUR
-  country: NL
-  packages: !include_dir_named packages
+{CORE}  packages: !include_dir_named packages
 http:
   server_host: 127.0.0.1
   server_port: {http_port}
